@@ -1,0 +1,3 @@
+"""splitvit: communication-efficient split learning of Vision Transformers."""
+
+__version__ = "0.1.0"

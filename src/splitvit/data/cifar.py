@@ -1,0 +1,113 @@
+"""CIFAR-100 from its official python-pickle directory, ``<root>/cifar-100-python/{train,test,meta}``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import ImageSet, Splits
+
+log = logging.getLogger(__name__)
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_DIR = "cifar-100-python"
+CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR_STD = (0.2673, 0.2564, 0.2762)
+
+
+class MissingDataset(FileNotFoundError):
+    """A dataset that is not where the config says; the message says where and how to get it."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """The official files are pickles of dicts, lists, bytes and numpy arrays: allow nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR file")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        d = _ArraysOnly(f, encoding="bytes").load()
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def md5(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_archive(url: str, dest: Path, checksum: str) -> None:
+    """Fetch ``url`` to ``dest`` through a temporary file; keep it only if its md5 is ``checksum``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
+        try:
+            log.info("downloading %s", url)
+            with urllib.request.urlopen(url, timeout=60) as r:
+                shutil.copyfileobj(r, tmp)
+            tmp.close()
+            got = md5(Path(tmp.name))
+            if got != checksum:
+                raise RuntimeError(f"{url} has md5 {got}, expected {checksum}: the download is corrupt, try again")
+            Path(tmp.name).replace(dest)
+        finally:
+            Path(tmp.name).unlink(missing_ok=True)
+
+
+def download_cifar100(root: Path, url: str = CIFAR100_URL, checksum: str = CIFAR100_MD5) -> None:
+    archive = root / "cifar-100-python.tar.gz"
+    if not (archive.is_file() and md5(archive) == checksum):
+        download_archive(url, archive, checksum)
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")  # "data": no absolute paths, links out, or devices
+
+
+def load_cifar100(root: str | Path, download: bool = False) -> Splits:
+    root = Path(root).expanduser()
+    folder = root / CIFAR100_DIR
+    files = [folder / n for n in ("train", "test", "meta")]
+    if download and not all(f.is_file() for f in files):
+        download_cifar100(root)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise MissingDataset(
+            f"CIFAR-100 not found: {folder} lacks {', '.join(missing)}. Point dataset.root at the folder "
+            f"that holds {CIFAR100_DIR}/, or add dataset.download=true to fetch it ({CIFAR100_URL})"
+        )
+    classes = [c.decode() for c in _unpickle(folder / "meta")["fine_label_names"]]
+
+    def split(name: str) -> ImageSet:
+        try:
+            d = _unpickle(folder / name)
+            data = np.asarray(d["data"], dtype=np.uint8)
+            labels = np.asarray(d["fine_labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, io.UnsupportedOperation) as e:
+            raise MissingDataset(f"{folder / name} is not a complete CIFAR-100 file ({e}); delete it and download again") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+            raise MissingDataset(f"{folder / name} holds data of shape {data.shape} for {len(labels)} labels; expected [n, 3072]")
+        images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+        return ImageSet(images, torch.from_numpy(labels), classes, CIFAR_MEAN, CIFAR_STD)
+
+    return Splits(train=split("train"), test=split("test"))

@@ -1,0 +1,5 @@
+"""Links carry bytes between the client and the server; they never look inside a message."""
+
+from .inprocess import InProcessLink, Link
+
+__all__ = ["InProcessLink", "Link"]

@@ -1,0 +1,106 @@
+"""Load timm-layout ViT weights: from a local file or from a ``timm/<name>`` repo on the Hugging Face hub."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+
+# The hub repo each preset's pretrained weights come from (timm's default tag for the name).
+HUB_REPOS = {
+    "deit_tiny_patch16_224": "timm/deit_tiny_patch16_224.fb_in1k",
+    "deit_small_patch16_224": "timm/deit_small_patch16_224.fb_in1k",
+    "deit_base_patch16_224": "timm/deit_base_patch16_224.fb_in1k",
+}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.pth``/``.pt`` file; unwraps ``{"model": ...}`` and ``module.``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a timm-layout .safetensors or .pth file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        # weights_only: a checkpoint is data, never code to run
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict", "model_ema"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``[1, 1 + g*g, D]`` -> ``[1, num_tokens, D]``: bicubic on the patch grid, CLS kept as is."""
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    old, new = math.isqrt(grid.shape[1]), math.isqrt(num_tokens - 1)
+    if old * old != grid.shape[1] or new * new != num_tokens - 1:
+        raise ValueError("position embeddings must cover a square patch grid")
+    D = grid.shape[-1]
+    grid = grid.reshape(1, old, old, D).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=old > new)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, new * new, D).to(pos_embed.dtype)], dim=1)
+
+
+def load_weights(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:
+    """Load a timm-layout state dict into ``model``.
+
+    Position embeddings are resampled when the patch grid differs; the head is left as initialised
+    when the number of classes differs (fine-tuning on a new dataset). Any other mismatch is an error.
+    """
+    state = dict(state)
+    own = model.state_dict()
+    if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
+        log.info("resampling pos_embed %s -> %s", tuple(state["pos_embed"].shape), tuple(own["pos_embed"].shape))
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], own["pos_embed"].shape[1])
+    head_replaced = any(k in state and state[k].shape != own[k].shape for k in ("head.weight", "head.bias"))
+    if head_replaced:
+        log.info("checkpoint head has %d classes, model %d: keeping a new head", state["head.weight"].shape[0], own["head.weight"].shape[0])
+        state.pop("head.weight", None)
+        state.pop("head.bias", None)
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state) - ({"head.weight", "head.bias"} if head_replaced else set()))
+    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if unexpected or missing or wrong:
+        raise ValueError(
+            "checkpoint does not fit the model: "
+            + "; ".join(
+                f"{what}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                for what, keys in (("unexpected", unexpected), ("missing", missing), ("shape differs", wrong))
+                if keys
+            )
+            + ". Check model= against the checkpoint's architecture"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(model: VisionTransformer, path: str | Path) -> None:
+    load_weights(model, read_state_dict(path))
+
+
+def hub_checkpoint(name: str) -> Path:
+    """Download (or find in the local cache) the ``model.safetensors`` of a preset's hub repo."""
+    if name not in HUB_REPOS:
+        raise ValueError(f"no pretrained weights known for {name!r}; known: {', '.join(sorted(HUB_REPOS))}. Use model.checkpoint=PATH instead")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(HUB_REPOS[name], "model.safetensors"))
+    except LocalEntryNotFoundError as e:
+        raise RuntimeError(
+            f"could not fetch {HUB_REPOS[name]} from the Hugging Face hub and it is not in the local cache "
+            "(offline, or HF_HUB_OFFLINE=1). Download it once where you are online, or pass model.checkpoint=PATH"
+        ) from e

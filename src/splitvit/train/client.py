@@ -1,0 +1,80 @@
+"""The client half: the images, blocks 1..l, the compressor's client side, and every byte it sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..compression import Compressor
+from ..link import Link
+from ..models import ClientModel
+from ..wire import Schema, TensorSpec, WireError, decode, encode
+
+
+@dataclass
+class Traffic:
+    """Bytes on the wire, counted from the serialised messages themselves."""
+
+    up: int = 0
+    down: int = 0
+    messages: int = 0
+
+    def add(self, up: bytes, down: bytes) -> None:
+        self.up += len(up)
+        self.down += len(down)
+        self.messages += 1
+
+
+class SplitClient:
+    def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
+                 link: Link, num_classes: int):
+        self.model = model
+        self.compressor = compressor
+        self.optimizer = optimizer
+        self.link = link
+        self.num_classes = num_classes
+        self.train_traffic = Traffic()
+        self.eval_traffic = Traffic()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
+        """One split-learning step, top to bottom. Returns the server's loss."""
+        self.model.train()
+        h, cls_attn = self.model(images)  # client forward, blocks 1..l
+        packet = self.compressor.client_encode(h, cls_attn, labels)  # compress
+        up = encode(packet.message, {"kind": "train", "step": str(step)})
+        down = self.link.request(up)  # the server's forward, loss, backward and step happen there
+        reply, meta = decode(down, self.compressor.grad_schema(packet))
+        if meta.get("step") != str(step):
+            raise WireError(f"reply is for step {meta.get('step')!r}, not {step}")
+        grad = self.compressor.client_decode_grad(reply, packet)  # gradient back
+        self.optimizer.zero_grad(set_to_none=True)
+        packet.sent.backward(grad.to(packet.sent.device))
+        self.optimizer.step()  # client step
+        self.train_traffic.add(up, down)
+        return _parse_loss(meta)
+
+    @torch.no_grad()
+    def evaluate(self, batches, mode: str) -> tuple[float, float]:
+        """Mean loss and accuracy over ``batches``; the server only runs its blocks and the head."""
+        self.model.eval()
+        loss_sum, correct, n = 0.0, 0, 0
+        for images, labels in batches:
+            h, cls_attn = self.model(images)
+            up = encode(self.compressor.eval_encode(h, cls_attn, mode), {"kind": "eval"})
+            down = self.link.request(up)
+            schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
+            logits = decode(down, schema)[0]["logits"].to(labels.device)
+            self.eval_traffic.add(up, down)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(-1) == labels).sum())
+            n += labels.shape[0]
+        return loss_sum / n, correct / n
+
+
+def _parse_loss(meta: dict[str, str]) -> float:
+    try:
+        return float(meta["loss"])
+    except (KeyError, ValueError):
+        raise WireError(f"reply metadata carries no valid loss: {meta!r}") from None

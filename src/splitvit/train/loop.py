@@ -1,0 +1,222 @@
+"""One experiment: build both halves, train under the caps and the byte budget, evaluate, write run files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ..compression import NoCompression, build_compressor
+from ..data import batches, load_dataset, num_batches
+from ..link import InProcessLink
+from ..models import create_model, hub_checkpoint, load_checkpoint, split
+from ..wire import encode
+from .checkpoint import load_checkpoint_state, save_checkpoint
+from .client import SplitClient
+from .config import method_options, resolve_device, validate
+from .server import SplitServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Everything about where a run stands; saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    bytes_up: int = 0  # bytes, training messages client -> server
+    bytes_down: int = 0  # bytes, server -> client
+    baseline_up: int = 0  # what uncompressed float32 split learning would have sent for the same steps
+    baseline_down: int = 0
+    eval_bytes_up: int = 0
+    eval_bytes_down: int = 0
+    wall_s: float = 0.0
+    best_val_acc: float = 0.0
+    done: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@lru_cache(maxsize=64)
+def uncompressed_bytes(batch: int, tokens: int, dim: int, num_classes: int, step_digits: int) -> tuple[int, int]:
+    """Serialised sizes (up, down) of plain split learning's messages for a batch: measured, not computed."""
+    none = NoCompression(num_classes)
+    h = torch.zeros(batch, tokens, dim)
+    step = "9" * step_digits
+    up = encode(none.client_encode(h, None, torch.zeros(batch, dtype=torch.long)).message, {"kind": "train", "step": step})
+    down = encode({"grad": h}, {"kind": "grad", "step": step, "loss": repr(2.302585092994046)})
+    return len(up), len(down)
+
+
+def build_model(cfg: DictConfig, num_classes: int):
+    m = cfg.model
+    model = create_model(
+        m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
+        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+    )
+    if m.checkpoint:
+        load_checkpoint(model, m.checkpoint)
+    elif m.pretrained:
+        load_checkpoint(model, hub_checkpoint(m.name))
+    return model
+
+
+def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    data = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    model = build_model(cfg, data.num_classes).to(device)
+    vit = model.cfg
+    validate(cfg, depth=vit.depth)
+    client_model, server_model = split(model, cfg.split.index)
+    compressor = build_compressor(cfg.method.name, data.num_classes, seed=cfg.seed, wire_dtype=cfg.wire.dtype, **method_options(cfg.method))
+    make_opt = lambda params: torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    server = SplitServer(
+        server_model, compressor, make_opt([*server_model.parameters(), *compressor.server_modules.parameters()]),
+        max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim, max_eval_batch=cfg.eval.batch_size,
+    )
+    client = SplitClient(
+        client_model, compressor, make_opt([*client_model.parameters(), *compressor.client_modules.parameters()]),
+        InProcessLink(server.handle), data.num_classes,
+    )
+
+    steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
+    budget = None
+    if cfg.train.budget_epochs is not None:
+        sizes = [min(cfg.train.batch_size, len(data.train) - i * cfg.train.batch_size) for i in range(steps_per_epoch)]
+        per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 1)) for b in sizes)
+        budget = cfg.train.budget_epochs * per_epoch  # bytes, both directions
+
+    p = Progress()
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if cfg.train.resume:
+        p = load_checkpoint_state(ckpt, cfg, client, server, compressor)
+        log.info("resumed from %s at step %d", ckpt, p.step)
+    metrics_path = run_dir / "metrics.jsonl"
+    # the metrics file holds exactly the evaluations of the checkpointed history
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    def stop_reason() -> str | None:
+        if cfg.train.max_steps is not None and p.step >= cfg.train.max_steps:
+            return "max_steps"
+        if budget is not None and p.bytes_up + p.bytes_down >= budget:
+            return "budget"
+        if p.epoch >= cfg.train.epochs:
+            return "epochs"
+        return None
+
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    bar = tqdm(total=total, initial=p.step, disable=None if cfg.train.progress else True, desc="train", unit="step", dynamic_ncols=True)
+    reason = stop_reason()  # a resumed run may already be done, or have new caps
+    p.done = reason is not None
+    losses: list[float] = []
+    while not p.done:
+        t0 = time.perf_counter()
+        epoch_batches = batches(
+            data.train, cfg.train.batch_size, vit.img_size, vit.in_chans,
+            shuffle_seed=cfg.seed * 100_003 + p.epoch, device=device, start=p.batch_in_epoch,
+        )
+        for images, labels in epoch_batches:
+            losses.append(client.train_step(images, labels, p.step))
+            p.step += 1
+            p.batch_in_epoch += 1
+            up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, data.num_classes, len(str(p.step - 1)))
+            p.baseline_up += up
+            p.baseline_down += down
+            p.bytes_up, p.bytes_down = client.train_traffic.up, client.train_traffic.down
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", MB=f"{(p.bytes_up + p.bytes_down) / 1e6:.1f}")
+            if stop_reason() in ("max_steps", "budget"):
+                break
+        else:
+            p.epoch += 1
+            p.batch_in_epoch = 0
+        reason = stop_reason()
+        p.done = reason is not None
+        p.wall_s += time.perf_counter() - t0
+        record = evaluate(cfg, client, data, vit, device, p, losses)
+        losses = []
+        p.history.append(record)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_checkpoint(ckpt, cfg, client, server, compressor, p)
+        bar.write(
+            f"epoch {record['epoch']:.2f} step {p.step}: train_loss {record['train_loss']:.4f} "
+            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
+            f"sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
+        )
+    bar.close()
+
+    summary = make_summary(cfg, compressor, vit, p, reason)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:
+    t0 = time.perf_counter()
+    test = batches(data.test, cfg.eval.batch_size, vit.img_size, vit.in_chans, device=device)
+    val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
+    p.wall_s += time.perf_counter() - t0
+    p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down
+    p.best_val_acc = max(p.best_val_acc, val_acc)
+    steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
+    return {
+        "step": p.step,
+        "epoch": round(p.epoch + p.batch_in_epoch / steps_per_epoch, 4),
+        "bytes_up": p.bytes_up,
+        "bytes_down": p.bytes_down,
+        "baseline_bytes": p.baseline_up + p.baseline_down,
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "eval_mode": cfg.eval.mode,
+        "eval_bytes_up": p.eval_bytes_up,
+        "eval_bytes_down": p.eval_bytes_down,
+        "wall_s": round(p.wall_s, 3),
+    }
+
+
+def make_summary(cfg, compressor, vit, p: Progress, reason: str | None) -> dict:
+    sent, baseline = p.bytes_up + p.bytes_down, p.baseline_up + p.baseline_down
+    return {
+        "method": cfg.method.name,
+        "method_options": method_options(cfg.method),
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "split_index": cfg.split.index,
+        "seed": cfg.seed,
+        "compression_target": compressor.target_ratio(),
+        "compression_nominal": compressor.nominal_ratio(cfg.train.batch_size, vit.num_tokens),
+        "compression_measured": sent / baseline if baseline else None,
+        "bytes_up": p.bytes_up,
+        "bytes_down": p.bytes_down,
+        "baseline_bytes_up": p.baseline_up,
+        "baseline_bytes_down": p.baseline_down,
+        "eval_bytes_up": p.eval_bytes_up,
+        "eval_bytes_down": p.eval_bytes_down,
+        "steps": p.step,
+        "epochs": round(p.history[-1]["epoch"], 4) if p.history else 0,
+        "stopped_by": reason,
+        "best_val_acc": p.best_val_acc,
+        "final_val_acc": p.history[-1]["val_acc"] if p.history else None,
+        "final_val_loss": p.history[-1]["val_loss"] if p.history else None,
+        "eval_mode": cfg.eval.mode,
+        "wall_s": round(p.wall_s, 3),
+    }
+
