@@ -37,6 +37,7 @@ class _ArraysOnly(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
     }
 
     def find_class(self, module: str, name: str):
@@ -76,7 +77,9 @@ def download_archive(url: str, dest: Path, checksum: str) -> None:
             Path(tmp.name).unlink(missing_ok=True)
 
 
-def download_cifar100(root: Path, url: str = CIFAR100_URL, checksum: str = CIFAR100_MD5) -> None:
+def download_cifar100(root: Path, url: str | None = None, checksum: str | None = None) -> None:
+    """Fetch and md5-check the official archive into ``root``, then unpack it there."""
+    url, checksum = url or CIFAR100_URL, checksum or CIFAR100_MD5
     archive = root / "cifar-100-python.tar.gz"
     if not (archive.is_file() and md5(archive) == checksum):
         download_archive(url, archive, checksum)

@@ -140,13 +140,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
             p.baseline_up += up
             p.baseline_down += down
             p.bytes_up, p.bytes_down = client.train_traffic.up, client.train_traffic.down
+            if p.batch_in_epoch == steps_per_epoch:
+                p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", MB=f"{(p.bytes_up + p.bytes_down) / 1e6:.1f}")
             if stop_reason() in ("max_steps", "budget"):
                 break
-        else:
-            p.epoch += 1
-            p.batch_in_epoch = 0
         reason = stop_reason()
         p.done = reason is not None
         p.wall_s += time.perf_counter() - t0
@@ -156,8 +155,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         save_checkpoint(ckpt, cfg, client, server, compressor, p)
+        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         bar.write(
-            f"epoch {record['epoch']:.2f} step {p.step}: train_loss {record['train_loss']:.4f} "
+            f"epoch {record['epoch']:.2f} step {p.step}: train_loss {train_loss} "
             f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
             f"sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
         )

@@ -124,6 +124,11 @@ def _check_header(header: dict, schema: Schema, data_len: int) -> None:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] and offsets[1] - offsets[0] == nbytes and offsets[1] <= data_len):
             raise WireError(f"tensor {name!r} has data offsets {offsets!r} that do not fit its shape or the message")
+    # the buffers must tile the data exactly: no overlap (one byte read as two tensors), no gap
+    spans = sorted(tuple(header[name]["data_offsets"]) for name in schema.tensors)
+    ends = [0] + [e for _, e in spans]
+    if any(s != e for (s, _), e in zip(spans, ends)) or ends[-1] != data_len:
+        raise WireError(f"tensor buffers overlap or leave gaps: offsets {spans} for {data_len} data bytes")
 
 
 def decode(

@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine:
+#   make train   installs into .venv and runs the embedded default (ADC at xi=0.1 on digits)
+#   make test    installs into .venv and runs the test suite
+# Pass Hydra overrides with ARGS, e.g.  make train ARGS="method=none train.epochs=5"
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: train test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/splitvit train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/merge_and_select.py
+	$(BIN)/python benchmarks/split_overhead.py
+
+clean:
+	rm -rf $(VENV) outputs multirun

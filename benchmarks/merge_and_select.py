@@ -1,0 +1,89 @@
+"""merge_and_select forward + backward against a straightforward loop implementation.
+
+The loop version is how research code writes ADC: Lloyd's iterations and the merge each loop over
+clusters in Python. Both use the same k-means++ seeding and iteration cap.
+
+    python benchmarks/merge_and_select.py [--repeat 20] [--batches 32 64 128 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from splitvit.compression.adc import budgets, merge_and_select
+from splitvit.compression.kmeans import kmeans_pp
+
+
+def loop_kmeans(x, k, generator, max_iter=50):
+    centroids = x[kmeans_pp(x, k, generator)]
+    for _ in range(max_iter):
+        dists = torch.stack([((x - centroids[c]) ** 2).sum(1) for c in range(k)], dim=1)
+        assignment = dists.argmin(1)
+        new = torch.stack([x[assignment == c].mean(0) if (assignment == c).any() else centroids[c] for c in range(k)])
+        if torch.equal(new, centroids):
+            break
+        centroids = new
+    return assignment
+
+
+def loop_merge_and_select(h, cls_attn, batch_ratio, token_ratio, generator):
+    B, N, D = h.shape
+    T, k = budgets(B, N, batch_ratio, token_ratio)
+    assignment = loop_kmeans(cls_attn, T, generator)
+    z, index = [], []
+    for t in range(T):
+        members = assignment == t
+        scores = cls_attn[members].mean(0)
+        keep = torch.cat([torch.zeros(1, dtype=torch.long), scores[1:].topk(k - 1).indices.sort().values + 1])
+        z.append(h[members].mean(0)[keep])
+        index.append(keep)
+    return torch.stack(z), assignment, torch.stack(index)
+
+
+def time_ms(fn, repeat):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256])
+    ap.add_argument("--tokens", type=int, default=197)
+    ap.add_argument("--dim", type=int, default=192)
+    ap.add_argument("--compression", type=float, default=0.1)
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args()
+    r = args.compression ** 0.5
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={args.tokens} D={args.dim} xi={args.compression}; "
+          "median ms of forward + backward")
+    print(f"{'B':>5} {'T':>4} {'k':>4} {'splitvit ms':>12} {'loop ms':>10} {'speed-up':>9}")
+    for B in args.batches:
+        g = torch.Generator().manual_seed(0)
+        h = torch.randn(B, args.tokens, args.dim, generator=g)
+        a = torch.rand(B, args.tokens, generator=g).softmax(-1)
+        grad = torch.randn(*budgets(B, args.tokens, r, r), args.dim, generator=g)
+
+        def run(kernel):
+            def step():
+                x = h.clone().requires_grad_()
+                z = kernel(x, a, r, r, generator=torch.Generator().manual_seed(1))[0]
+                z.backward(grad)
+            return step
+
+        fast = time_ms(run(merge_and_select), args.repeat)
+        slow = time_ms(run(loop_merge_and_select), max(3, args.repeat // 4))
+        T, k = budgets(B, args.tokens, r, r)
+        print(f"{B:>5} {T:>4} {k:>4} {fast:>12.2f} {slow:>10.2f} {slow / fast:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+import torch
+
+from splitvit.compression.kmeans import kmeans
+
+
+def test_recovers_separated_blobs():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(20, 2, generator=g) for c in centers])
+    r = kmeans(x, 3, torch.Generator().manual_seed(1))
+    for i in range(3):  # each blob is one cluster
+        assert r.assignment[20 * i : 20 * (i + 1)].unique().numel() == 1
+    assert r.assignment.unique().numel() == 3
+
+
+def test_exactly_k_nonempty_clusters_even_with_identical_rows():
+    x = torch.ones(32, 5)
+    x[:3] = 2.0  # two distinct values only, eight clusters asked for
+    r = kmeans(x, 8, torch.Generator().manual_seed(0))
+    assert torch.bincount(r.assignment, minlength=8).min() >= 1
+    assert torch.isfinite(r.centroids).all()
+
+
+def test_seeded_and_deterministic():
+    x = torch.randn(64, 10)
+    a = kmeans(x, 7, torch.Generator().manual_seed(3)).assignment
+    b = kmeans(x, 7, torch.Generator().manual_seed(3)).assignment
+    assert torch.equal(a, b)
+
+
+def test_centroids_are_member_means_and_limits():
+    x = torch.randn(40, 4)
+    r = kmeans(x, 5, torch.Generator().manual_seed(0), max_iter=100)
+    for t in range(5):
+        torch.testing.assert_close(r.centroids[t], x[r.assignment == t].mean(0))
+    assert torch.equal(kmeans(x, 40).assignment, torch.arange(40))
+    assert torch.equal(kmeans(x, 1).assignment, torch.zeros(40, dtype=torch.long))

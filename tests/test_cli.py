@@ -1,0 +1,50 @@
+"""The ``splitvit`` command as a user runs it: a subprocess, Hydra overrides, exit codes, run files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SMALL
+
+
+def splitvit(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "splitvit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_train_runs_and_writes_the_run_files(tmp_path):
+    r = splitvit("train", *SMALL, "train.max_steps=3", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "compression: measured" in r.stdout and str(tmp_path / "run") in r.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method"] == "adc" and summary["steps"] == 3 and summary["compression_target"] == pytest.approx(0.1)
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, allowed",
+    [
+        ("method=c3", ["adc", "none"]),
+        ("dataset=mnist", ["cifar100", "digits"]),
+        ("model=vit_huge", ["deit_tiny_patch16_224", "vit_mini_patch4_32"]),
+        ("eval.mode=fast", ["uncompressed, tokens"]),
+        ("method.compression=0", ["(0, 1]"]),
+    ],
+)
+def test_a_wrong_value_names_the_allowed_ones(tmp_path, override, allowed):
+    r = splitvit("train", *SMALL, override, f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode != 0
+    assert all(a in r.stderr for a in allowed), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    r = splitvit("train", "dataset=cifar100", f"dataset.root={tmp_path}", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 2 and "dataset.download=true" in r.stderr
+
+
+def test_usage(tmp_path):
+    assert "splitvit train" in splitvit(cwd=tmp_path).stdout
+    r = splitvit("fly", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown command" in r.stderr

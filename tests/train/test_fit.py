@@ -1,0 +1,108 @@
+"""Whole runs on the embedded digits: learning, run files, determinism, resume, the byte budget."""
+
+import json
+
+import pytest
+
+from conftest import SMALL, make_cfg
+from splitvit.train import ConfigError, fit
+
+METRIC_KEYS = {"step", "epoch", "bytes_up", "bytes_down", "train_loss", "val_loss", "val_acc", "wall_s"}
+SUMMARY_KEYS = {"method", "compression_target", "compression_measured", "bytes_up", "bytes_down", "steps",
+                "best_val_acc", "final_val_acc", "wall_s"}
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_wall(rows):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def test_adc_on_digits_learns_well_above_chance(tmp_path):
+    cfg = make_cfg(*SMALL, "train.epochs=12", "train.lr=5e-4", "train.batch_size=32")
+    s = fit(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert s["final_val_acc"] > 0.35 and s["best_val_acc"] > rows[0]["val_acc"] + 0.2  # chance is 0.1
+    assert SUMMARY_KEYS <= set(s) and json.loads((tmp_path / "summary.json").read_text()) == s
+    assert len(rows) == 12 and all(METRIC_KEYS <= set(r) for r in rows)
+    assert all(0 <= r["val_acc"] <= 1 for r in rows)
+    assert [r["bytes_up"] for r in rows] == sorted(r["bytes_up"] for r in rows)
+    assert s["compression_measured"] == pytest.approx(0.1, rel=0.1)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    args = (*SMALL, "train.max_steps=6")
+    a, b = fit(make_cfg(*args), tmp_path / "a"), fit(make_cfg(*args), tmp_path / "b")
+    assert without_wall(read_metrics(tmp_path / "a")) == without_wall(read_metrics(tmp_path / "b"))
+    c = fit(make_cfg(*args, "seed=1"), tmp_path / "c")
+    assert c["final_val_acc"] != a["final_val_acc"] or c["bytes_up"] != a["bytes_up"]
+
+
+@pytest.mark.parametrize("method", ["adc", "none"])
+def test_resume_continues_exactly(tmp_path, method):
+    base = (*SMALL, f"method={method}", "train.batch_size=128", "train.epochs=2")
+    fit(make_cfg(*base), tmp_path / "straight")
+    # stop mid-epoch, then again at the epoch's end, then finish: three processes' worth of runs
+    fit(make_cfg(*base, "train.max_steps=5"), tmp_path / "resumed")
+    fit(make_cfg(*base, "train.max_steps=12", "train.resume=true"), tmp_path / "resumed")
+    s = fit(make_cfg(*base, "train.resume=true"), tmp_path / "resumed")
+    straight = without_wall(read_metrics(tmp_path / "straight"))
+    resumed = without_wall(read_metrics(tmp_path / "resumed"))
+    assert [r["step"] for r in resumed] == [5, 12, 24]
+    extra_evals = {"eval_bytes_up", "eval_bytes_down"}  # the resumed run also evaluated at step 5
+    assert {k: v for k, v in resumed[-1].items() if k not in extra_evals} == {
+        k: v for k, v in straight[-1].items() if k not in extra_evals
+    }
+    assert resumed[1]["val_acc"] == straight[0]["val_acc"]
+    assert s["steps"] == 24
+
+
+def test_resume_refuses_a_different_experiment(tmp_path):
+    fit(make_cfg(*SMALL, "train.max_steps=2"), tmp_path)
+    with pytest.raises(ConfigError, match="method"):
+        fit(make_cfg(*SMALL, "method=none", "train.resume=true"), tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        fit(make_cfg(*SMALL, "train.resume=true"), tmp_path / "elsewhere")
+
+
+def test_budget_stops_at_the_bytes_of_uncompressed_epochs(tmp_path):
+    none = fit(make_cfg(*SMALL, "method=none", "train.batch_size=128", "train.budget_epochs=1", "train.epochs=5"), tmp_path / "none")
+    assert none["steps"] == 12 and none["stopped_by"] == "budget"  # 1438 images, batch 128
+    assert none["compression_measured"] == 1.0
+    budget = none["bytes_up"] + none["bytes_down"]
+    adc = fit(make_cfg(*SMALL, "train.batch_size=128", "train.budget_epochs=0.5", "train.epochs=50"), tmp_path / "adc")
+    sent = adc["bytes_up"] + adc["bytes_down"]
+    assert adc["stopped_by"] == "budget" and budget / 2 <= sent < budget / 2 + sent / adc["steps"] + 1
+    assert adc["steps"] > 5 * 6  # ~0.1 of the bytes per step: about ten times the steps
+
+
+def test_token_mode_evaluation(tmp_path):
+    s = fit(make_cfg(*SMALL, "train.max_steps=2", "eval.mode=tokens"), tmp_path)
+    assert s["eval_mode"] == "tokens"
+    # 359 test images, 21 of 65 tokens each, instead of all 65
+    full = fit(make_cfg(*SMALL, "train.max_steps=2"), tmp_path / "full")
+    assert s["eval_bytes_up"] < 0.4 * full["eval_bytes_up"]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("eval.mode=fast", "uncompressed, tokens"),
+        ("method.compression=1.5", r"\(0, 1\]"),
+        ("method.feature=median", "attention, cls, mean"),
+        ("split.index=9", r"\[1, 3\]"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("wire.dtype=int4", "float32, bfloat16, float16"),
+    ],
+)
+def test_impossible_configs_are_refused_before_training(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        fit(make_cfg(*SMALL, override), tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_tokens_mode_needs_a_token_ratio(tmp_path):
+    with pytest.raises(ConfigError, match="eval.mode=uncompressed"):
+        fit(make_cfg(*SMALL, "method=none", "eval.mode=tokens"), tmp_path)
