@@ -55,8 +55,8 @@ def main():
 
     model = create_model(args.model, num_classes=100)
     client_model, server_model = split(model, args.split)
-    c = build_compressor("none", 100)
     vit = model.cfg
+    c = build_compressor("none", 100, vit.num_tokens, vit.embed_dim)
     server = SplitServer(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-4), args.batch, vit.num_tokens, vit.embed_dim)
     client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-4), InProcessLink(server.handle), 100)
     steps = iter(range(10**9))

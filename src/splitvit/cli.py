@@ -16,6 +16,8 @@ commands:
            splitvit train method=none dataset=cifar100 dataset.root=/data train.epochs=5
            splitvit train --help    lists the config groups and every key
            splitvit train --multirun method.compression=0.05,0.1,0.2 seed=0,1
+  report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
+           splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
 """
 
 
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = ["splitvit train", *rest]
         _train()
         return 0
+    if command == "report":
+        from .report import main as report
+
+        return report(rest)
     print(f"splitvit: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -100,16 +100,16 @@ def test_bad_input_is_refused_with_a_reason():
 
 
 def test_compressor_soft_labels_and_options():
-    c = build_compressor("adc", num_classes=5, compression=0.25)
+    c = build_compressor("adc", 5, 17, 8, compression=0.25)
     assert (c.batch_ratio, c.token_ratio) == (0.5, 0.5)
     h, a = batch(B=20)
     labels = torch.arange(20) % 5
     p = c.client_encode(h, a, labels)
     assert p.message["targets"].shape == (10, 5)
     torch.testing.assert_close(p.message["targets"].sum(1), torch.ones(10))
-    only_batch = build_compressor("adc", num_classes=5, batch_ratio=0.25)
+    only_batch = build_compressor("adc", 5, 17, 8, batch_ratio=0.25)
     assert only_batch.token_ratio == 1.0 and only_batch.target_ratio() == 0.25
     with pytest.raises(ValueError, match="options: compression"):
-        build_compressor("adc", num_classes=5, R=4)
+        build_compressor("adc", 5, 17, 8, R=4)
     with pytest.raises(ValueError, match="adc, none"):
-        build_compressor("c3", num_classes=5)
+        build_compressor("c3", 5, 17, 8)

@@ -106,3 +106,36 @@ def test_impossible_configs_are_refused_before_training(tmp_path, override, matc
 def test_tokens_mode_needs_a_token_ratio(tmp_path):
     with pytest.raises(ConfigError, match="eval.mode=uncompressed"):
         fit(make_cfg(*SMALL, "method=none", "eval.mode=tokens"), tmp_path)
+
+
+@pytest.mark.parametrize("method", ["c3sl", "bottlenet", "topk", "randtopk", "quant", "fedlite", "lowrank", "slacc"])
+def test_every_method_trains_through_the_loop(tmp_path, method):
+    s = fit(make_cfg(*SMALL, f"method={method}", "train.max_steps=4", "eval.mode=compressed"), tmp_path)
+    assert s["steps"] == 4 and 0 < s["compression_measured"] < 1
+    if method == "lowrank":  # nominal is the rank cap; the energy threshold often picks less
+        assert s["compression_measured"] <= 1.1 * s["compression_nominal"]
+    else:  # labels, positions, scales and codebooks come on top of nominal
+        assert s["compression_measured"] >= 0.9 * s["compression_nominal"]
+    assert 0 <= s["final_val_acc"] <= 1
+    # resumable like any other: its learned parts and generators are in the checkpoint
+    s2 = fit(make_cfg(*SMALL, f"method={method}", "train.max_steps=5", "eval.mode=compressed", "train.resume=true"), tmp_path)
+    assert s2["steps"] == 5
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_wire_dtype_halves_the_bytes(tmp_path, dtype):
+    half = fit(make_cfg(*SMALL, "method=none", "train.max_steps=2", f"wire.dtype={dtype}"), tmp_path / "half")
+    full = fit(make_cfg(*SMALL, "method=none", "train.max_steps=2"), tmp_path / "full")
+    assert half["compression_measured"] == pytest.approx(0.5, abs=0.01)
+    assert half["bytes_up"] < 0.51 * full["bytes_up"]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("method=c3sl method.R=128", "larger than train.batch_size"),
+    ("method=quant method.bits=0", r"\[1, 8\]"),
+    ("method=lowrank method.rank=0", "rank"),
+    ("method=topk method.compression=0", r"\(0, 1\]"),
+])
+def test_baseline_configs_that_cannot_work_are_refused(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        fit(make_cfg(*SMALL, *override.split()), tmp_path)

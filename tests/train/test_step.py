@@ -25,7 +25,7 @@ def build(method, B=16, **opts):
     torch.manual_seed(0)
     model = create_model("vit_mini_patch4_32", num_classes=10, embed_dim=32, depth=3, num_heads=2)
     client_model, server_model = split(model, 2)
-    c = build_compressor(method, 10, **opts)
+    c = build_compressor(method, 10, 65, 32, **opts)
     server = SplitServer(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-3), B, 65, 32)
     link = RecordingLink(server.handle)
     client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-3), link, 10)
@@ -54,7 +54,7 @@ def test_adc_sends_about_xi_of_plain_split_learning():
     none_client.train_step(x, y, 0)
     adc_client.train_step(x, y, 0)
     ratio = adc_client.train_traffic.up / none_client.train_traffic.up
-    nominal = adc_client.compressor.nominal_ratio(16, 65)  # T=5 of 16, k=21 of 65
+    nominal = adc_client.compressor.nominal_ratio(16, 65, 32)  # T=5 of 16, k=21 of 65
     assert nominal == pytest.approx(5 / 16 * 21 / 65)
     assert nominal < ratio < nominal * 1.1  # the labels and headers cost a little
     down = adc_client.train_traffic.down / none_client.train_traffic.down
@@ -75,7 +75,7 @@ def test_split_step_matches_one_piece_autograd(method):
     client.train_step(x, y, 0)
 
     ref_client, ref_server = split(ref, 2)
-    c = build_compressor(method, 10, compression=0.25) if method == "adc" else build_compressor(method, 10)
+    c = build_compressor(method, 10, 65, 32, compression=0.25) if method == "adc" else build_compressor(method, 10, 65, 32)
     c.load_state_dict(gen_state)
     h, a = ref_client(x)
     packet = c.client_encode(h, a, y)

@@ -7,25 +7,39 @@ from typing import Any
 
 from .adc import ADC, merge_and_select, select_tokens
 from .base import EVAL_MODES, WIRE_DTYPES, ClientPacket, Compressor, ServerPacket
+from .bottlenet import BottleNet
+from .c3sl import C3SL
+from .fedlite import FedLite
 from .kmeans import kmeans
+from .lowrank import LowRank
 from .none import NoCompression
+from .quant import Quant
+from .slacc import SLACC
+from .topk import RandTopK, TopK
 
-METHODS: dict[str, type[Compressor]] = {"adc": ADC, "none": NoCompression}
+METHODS: dict[str, type[Compressor]] = {
+    m.name: m for m in (ADC, NoCompression, C3SL, BottleNet, TopK, RandTopK, Quant, FedLite, LowRank, SLACC)
+}
 
 
-def build_compressor(name: str, num_classes: int, seed: int = 0, wire_dtype: str = "float32", **options: Any) -> Compressor:
-    """``method=<name>`` and its options -> a compressor. ``seed`` seeds any randomness it has."""
+def build_compressor(
+    name: str, num_classes: int, tokens: int, dim: int, seed: int = 0, wire_dtype: str = "float32", **options: Any
+) -> Compressor:
+    """``method=<name>`` and its options -> a compressor for activations ``[B, tokens, dim]``.
+
+    ``seed`` seeds any randomness it has (client and server build it from the same config).
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     cls = METHODS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "wire_dtype", "seed", "kwargs")]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "tokens", "dim", "wire_dtype", "seed", "kwargs")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}")
-    return cls(num_classes=num_classes, wire_dtype=wire_dtype, seed=seed, **options)
+    return cls(num_classes=num_classes, tokens=tokens, dim=dim, wire_dtype=wire_dtype, seed=seed, **options)
 
 
 __all__ = [
-    "ADC", "EVAL_MODES", "METHODS", "WIRE_DTYPES", "ClientPacket", "Compressor", "NoCompression",
+    "ADC", "SLACC", "BottleNet", "C3SL", "FedLite", "LowRank", "Quant", "RandTopK", "TopK", "EVAL_MODES", "METHODS", "WIRE_DTYPES", "ClientPacket", "Compressor", "NoCompression",
     "ServerPacket", "build_compressor", "kmeans", "merge_and_select", "select_tokens",
 ]

@@ -107,14 +107,13 @@ class ADC(Compressor):
 
     def __init__(
         self,
-        num_classes: int,
         compression: float | None = 0.1,
         batch_ratio: float | None = None,
         token_ratio: float | None = None,
         feature: str = "attention",
         **kwargs,
     ):
-        super().__init__(num_classes=num_classes, **kwargs)
+        super().__init__(**kwargs)
         if batch_ratio is None and token_ratio is None:
             if compression is None:
                 raise ValueError("ADC needs method.compression, or method.batch_ratio and/or method.token_ratio")
@@ -129,11 +128,12 @@ class ADC(Compressor):
     def target_ratio(self) -> float:
         return self.batch_ratio * self.token_ratio
 
-    def nominal_ratio(self, B: int, N: int) -> float:
+    def nominal_ratio(self, B: int, N: int, D: int) -> float:
         """The realised ``(T/B)(k/N)`` after rounding, for a batch of ``B`` samples of ``N`` tokens."""
         T, k = budgets(B, N, self.batch_ratio, self.token_ratio)
-        return (T / B) * (k / N)
+        return (T / B) * (k / N) * self.value_ratio
 
+    # training: samples are merged, so the labels are too (client_encode has both)
     def client_encode(self, h, cls_attn, labels) -> ClientPacket:
         if self.generator.device != h.device:  # K-means draws its seeds where the activations live
             self.generator = torch.Generator(device=h.device).manual_seed(self.seed)
@@ -142,8 +142,8 @@ class ADC(Compressor):
         return ClientPacket({"z": self.to_wire(z), "targets": targets}, z)
 
     def server_decode(self, message) -> ServerPacket:
-        received = self.from_wire(message["z"])
-        return ServerPacket(received, received, message["targets"])
+        received, z = self.decompress(message)
+        return ServerPacket(received, z, message["targets"])
 
     def up_schema(self, B: int, N: int, D: int) -> Schema:
         T, k = budgets(B, N, self.batch_ratio, self.token_ratio)
@@ -151,6 +151,19 @@ class ADC(Compressor):
             {"z": TensorSpec(self.wire_dtype, ("T", "k", D)), "targets": TensorSpec(torch.float32, ("T", self.num_classes), low=0.0, high=1.0)},
             dims={"T": (1, T), "k": (1, k)},
         )
+
+    # per sample (compressed evaluation): token selection alone, no merging across samples
+    def compress(self, h, cls_attn, training):
+        z = select_tokens(h, cls_attn, self.token_ratio)
+        return {"z": self.to_wire(z)}, z
+
+    def decompress(self, message):
+        received = self.from_wire(message["z"])
+        return received, received
+
+    def activation_schema(self, B: int, N: int, D: int) -> Schema:
+        k = budgets(B, N, 1.0, self.token_ratio)[1]
+        return Schema({"z": TensorSpec(self.wire_dtype, ("B", k, D))})
 
     def eval_token_ratio(self) -> float:
         return self.token_ratio

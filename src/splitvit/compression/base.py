@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..wire import Schema, TensorSpec
@@ -47,65 +48,116 @@ class ServerPacket:
 
 
 class Compressor(ABC):
+    """A method is its client half (``compress``), its server half (``decompress``) and the bounds of
+    what it sends (``activation_schema``); gradients go back raw in the wire dtype unless it
+    overrides ``encode_grad`` / ``decode_grad`` / ``grad_schema``. Labels go up as class ids.
+    """
+
     name = "base"
 
-    def __init__(self, num_classes: int, wire_dtype: str = "float32", seed: int = 0):
+    def __init__(self, num_classes: int, tokens: int, dim: int, wire_dtype: str = "float32", seed: int = 0):
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire.dtype must be one of {', '.join(WIRE_DTYPES)}, got {wire_dtype!r}")
         self.num_classes = num_classes
+        self.tokens, self.dim = tokens, dim  # N and D of the activations at the cut
         self.seed = seed  # seeds whatever randomness a method has
         self.wire_dtype = WIRE_DTYPES[wire_dtype]
         self.client_modules = nn.ModuleList()
         self.server_modules = nn.ModuleList()
 
-    # -- client half ------------------------------------------------------------------------------
+    # -- what each method defines -----------------------------------------------------------------
     @abstractmethod
-    def client_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, labels: torch.Tensor) -> ClientPacket:
-        """``h [B, N, D]``, ``cls_attn [B, N]``, ``labels [B]`` -> what to send, and what to back-propagate."""
+    def compress(self, h: torch.Tensor, cls_attn: torch.Tensor, training: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Client: ``h [B, N, D]``, ``cls_attn [B, N]`` -> (tensors to send, the tensor whose gradient comes back).
 
-    def client_decode_grad(self, message: dict[str, torch.Tensor], packet: ClientPacket) -> torch.Tensor:
-        return message["grad"].to(packet.sent.dtype)
+        ``training=False`` is compressed evaluation: deterministic, nothing learned or drawn.
+        """
 
-    def grad_schema(self, packet: ClientPacket) -> Schema:
+    @abstractmethod
+    def decompress(self, message: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Server: a validated message -> (the leaf whose gradient goes back, activations ``[B', k, D]``)."""
+
+    @abstractmethod
+    def activation_schema(self, B: int, N: int, D: int) -> Schema:
+        """Bounds on ``compress``'s tensors for batches of at most ``B`` samples (dimension ``B``: the batch)."""
+
+    @abstractmethod
+    def target_ratio(self) -> float:
+        """The compression asked for in the config."""
+
+    @abstractmethod
+    def nominal_ratio(self, B: int, N: int, D: int) -> float:
+        """The fraction of the float32 activations the method sends for a batch ``[B, N, D]``, before
+        any byte is counted: what a paper would quote. The measured ratio adds labels, indices,
+        scales and headers."""
+
+    def check_batch(self, batch_size: int) -> None:
+        """Raise ``ValueError`` if the method cannot work on batches of ``batch_size`` (checked before training)."""
+
+    # -- the gradient on its way back: raw by default ---------------------------------------------
+    def encode_grad(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"grad": self.to_wire(grad)}
+
+    def decode_grad(self, message: dict[str, torch.Tensor], sent: torch.Tensor) -> torch.Tensor:
+        return message["grad"].to(sent.dtype)
+
+    def grad_schema(self, sent: torch.Tensor) -> Schema:
         """What the client accepts back: exactly the shape of what it sent."""
-        return Schema({"grad": TensorSpec(self.wire_dtype, tuple(packet.sent.shape))})
+        return Schema({"grad": TensorSpec(self.wire_dtype, tuple(sent.shape))})
 
-    # -- server half ------------------------------------------------------------------------------
-    @abstractmethod
+    # -- a training step --------------------------------------------------------------------------
+    def client_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, labels: torch.Tensor) -> ClientPacket:
+        message, sent = self.compress(h, cls_attn, training=True)
+        return ClientPacket({**message, "labels": labels.long()}, sent)
+
     def server_decode(self, message: dict[str, torch.Tensor]) -> ServerPacket:
-        """A validated message -> the server model's input, its soft targets, and the gradient leaf."""
+        received, z = self.decompress(message)
+        return ServerPacket(received, z, F.one_hot(message["labels"], self.num_classes).float())
 
-    def server_encode_grad(self, packet: ServerPacket) -> dict[str, torch.Tensor]:
-        return {"grad": self.to_wire(packet.received.grad)}
-
-    @abstractmethod
     def up_schema(self, B: int, N: int, D: int) -> Schema:
         """Bounds on a training message from a client whose batches hold at most ``B`` samples."""
+        s = self.activation_schema(B, N, D)
+        labels = TensorSpec(torch.int64, ("B",), low=0, high=self.num_classes - 1)
+        return Schema({**s.tensors, "labels": labels}, dims={**s.dims, "B": (1, B)})
 
-    # -- evaluation: the paper's uncompressed mode, or token selection alone -----------------------
+    def server_encode_grad(self, packet: ServerPacket) -> dict[str, torch.Tensor]:
+        return self.encode_grad(packet.received.grad)
+
+    def client_decode_grad(self, message: dict[str, torch.Tensor], packet: ClientPacket) -> torch.Tensor:
+        return self.decode_grad(message, packet.sent)
+
+    # -- evaluation -------------------------------------------------------------------------------
     def eval_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
+        """``uncompressed`` (the paper's), ``tokens`` (per-sample token selection) or ``compressed``."""
         if mode == "uncompressed":
             return {"z": self.to_wire(h)}
         if mode == "tokens":
             from .adc import select_tokens
 
             return {"z": self.to_wire(select_tokens(h, cls_attn, self.eval_token_ratio()))}
+        if mode == "compressed":
+            return self.compress(h, cls_attn, training=False)[0]
         raise ValueError(f"eval.mode must be one of {', '.join(EVAL_MODES)}, got {mode!r}")
 
-    def eval_schema(self, B: int, N: int, D: int) -> Schema:
+    def eval_decode(self, message: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
+        if mode == "compressed":
+            return self.decompress(message)[1].detach()
+        return message["z"].float()
+
+    def eval_schema(self, B: int, N: int, D: int, mode: str) -> Schema:
+        if mode == "compressed":
+            s = self.activation_schema(B, N, D)
+            return Schema(s.tensors, dims={**s.dims, "B": (1, B)})
         return Schema({"z": TensorSpec(self.wire_dtype, ("B", "k", D))}, dims={"B": (1, B), "k": (1, N)})
 
     def eval_token_ratio(self) -> float:
-        raise ValueError(f"eval.mode=tokens needs a token ratio; method {self.name!r} has none. Use eval.mode=uncompressed")
+        raise ValueError(f"eval.mode=tokens needs a token ratio; method {self.name!r} has none. Use eval.mode=uncompressed or compressed")
 
     # -- shared -----------------------------------------------------------------------------------
-    @abstractmethod
-    def target_ratio(self) -> float:
-        """The compression asked for in the config."""
-
-    @abstractmethod
-    def nominal_ratio(self, B: int, N: int) -> float:
-        """Compression the method aims at for a batch ``[B, N, D]``, before any byte is counted."""
+    @property
+    def value_ratio(self) -> float:
+        """Bytes of one wire value over the 4 bytes of float32."""
+        return torch.empty((), dtype=self.wire_dtype).element_size() / 4
 
     def to_wire(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(self.wire_dtype)
@@ -122,4 +174,4 @@ class Compressor(ABC):
         self.server_modules.load_state_dict(state["server_modules"])
 
 
-EVAL_MODES = ("uncompressed", "tokens")
+EVAL_MODES = ("uncompressed", "tokens", "compressed")

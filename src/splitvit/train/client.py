@@ -45,7 +45,7 @@ class SplitClient:
         packet = self.compressor.client_encode(h, cls_attn, labels)  # compress
         up = encode(packet.message, {"kind": "train", "step": str(step)})
         down = self.link.request(up)  # the server's forward, loss, backward and step happen there
-        reply, meta = decode(down, self.compressor.grad_schema(packet))
+        reply, meta = decode(down, self.compressor.grad_schema(packet.sent))
         if meta.get("step") != str(step):
             raise WireError(f"reply is for step {meta.get('step')!r}, not {step}")
         grad = self.compressor.client_decode_grad(reply, packet)  # gradient back
@@ -62,7 +62,7 @@ class SplitClient:
         loss_sum, correct, n = 0.0, 0, 0
         for images, labels in batches:
             h, cls_attn = self.model(images)
-            up = encode(self.compressor.eval_encode(h, cls_attn, mode), {"kind": "eval"})
+            up = encode(self.compressor.eval_encode(h, cls_attn, mode), {"kind": "eval", "mode": mode})
             down = self.link.request(up)
             schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
             logits = decode(down, schema)[0]["logits"].to(labels.device)

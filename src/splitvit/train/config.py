@@ -36,7 +36,7 @@ def _at_least(key: str, value, low, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be a number >= {low}{' (or null)' if optional else ''}")
 
 
-def validate(cfg: DictConfig, depth: int | None = None) -> None:
+def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work."""
     _choice("method", cfg.method.name, METHODS)
     _choice("dataset", cfg.dataset.name, DATASETS)
@@ -54,12 +54,14 @@ def validate(cfg: DictConfig, depth: int | None = None) -> None:
     m = cfg.model
     try:
         vit = replace(PRESETS[m.name], **{k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m[k] is not None})
-        compressor = build_compressor(cfg.method.name, 2, wire_dtype=cfg.wire.dtype, **method_options(cfg.method))
+        compressor = build_compressor(
+            cfg.method.name, 2, vit.num_tokens, vit.embed_dim, wire_dtype=cfg.wire.dtype, **method_options(cfg.method)
+        )
+        compressor.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    depth = vit.depth if depth is None else depth
-    if cfg.split.index > depth:
-        raise ConfigError(f"split.index={cfg.split.index} must be in [1, {depth}] for a model of depth {depth}")
+    if cfg.split.index > vit.depth:
+        raise ConfigError(f"split.index={cfg.split.index} must be in [1, {vit.depth}] for a model of depth {vit.depth}")
     if cfg.eval.mode == "tokens":
         try:
             compressor.eval_token_ratio()

@@ -48,7 +48,7 @@ class Progress:
 @lru_cache(maxsize=64)
 def uncompressed_bytes(batch: int, tokens: int, dim: int, num_classes: int, step_digits: int) -> tuple[int, int]:
     """Serialised sizes (up, down) of plain split learning's messages for a batch: measured, not computed."""
-    none = NoCompression(num_classes)
+    none = NoCompression(num_classes, tokens, dim)
     h = torch.zeros(batch, tokens, dim)
     step = "9" * step_digits
     up = encode(none.client_encode(h, None, torch.zeros(batch, dtype=torch.long)).message, {"kind": "train", "step": step})
@@ -80,10 +80,17 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     data = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
     model = build_model(cfg, data.num_classes).to(device)
     vit = model.cfg
-    validate(cfg, depth=vit.depth)
     client_model, server_model = split(model, cfg.split.index)
-    compressor = build_compressor(cfg.method.name, data.num_classes, seed=cfg.seed, wire_dtype=cfg.wire.dtype, **method_options(cfg.method))
-    make_opt = lambda params: torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    compressor = build_compressor(
+        cfg.method.name, data.num_classes, vit.num_tokens, vit.embed_dim, seed=cfg.seed, wire_dtype=cfg.wire.dtype,
+        **method_options(cfg.method),
+    )
+    compressor.client_modules.to(device)
+    compressor.server_modules.to(device)
+
+    def make_opt(params):
+        return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
     server = SplitServer(
         server_model, compressor, make_opt([*server_model.parameters(), *compressor.server_modules.parameters()]),
         max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim, max_eval_batch=cfg.eval.batch_size,
@@ -202,7 +209,9 @@ def make_summary(cfg, compressor, vit, p: Progress, reason: str | None) -> dict:
         "split_index": cfg.split.index,
         "seed": cfg.seed,
         "compression_target": compressor.target_ratio(),
-        "compression_nominal": compressor.nominal_ratio(cfg.train.batch_size, vit.num_tokens),
+        "batch_ratio": getattr(compressor, "batch_ratio", None),  # ADC's two parts, for the grid plot
+        "token_ratio": getattr(compressor, "token_ratio", None),
+        "compression_nominal": compressor.nominal_ratio(cfg.train.batch_size, vit.num_tokens, vit.embed_dim),
         "compression_measured": sent / baseline if baseline else None,
         "bytes_up": p.bytes_up,
         "bytes_down": p.bytes_down,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..compression import Compressor
+from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..wire import Schema, WireError, decode, encode
 
@@ -28,14 +28,16 @@ class SplitServer:
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
-        self.schemas: dict[str, Schema] = {
-            "train": compressor.up_schema(max_batch, num_tokens, dim),
-            "eval": compressor.eval_schema(max_eval_batch or max_batch, num_tokens, dim),
-        }
+        eval_batch = max_eval_batch or max_batch
+        self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
+        for mode in EVAL_MODES:
+            self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
         self.device = next(model.parameters()).device
 
     def schema_for(self, meta: dict[str, str]) -> Schema:
         kind = meta.get("kind")
+        if kind == "eval":
+            kind = f"eval/{meta.get('mode')}"
         if kind not in self.schemas:
             raise WireError(f"message kind {kind!r} is not served; expected one of {sorted(self.schemas)}")
         return self.schemas[kind]
@@ -45,7 +47,7 @@ class SplitServer:
         message = {k: v.to(self.device, non_blocking=True) for k, v in message.items()}
         if meta["kind"] == "train":
             return self.train_step(message, meta)
-        return self.eval_step(message)
+        return self.eval_step(message, meta["mode"])
 
     def train_step(self, message: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
         self.model.train()
@@ -58,7 +60,7 @@ class SplitServer:
         return encode(reply, {"kind": "grad", "step": meta.get("step", ""), "loss": repr(loss.item())})
 
     @torch.no_grad()
-    def eval_step(self, message: dict[str, torch.Tensor]) -> bytes:
+    def eval_step(self, message: dict[str, torch.Tensor], mode: str) -> bytes:
         self.model.eval()
-        logits = self.model(message["z"].float())
+        logits = self.model(self.compressor.eval_decode(message, mode))
         return encode({"logits": logits.float()}, {"kind": "logits"})

@@ -21,6 +21,7 @@ from safetensors.torch import save as st_save
 DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.uint16: "U16",
     torch.bool: "BOOL",
 }
 MAX_HEADER_BYTES = 1 << 20  # a message header is a few hundred bytes; anything near this is hostile
@@ -151,6 +152,8 @@ def decode(
         t = tensors[name]
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise WireError(f"tensor {name!r} holds NaN or infinite values")
+        if not t.is_floating_point():
+            t = t.to(torch.int64)  # range checks on any integer width
         if spec.low is not None and t.numel() and t.min().item() < spec.low:
             raise WireError(f"tensor {name!r} has values below {spec.low}")
         if spec.high is not None and t.numel() and t.max().item() > spec.high:

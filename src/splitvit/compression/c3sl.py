@@ -1,0 +1,68 @@
+"""C3-SL (Hsieh et al. 2022): circular-convolution binding of ``R`` samples into one.
+
+Both sides draw the same ``R`` random unit-norm keys of length ``N*D`` from the shared seed (no
+bytes). Each group of ``R`` samples is sent as ``s = sum_r x_r (*) k_r`` (circular convolution, by
+FFT); the server unbinds ``x_r ~ s (star) k_r`` (circular correlation). The gradient of ``s`` goes
+back, and the client back-propagates through the binding exactly (autograd through the FFTs). A
+batch that ``R`` does not divide gets a last, smaller group (its missing members are zeros).
+
+Nominal vs measured: nominal is ``ceil(B/R) / B``; measured adds the labels and a 4-byte count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..wire import Schema, TensorSpec
+from .base import Compressor
+
+
+class C3SL(Compressor):
+    name = "c3sl"
+
+    def __init__(self, R: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(R, int) or R < 1:
+            raise ValueError(f"method.R must be a positive integer, got {R}")
+        self.R = R
+        n = self.tokens * self.dim
+        g = torch.Generator().manual_seed(self.seed)
+        keys = torch.randn(R, n, generator=g)
+        self.keys = keys / keys.norm(dim=1, keepdim=True)
+        self._key_fft = None
+
+    def key_fft(self, device) -> torch.Tensor:
+        if self._key_fft is None or self._key_fft.device != torch.device(device):
+            self._key_fft = torch.fft.rfft(self.keys.to(device), dim=-1)  # [R, n/2 + 1]
+        return self._key_fft
+
+    def compress(self, h, cls_attn, training):
+        B, N, D = h.shape
+        G = -(-B // self.R)
+        x = h.reshape(B, N * D).float()
+        x = torch.cat([x, x.new_zeros(G * self.R - B, N * D)]).view(G, self.R, N * D)
+        s = torch.fft.irfft((torch.fft.rfft(x, dim=-1) * self.key_fft(h.device)).sum(1), n=N * D, dim=-1)
+        return {"s": self.to_wire(s), "n": torch.tensor([B], dtype=torch.int32)}, s
+
+    def decompress(self, message):
+        s = self.from_wire(message["s"])
+        n = self.tokens * self.dim
+        x = torch.fft.irfft(torch.fft.rfft(s, dim=-1)[:, None] * self.key_fft(s.device).conj(), n=n, dim=-1)
+        B = int(message["n"])
+        return s, x.reshape(-1, self.tokens, self.dim)[:B]
+
+    def activation_schema(self, B, N, D) -> Schema:
+        return Schema(
+            {"s": TensorSpec(self.wire_dtype, ("G", N * D)), "n": TensorSpec(torch.int32, (1,), low=1, high=B)},
+            dims={"G": (1, -(-B // self.R))},
+        )
+
+    def check_batch(self, batch_size: int) -> None:
+        if self.R > batch_size:
+            raise ValueError(f"method.R={self.R} is larger than train.batch_size={batch_size}: no group of R samples can form")
+
+    def target_ratio(self) -> float:
+        return 1 / self.R
+
+    def nominal_ratio(self, B, N, D) -> float:
+        return -(-B // self.R) / B * self.value_ratio

@@ -1,0 +1,128 @@
+"""FedLite (Wang et al. 2022): product quantization of the activations, with gradient correction.
+
+Each token vector (``D`` values) is cut into ``q`` sub-vectors of ``D/q``; for each of the ``q``
+positions, K-means over all the batch's sub-vectors gives ``L`` centroids. On the wire: the codebook
+(``[q, L, D/q]``) and each token's ``q`` codes, ``ceil(log2 L)`` bits each, packed per sample. The
+gradient returns product-quantized the same way (the server runs its own K-means on it).
+
+FedLite's correction: the client back-propagates ``g + lam * (h - h_q)`` instead of the gradient ``g``
+of the quantized activations ``h_q``, which pulls the activations towards their codewords.
+
+Nominal vs measured: nominal is ``q * ceil(log2 L) / (32 D)`` (the codes); measured adds the
+codebook, ``4 L D`` bytes a message, large for small batches, and the labels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..wire import Schema, TensorSpec
+from ..wire.bits import pack_rows, packed_size, unpack_rows
+from .base import Compressor
+from .kmeans import kmeans
+
+
+class _Corrected(torch.autograd.Function):
+    """Forward: ``h_q``. Backward: ``g + lam * (h - h_q)`` into ``h`` (FedLite, Sec. 4)."""
+
+    @staticmethod
+    def forward(ctx, h, hq, lam):
+        ctx.save_for_backward(h, hq)
+        ctx.lam = lam
+        return hq.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        h, hq = ctx.saved_tensors
+        return g + ctx.lam * (h - hq), None, None
+
+
+class ProductQuantizer:
+    def __init__(self, dim: int, q: int, L: int, max_iter: int, seed: int):
+        if not isinstance(q, int) or q < 1 or dim % q:
+            raise ValueError(f"method.q must be a positive divisor of the width {dim}, got {q}")
+        if not isinstance(L, int) or not 2 <= L <= 256:
+            raise ValueError(f"method.L must be an integer in [2, 256] (codes are at most 8 bits), got {L}")
+        self.q, self.L, self.sub = q, L, dim // q
+        self.bits = math.ceil(math.log2(L))
+        self.max_iter = max_iter
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def encode(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``x [B, N, D]`` -> (message, the reconstruction ``[B, N, D]``)."""
+        B, N, D = x.shape
+        sub = x.detach().float().reshape(B * N, self.q, self.sub)
+        L = min(self.L, B * N)
+        codebook = torch.zeros(self.q, self.L, self.sub, device=x.device)
+        codes = torch.empty(B * N, self.q, dtype=torch.long, device=x.device)
+        if self.generator.device != x.device:
+            self.generator = torch.Generator(device=x.device).manual_seed(self.generator.initial_seed())
+        for j in range(self.q):  # q independent problems (a handful), each one batched K-means
+            r = kmeans(sub[:, j], L, self.generator, self.max_iter)
+            codes[:, j], codebook[j, :L] = r.assignment, r.centroids
+        message = {"codebook": codebook, "codes": pack_rows(codes.view(B, N * self.q), self.bits)}
+        return message, self.decode(message, N)
+
+    def decode(self, m: dict[str, torch.Tensor], N: int) -> torch.Tensor:
+        codebook = m["codebook"].float()
+        B = m["codes"].shape[0]
+        codes = unpack_rows(m["codes"], self.bits, N * self.q).view(B * N, self.q)
+        parts = codebook[torch.arange(self.q, device=codes.device), codes]  # [B*N, q, D/q]
+        return parts.reshape(B, N, self.q * self.sub)
+
+    def schema(self, batch, N: int, dtype: torch.dtype) -> dict[str, TensorSpec]:
+        return {
+            "codebook": TensorSpec(dtype, (self.q, self.L, self.sub)),
+            "codes": TensorSpec(torch.uint8, (batch, packed_size(N * self.q, self.bits))),
+        }
+
+
+class FedLite(Compressor):
+    name = "fedlite"
+
+    def __init__(self, q: int = 8, L: int = 64, lam: float = 0.1, max_iter: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        if lam < 0:
+            raise ValueError(f"method.lam (FedLite's lambda) must be >= 0, got {lam}")
+        self.lam = float(lam)
+        self.pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed)
+        self.grad_pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed + 1)
+
+    def _wire(self, m):
+        return {"codebook": self.to_wire(m["codebook"]), "codes": m["codes"]}
+
+    def compress(self, h, cls_attn, training):
+        message, hq = self.pq.encode(h)
+        return self._wire(message), _Corrected.apply(h, hq.to(h.dtype), self.lam)
+
+    def decompress(self, message):
+        received = self.pq.decode(message, self.tokens).requires_grad_()
+        return received, received
+
+    def activation_schema(self, B, N, D) -> Schema:
+        return Schema(self.pq.schema("B", N, self.wire_dtype))
+
+    def encode_grad(self, grad):
+        return self._wire(self.grad_pq.encode(grad)[0])
+
+    def decode_grad(self, message, sent):
+        return self.grad_pq.decode(message, sent.shape[1]).to(sent.dtype)
+
+    def grad_schema(self, sent) -> Schema:
+        return Schema(self.grad_pq.schema(sent.shape[0], sent.shape[1], self.wire_dtype))
+
+    def target_ratio(self) -> float:
+        return self.pq.q * self.pq.bits / (32 * self.dim)
+
+    def nominal_ratio(self, B, N, D) -> float:
+        return self.target_ratio()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.pq.generator.get_state(), "grad_generator": self.grad_pq.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pq.generator.set_state(state["generator"])
+        self.grad_pq.generator.set_state(state["grad_generator"])

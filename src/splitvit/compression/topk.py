@@ -1,0 +1,119 @@
+"""Top-K and Randomized Top-K sparsification of the activations, per sample.
+
+Each sample ``h[b]`` (``N*D`` values) keeps ``K = round(compression * N * D)`` of them. On the wire:
+the values, in increasing position order, and the positions, as an index list (``uint16`` when
+``N*D <= 65536``, else ``int32``) or as a bitmap of ``N*D`` bits, whichever is smaller for this
+``K``. The gradient comes back at the kept positions only (``[B, K]``), in the same order.
+
+Nominal vs measured: the nominal ratio counts the values alone (``K / (N*D)``); the measured one
+adds the positions (up to ``min(index bytes, N*D/8)`` per sample) and the labels, so uplink bytes
+are above nominal, downlink bytes at nominal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..wire import Schema, TensorSpec, WireError
+from ..wire.bits import pack_rows, packed_size, unpack_rows
+from .base import Compressor, check_ratio
+
+
+class TopK(Compressor):
+    name = "topk"
+
+    def __init__(self, compression: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.compression = check_ratio("method.compression", compression)
+
+    @property
+    def kept(self) -> int:
+        """``K``: values kept per sample."""
+        return min(max(round(self.compression * self.tokens * self.dim), 1), self.tokens * self.dim)
+
+    @property
+    def position_format(self) -> tuple[str, torch.dtype]:
+        """``("index", dtype)`` or ``("bitmap", uint8)``: whichever costs fewer bytes per sample."""
+        n = self.tokens * self.dim
+        dtype = torch.uint16 if n <= 1 << 16 else torch.int32
+        index_bytes = self.kept * torch.empty((), dtype=dtype).element_size()
+        return ("bitmap", torch.uint8) if packed_size(n, 1) < index_bytes else ("index", dtype)
+
+    def select(self, flat: torch.Tensor, K: int, training: bool) -> torch.Tensor:
+        """Positions ``[B, K]`` to keep of ``flat [B, N*D]``."""
+        return flat.detach().abs().topk(K, dim=1, sorted=False).indices
+
+    def compress(self, h, cls_attn, training):
+        B, N, D = h.shape
+        flat = h.reshape(B, N * D)
+        idx = self.select(flat, self.kept, training).sort(dim=1).values
+        values = flat.gather(1, idx)
+        fmt, dtype = self.position_format
+        if fmt == "bitmap":
+            positions = pack_rows(torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True), 1)
+        else:
+            positions = idx.to(dtype)
+        return {"values": self.to_wire(values), fmt: positions}, values
+
+    def decompress(self, message):
+        n = self.tokens * self.dim
+        values = self.from_wire(message["values"])
+        B, K = values.shape
+        if "bitmap" in message:
+            mask = unpack_rows(message["bitmap"], 1, n).bool()
+            counts = mask.sum(1)
+            if not torch.all(counts == K):
+                raise WireError(f"bitmap marks {counts.tolist()} positions per sample, expected {K}")
+            idx = mask.nonzero()[:, 1].view(B, K)  # row-major: increasing positions, as sent
+        else:
+            idx = message["index"].to(torch.int64)
+            if K > 1 and not torch.all(idx[:, 1:] > idx[:, :-1]):
+                raise WireError("positions must be strictly increasing within each sample")
+        dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter(1, idx, values)
+        return values, dense.view(B, self.tokens, self.dim)
+
+    def activation_schema(self, B, N, D) -> Schema:
+        fmt, dtype = self.position_format
+        if fmt == "bitmap":
+            positions = TensorSpec(dtype, ("B", packed_size(N * D, 1)))
+        else:
+            positions = TensorSpec(dtype, ("B", self.kept), low=0, high=N * D - 1)
+        return Schema({"values": TensorSpec(self.wire_dtype, ("B", self.kept)), fmt: positions})
+
+    def target_ratio(self) -> float:
+        return self.compression
+
+    def nominal_ratio(self, B, N, D) -> float:
+        return self.kept / (N * D) * self.value_ratio
+
+
+class RandTopK(TopK):
+    """Randomized Top-K (Zheng et al. 2023): ``K`` positions drawn without replacement, the top-K
+    set holding probability mass ``1 - alpha`` and the rest ``alpha``; plain Top-K when evaluating."""
+
+    name = "randtopk"
+
+    def __init__(self, compression: float = 0.1, alpha: float = 0.1, **kwargs):
+        super().__init__(compression=compression, **kwargs)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"method.alpha must be in [0, 1), got {alpha}")
+        self.alpha = float(alpha)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def select(self, flat, K, training):
+        top = super().select(flat, K, training)
+        n = flat.shape[1]
+        if not training or K == n or self.alpha == 0.0:
+            return top
+        if self.generator.device != flat.device:
+            self.generator = torch.Generator(device=flat.device).manual_seed(self.seed)
+        weights = torch.full_like(flat, self.alpha / (n - K), dtype=torch.float32)
+        weights.scatter_(1, top, (1 - self.alpha) / K)
+        return torch.multinomial(weights, K, replacement=False, generator=self.generator)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
