@@ -19,7 +19,7 @@ from splitvit.compression.kmeans import kmeans_pp
 
 
 def loop_kmeans(x, k, generator, max_iter=50):
-    centroids = x[kmeans_pp(x, k, generator)]
+    centroids = x[kmeans_pp(x[None], k, generator)[0]]
     for _ in range(max_iter):
         dists = torch.stack([((x - centroids[c]) ** 2).sum(1) for c in range(k)], dim=1)
         assignment = dists.argmin(1)
@@ -64,8 +64,10 @@ def main():
     args = ap.parse_args()
     r = args.compression ** 0.5
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={args.tokens} D={args.dim} xi={args.compression}; "
-          "median ms of forward + backward")
-    print(f"{'B':>5} {'T':>4} {'k':>4} {'splitvit ms':>12} {'loop ms':>10} {'speed-up':>9}")
+          "median ms")
+    print(f"{'':>15} {'forward + backward':^34}   {'forward only':^30}")
+    print(f"{'B':>5} {'T':>4} {'k':>4} {'splitvit ms':>12} {'loop ms':>10} {'speed-up':>9}   "
+          f"{'splitvit':>9} {'loop':>9} {'speed-up':>9}")
     for B in args.batches:
         g = torch.Generator().manual_seed(0)
         h = torch.randn(B, args.tokens, args.dim, generator=g)
@@ -79,10 +81,16 @@ def main():
                 z.backward(grad)
             return step
 
+        def forward(kernel):
+            return lambda: kernel(h, a, r, r, generator=torch.Generator().manual_seed(1))
+
         fast = time_ms(run(merge_and_select), args.repeat)
         slow = time_ms(run(loop_merge_and_select), max(3, args.repeat // 4))
+        fast_f = time_ms(forward(merge_and_select), args.repeat)
+        slow_f = time_ms(forward(loop_merge_and_select), max(3, args.repeat // 4))
         T, k = budgets(B, args.tokens, r, r)
-        print(f"{B:>5} {T:>4} {k:>4} {fast:>12.2f} {slow:>10.2f} {slow / fast:>8.1f}x")
+        print(f"{B:>5} {T:>4} {k:>4} {fast:>12.2f} {slow:>10.2f} {slow / fast:>8.1f}x   "
+              f"{fast_f:>9.2f} {slow_f:>9.2f} {slow_f / fast_f:>8.1f}x")
 
 
 if __name__ == "__main__":

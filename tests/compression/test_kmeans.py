@@ -35,3 +35,18 @@ def test_centroids_are_member_means_and_limits():
         torch.testing.assert_close(r.centroids[t], x[r.assignment == t].mean(0))
     assert torch.equal(kmeans(x, 40).assignment, torch.arange(40))
     assert torch.equal(kmeans(x, 1).assignment, torch.zeros(40, dtype=torch.long))
+
+
+def test_batched_problems_each_get_k_nonempty_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    blobs = torch.cat([c + 0.1 * torch.randn(10, 2, generator=g) for c in centers])
+    x = torch.stack([blobs, blobs + 5, torch.ones(30, 2)])  # the last problem: all rows identical
+    r = kmeans(x, 3, torch.Generator().manual_seed(1))
+    assert r.assignment.shape == (3, 30) and r.centroids.shape == (3, 3, 2)
+    for p in range(3):
+        assert torch.bincount(r.assignment[p], minlength=3).min() >= 1
+    for p in range(2):
+        for i in range(3):
+            assert r.assignment[p, 10 * i : 10 * (i + 1)].unique().numel() == 1
+    assert torch.isfinite(r.centroids).all()

@@ -53,16 +53,15 @@ class ProductQuantizer:
     def encode(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``x [B, N, D]`` -> (message, the reconstruction ``[B, N, D]``)."""
         B, N, D = x.shape
-        sub = x.detach().float().reshape(B * N, self.q, self.sub)
+        sub = x.detach().float().reshape(B * N, self.q, self.sub).transpose(0, 1)  # q problems of B*N points
         L = min(self.L, B * N)
-        codebook = torch.zeros(self.q, self.L, self.sub, device=x.device)
-        codes = torch.empty(B * N, self.q, dtype=torch.long, device=x.device)
         if self.generator.device != x.device:
             self.generator = torch.Generator(device=x.device).manual_seed(self.generator.initial_seed())
-        for j in range(self.q):  # q independent problems (a handful), each one batched K-means
-            r = kmeans(sub[:, j], L, self.generator, self.max_iter)
-            codes[:, j], codebook[j, :L] = r.assignment, r.centroids
-        message = {"codebook": codebook, "codes": pack_rows(codes.view(B, N * self.q), self.bits)}
+        r = kmeans(sub, L, self.generator, self.max_iter)  # all q codebooks in one batched call
+        codebook = torch.zeros(self.q, self.L, self.sub, device=x.device)
+        codebook[:, :L] = r.centroids
+        codes = r.assignment.transpose(0, 1).reshape(B, N * self.q)
+        message = {"codebook": codebook, "codes": pack_rows(codes, self.bits)}
         return message, self.decode(message, N)
 
     def decode(self, m: dict[str, torch.Tensor], N: int) -> torch.Tensor:
