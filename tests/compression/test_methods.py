@@ -201,3 +201,11 @@ def test_slacc_gives_more_bits_to_high_entropy_channels():
 def test_impossible_options_are_refused(name, bad, match):
     with pytest.raises(ValueError, match=match):
         make(name, **bad)
+
+
+def test_compression_is_the_common_knob():
+    assert make("c3sl", R=None, compression=0.1).R == 10
+    assert make("c3sl", R=3, compression=0.1).R == 3  # the method's own knob wins
+    assert make("quant", bits=None, compression=0.1).q.bits == 3
+    assert make("quant", bits=None, compression=0.5).q.bits == 8  # clamped: 16 bits is wire.dtype's job
+    assert make("slacc", bits=None, compression=0.2).q.bits == 6

@@ -28,6 +28,11 @@ from ..wire import Schema, TensorSpec
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def bits_for(compression: float) -> int:
+    """Bits per value that send about ``compression`` of float32: ``round(32 * compression)`` in [1, 8]."""
+    return min(max(round(32 * check_ratio("method.compression", compression)), 1), 8)
+
+
 def check_ratio(name: str, value: float) -> float:
     if value is None or not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value}")

@@ -6,6 +6,8 @@ FFT); the server unbinds ``x_r ~ s (star) k_r`` (circular correlation). The grad
 back, and the client back-propagates through the binding exactly (autograd through the FFTs). A
 batch that ``R`` does not divide gets a last, smaller group (its missing members are zeros).
 
+``R`` may be given directly, or through ``compression`` as ``R = round(1 / compression)``.
+
 Nominal vs measured: nominal is ``ceil(B/R) / B``; measured adds the labels and a 4-byte count.
 """
 
@@ -14,14 +16,16 @@ from __future__ import annotations
 import torch
 
 from ..wire import Schema, TensorSpec
-from .base import Compressor
+from .base import Compressor, check_ratio
 
 
 class C3SL(Compressor):
     name = "c3sl"
 
-    def __init__(self, R: int = 4, **kwargs):
+    def __init__(self, R: int | None = None, compression: float | None = 0.125, **kwargs):
         super().__init__(**kwargs)
+        if R is None:  # the common knob: R = round(1 / compression)
+            R = max(1, round(1 / check_ratio("method.compression", compression)))
         if not isinstance(R, int) or R < 1:
             raise ValueError(f"method.R must be a positive integer, got {R}")
         self.R = R

@@ -1,7 +1,8 @@
 """FedLite (Wang et al. 2022): product quantization of the activations, with gradient correction.
 
 Each token vector (``D`` values) is cut into ``q`` sub-vectors of ``D/q``; for each of the ``q``
-positions, K-means over all the batch's sub-vectors gives ``L`` centroids. On the wire: the codebook
+positions, K-means over the batch's sub-vectors (at most ``fit_points`` of them, drawn at random,
+to bound its cost; every sub-vector is then coded) gives ``L`` centroids. On the wire: the codebook
 (``[q, L, D/q]``) and each token's ``q`` codes, ``ceil(log2 L)`` bits each, packed per sample. The
 gradient returns product-quantized the same way (the server runs its own K-means on it).
 
@@ -40,7 +41,7 @@ class _Corrected(torch.autograd.Function):
 
 
 class ProductQuantizer:
-    def __init__(self, dim: int, q: int, L: int, max_iter: int, seed: int):
+    def __init__(self, dim: int, q: int, L: int, max_iter: int, seed: int, fit_points: int = 2048):
         if not isinstance(q, int) or q < 1 or dim % q:
             raise ValueError(f"method.q must be a positive divisor of the width {dim}, got {q}")
         if not isinstance(L, int) or not 2 <= L <= 256:
@@ -48,19 +49,27 @@ class ProductQuantizer:
         self.q, self.L, self.sub = q, L, dim // q
         self.bits = math.ceil(math.log2(L))
         self.max_iter = max_iter
+        if not isinstance(fit_points, int) or fit_points < L:
+            raise ValueError(f"method.fit_points must be an integer >= L={L}, got {fit_points}")
+        self.fit_points = fit_points
         self.generator = torch.Generator().manual_seed(seed)
 
     def encode(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``x [B, N, D]`` -> (message, the reconstruction ``[B, N, D]``)."""
         B, N, D = x.shape
         sub = x.detach().float().reshape(B * N, self.q, self.sub).transpose(0, 1)  # q problems of B*N points
-        L = min(self.L, B * N)
         if self.generator.device != x.device:
             self.generator = torch.Generator(device=x.device).manual_seed(self.generator.initial_seed())
-        r = kmeans(sub, L, self.generator, self.max_iter)  # all q codebooks in one batched call
+        fit = sub
+        if B * N > self.fit_points:  # fit the codebooks on a random sample, then code every sub-vector
+            pick = torch.randperm(B * N, generator=self.generator, device=x.device)[: self.fit_points]
+            fit = sub[:, pick]
+        L = min(self.L, fit.shape[1])
+        centroids = kmeans(fit, L, self.generator, self.max_iter).centroids  # all q codebooks in one call
+        codes = torch.cdist(sub, centroids).argmin(-1)  # [q, B*N]
         codebook = torch.zeros(self.q, self.L, self.sub, device=x.device)
-        codebook[:, :L] = r.centroids
-        codes = r.assignment.transpose(0, 1).reshape(B, N * self.q)
+        codebook[:, :L] = centroids
+        codes = codes.transpose(0, 1).reshape(B, N * self.q)
         message = {"codebook": codebook, "codes": pack_rows(codes, self.bits)}
         return message, self.decode(message, N)
 
@@ -81,13 +90,13 @@ class ProductQuantizer:
 class FedLite(Compressor):
     name = "fedlite"
 
-    def __init__(self, q: int = 8, L: int = 64, lam: float = 0.1, max_iter: int = 10, **kwargs):
+    def __init__(self, q: int = 8, L: int = 64, lam: float = 0.1, max_iter: int = 10, fit_points: int = 2048, **kwargs):
         super().__init__(**kwargs)
         if lam < 0:
             raise ValueError(f"method.lam (FedLite's lambda) must be >= 0, got {lam}")
         self.lam = float(lam)
-        self.pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed)
-        self.grad_pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed + 1)
+        self.pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed, fit_points)
+        self.grad_pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed + 1, fit_points)
 
     def _wire(self, m):
         return {"codebook": self.to_wire(m["codebook"]), "codes": m["codes"]}

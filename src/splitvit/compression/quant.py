@@ -5,6 +5,9 @@ or per token. Each sample's codes are packed into ``ceil(N*D*b / 8)`` bytes. The
 back-propagates the server's (dequantized) gradient straight into ``h`` (straight-through); the
 gradient travels quantized the same way.
 
+``bits`` may be given directly, or through ``compression`` as ``round(32 * compression)``,
+clamped to [1, 8] (so ``compression`` above 0.25 sends 8 bits: use ``wire.dtype`` for 16).
+
 Nominal vs measured: nominal is ``b / 32``; measured adds the scales (8 bytes per tensor, or per
 token with ``granularity=token``: ``64 / (D * b)`` more) and the labels.
 """
@@ -15,7 +18,7 @@ import torch
 
 from ..wire import Schema, TensorSpec
 from ..wire.bits import pack_rows, packed_size, unpack_rows
-from .base import Compressor
+from .base import Compressor, bits_for
 
 GRANULARITIES = ("tensor", "token")
 
@@ -63,9 +66,9 @@ class Quantizer:
 class Quant(Compressor):
     name = "quant"
 
-    def __init__(self, bits: int = 8, granularity: str = "tensor", **kwargs):
+    def __init__(self, bits: int | None = None, compression: float | None = 0.125, granularity: str = "tensor", **kwargs):
         super().__init__(**kwargs)
-        self.q = Quantizer(bits, granularity)
+        self.q = Quantizer(bits_for(compression) if bits is None else bits, granularity)
 
     def compress(self, h, cls_attn, training):
         return self.q.encode(h), h

@@ -3,10 +3,12 @@
 Reconstructed from the SL-ACC paper's abstract (no public code). Each step the sender estimates the
 entropy of every channel (a ``bins``-bin histogram of its ``B*N`` values), sorts the channels by
 entropy and cuts them into ``groups`` equal groups. Group ``g`` (0 = lowest entropy) is quantized
-uniformly with ``bits + g - (groups - 1) // 2`` bits (clamped to [1, 8]): more bits where the
-channel carries more information, the mean staying near ``bits``. On the wire: each channel's group
+uniformly with ``bits`` plus an offset symmetric around zero (-1/+1 for two groups, -2/-1/+1/+2 for
+four), clamped to [1, 8]: more bits where the channel carries more information, ``bits`` on average. On the wire: each channel's group
 (``uint8 [D]``), ``lo`` and ``scale`` per channel (float32), and each group's codes, bit-packed per
 sample. The gradient comes back compressed the same way (its own entropies).
+
+The mean ``bits`` may be given directly, or through ``compression`` as ``round(32 * compression)``.
 
 Nominal vs measured: nominal is the mean bits per value over 32; measured adds the per-channel
 header (``9 D`` bytes a message) and the labels.
@@ -14,11 +16,13 @@ header (``9 D`` bytes a message) and the labels.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import pack_rows, packed_size, unpack_rows
-from .base import Compressor
+from .base import Compressor, bits_for
 
 
 def channel_entropy(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -37,8 +41,9 @@ class EntropyGroupedQuantizer:
         if not isinstance(bits, int) or not 1 <= bits <= 8:
             raise ValueError(f"method.bits must be an integer in [1, 8], got {bits}")
         self.dim, self.bits, self.groups, self.bins = dim, bits, groups, bins
-        offset = (groups - 1) // 2
-        self.group_bits = [min(max(bits + g - offset, 1), 8) for g in range(groups)]
+        # offsets symmetric around the mean, one bit apart: 2 groups -1/+1, 3 groups -1/0/+1, 4 groups -2/-1/+1/+2
+        offsets = [math.floor(d) if d < 0 else math.ceil(d) for d in (g - (groups - 1) / 2 for g in range(groups))]
+        self.group_bits = [min(max(bits + o, 1), 8) for o in offsets]
         # equal groups: the first D % groups groups take one channel more
         self.sizes = [dim // groups + (g < dim % groups) for g in range(groups)]
 
@@ -91,9 +96,9 @@ class EntropyGroupedQuantizer:
 class SLACC(Compressor):
     name = "slacc"
 
-    def __init__(self, bits: int = 4, groups: int = 4, bins: int = 32, **kwargs):
+    def __init__(self, bits: int | None = None, compression: float | None = 0.125, groups: int = 4, bins: int = 32, **kwargs):
         super().__init__(**kwargs)
-        self.q = EntropyGroupedQuantizer(self.dim, bits, groups, bins)
+        self.q = EntropyGroupedQuantizer(self.dim, bits_for(compression) if bits is None else bits, groups, bins)
 
     def compress(self, h, cls_attn, training):
         return self.q.encode(h), h
