@@ -108,6 +108,9 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, rs in sorted(by_method.items()):
         rs = sorted(rs, key=lambda r: r["measured"])
+        if method == "none":  # the uncompressed reference, as the paper's "Base"
+            ax.axhline(rs[0]["final_acc"], color="k", ls="--", lw=1, label="none (uncompressed)")
+            continue
         ax.errorbar([r["measured"] for r in rs], [r["final_acc"] for r in rs], yerr=[r["final_acc_sd"] for r in rs],
                     marker="o", capsize=3, label=method)
     ax.set_xscale("log")
@@ -145,7 +148,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         if br is not None and tr is not None:
             grid[(br, tr)] = r["final_acc"]
     brs, trs = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
-    if len(brs) > 1 and len(trs) > 1:
+    if len(brs) > 1 and len(trs) > 1 and len(grid) > max(len(brs), len(trs)):  # a grid, not one diagonal
         fig, ax = plt.subplots(figsize=(6, 5))
         data = [[grid.get((b, t), float("nan")) for t in trs] for b in brs]
         im = ax.imshow(data, origin="lower", cmap="viridis")
