@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..wire import Schema, TensorSpec
-from ..wire.bits import pack_rows, packed_size, unpack_rows
+from ..wire.bits import pack_rows, row_bytes, unpack_rows
 from .base import Compressor
 from .kmeans import kmeans
 
@@ -76,14 +76,14 @@ class ProductQuantizer:
     def decode(self, m: dict[str, torch.Tensor], N: int) -> torch.Tensor:
         codebook = m["codebook"].float()
         B = m["codes"].shape[0]
-        codes = unpack_rows(m["codes"], self.bits, N * self.q).view(B * N, self.q)
+        codes = unpack_rows(m["codes"], self.bits, N * self.q).reshape(B * N, self.q)
         parts = codebook[torch.arange(self.q, device=codes.device), codes]  # [B*N, q, D/q]
         return parts.reshape(B, N, self.q * self.sub)
 
     def schema(self, batch, N: int, dtype: torch.dtype) -> dict[str, TensorSpec]:
         return {
             "codebook": TensorSpec(dtype, (self.q, self.L, self.sub)),
-            "codes": TensorSpec(torch.uint8, (batch, packed_size(N * self.q, self.bits))),
+            "codes": TensorSpec(torch.uint8, (batch, row_bytes(N * self.q, self.bits))),
         }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..wire import Schema, TensorSpec
-from ..wire.bits import pack_rows, packed_size, unpack_rows
+from ..wire.bits import pack_rows, row_bytes, unpack_rows
 from .base import Compressor, bits_for
 
 GRANULARITIES = ("tensor", "token")
@@ -57,7 +57,7 @@ class Quantizer:
     def schema(self, batch: int | str, N: int, D: int, prefix: str = "") -> dict[str, TensorSpec]:
         scale_shape = (1,) if self.granularity == "tensor" else (batch, N)
         return {
-            f"{prefix}codes": TensorSpec(torch.uint8, (batch, packed_size(N * D, self.bits))),
+            f"{prefix}codes": TensorSpec(torch.uint8, (batch, row_bytes(N * D, self.bits))),
             f"{prefix}lo": TensorSpec(torch.float32, scale_shape),
             f"{prefix}scale": TensorSpec(torch.float32, scale_shape, low=0.0),
         }

@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..wire import Schema, TensorSpec, WireError
-from ..wire.bits import pack_rows, packed_size, unpack_rows
+from ..wire.bits import pack_rows, row_bytes, unpack_rows
 from .base import Compressor, bits_for
 
 
@@ -86,7 +86,7 @@ class EntropyGroupedQuantizer:
             "scale": TensorSpec(torch.float32, (self.dim,), low=0.0),
         }
         for g, b in enumerate(self.group_bits):
-            specs[f"codes{g}"] = TensorSpec(torch.uint8, (batch, packed_size(N * self.sizes[g], b)))
+            specs[f"codes{g}"] = TensorSpec(torch.uint8, (batch, row_bytes(N * self.sizes[g], b)))
         return specs
 
     def mean_bits(self) -> float:

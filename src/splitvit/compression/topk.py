@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..wire import Schema, TensorSpec, WireError
-from ..wire.bits import pack_rows, packed_size, unpack_rows
+from ..wire.bits import pack_rows, row_bytes, unpack_rows
 from .base import Compressor, check_ratio
 
 
@@ -37,7 +37,7 @@ class TopK(Compressor):
         n = self.tokens * self.dim
         dtype = torch.uint16 if n <= 1 << 16 else torch.int32
         index_bytes = self.kept * torch.empty((), dtype=dtype).element_size()
-        return ("bitmap", torch.uint8) if packed_size(n, 1) < index_bytes else ("index", dtype)
+        return ("bitmap", torch.uint8) if row_bytes(n, 1) < index_bytes else ("index", dtype)
 
     def select(self, flat: torch.Tensor, K: int, training: bool) -> torch.Tensor:
         """Positions ``[B, K]`` to keep of ``flat [B, N*D]``."""
@@ -75,7 +75,7 @@ class TopK(Compressor):
     def activation_schema(self, B, N, D) -> Schema:
         fmt, dtype = self.position_format
         if fmt == "bitmap":
-            positions = TensorSpec(dtype, ("B", packed_size(N * D, 1)))
+            positions = TensorSpec(dtype, ("B", row_bytes(N * D, 1)))
         else:
             positions = TensorSpec(dtype, ("B", self.kept), low=0, high=N * D - 1)
         return Schema({"values": TensorSpec(self.wire_dtype, ("B", self.kept)), fmt: positions})

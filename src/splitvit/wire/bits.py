@@ -41,22 +41,23 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes.reshape(-1)[:n]
 
 
+def row_bytes(n: int, bits: int) -> int:
+    """Bytes per row of :func:`pack_rows`: ``n`` codes padded to a multiple of 8 (at most ``bits - 1``
+    bytes more than the tightest packing), so that every row is a whole number of 8-code words."""
+    return -(-n // 8) * bits
+
+
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``[B, n]`` codes -> uint8 ``[B, ceil(n * bits / 8)]``: each row padded to whole bytes, so a
-    message's shape is ``[batch, bytes per sample]`` and its schema can bound the batch alone."""
+    """``[B, n]`` codes -> uint8 ``[B, row_bytes(n, bits)]``: one row per sample, so a message's shape
+    is ``[batch, bytes per sample]`` and its schema can bound the batch alone."""
     B, n = codes.shape
-    width = packed_size(n, bits) * 8 // bits if (packed_size(n, bits) * 8) % bits == 0 else None
-    if width is None:  # rows whose padded bit length is not a whole number of codes: pack one by one
-        return torch.stack([pack_bits(row, bits) for row in codes]) if B else codes.new_zeros(0, packed_size(n, bits), dtype=torch.uint8)
-    padded = torch.nn.functional.pad(codes.to(torch.int64), (0, width - n))
-    return pack_bits(padded, bits).view(B, -1)
+    padded = torch.nn.functional.pad(codes.to(torch.int64), (0, (-n) % 8))
+    return pack_bits(padded, bits).view(B, row_bytes(n, bits))
 
 
 def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_rows`: int64 ``[B, n]``."""
     B, m = packed.shape
-    if m != packed_size(n, bits):
+    if m != row_bytes(n, bits):
         raise ValueError(f"rows of {m} bytes do not hold {n} codes of {bits} bits")
-    if (m * 8) % bits:
-        return torch.stack([unpack_bits(row, bits, n) for row in packed])
     return unpack_bits(packed, bits, B * (m * 8 // bits)).view(B, -1)[:, :n]
