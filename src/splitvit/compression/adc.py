@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..wire import Schema, TensorSpec
-from .base import ClientPacket, Compressor, ServerPacket, check_ratio
+from .base import ClientPacket, Compressor, ServerPacket, check_ratio, on_device
 from .kmeans import kmeans
 
 FEATURES = ("attention", "cls", "mean")
@@ -135,8 +135,7 @@ class ADC(Compressor):
 
     # training: samples are merged, so the labels are too (client_encode has both)
     def client_encode(self, h, cls_attn, labels) -> ClientPacket:
-        if self.generator.device != h.device:  # K-means draws its seeds where the activations live
-            self.generator = torch.Generator(device=h.device).manual_seed(self.seed)
+        self.generator = on_device(self.generator, h.device)
         z, assignment, _ = merge_and_select(h, cls_attn, self.batch_ratio, self.token_ratio, self.feature, self.generator)
         targets = cluster_mean(F.one_hot(labels, self.num_classes).float(), assignment, z.shape[0])
         return ClientPacket({"z": self.to_wire(z), "targets": targets}, z)

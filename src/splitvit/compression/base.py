@@ -28,6 +28,14 @@ from ..wire import Schema, TensorSpec
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def on_device(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` if it lives on ``device``, else a generator there with the same seed: a method
+    draws its random numbers where its tensors live (a CUDA op cannot draw from a CPU generator)."""
+    if generator.device == device:
+        return generator
+    return torch.Generator(device=device).manual_seed(generator.initial_seed())
+
+
 def bits_for(compression: float) -> int:
     """Bits per value that send about ``compression`` of float32: ``round(32 * compression)`` in [1, 8]."""
     return min(max(round(32 * check_ratio("method.compression", compression)), 1), 8)

@@ -21,7 +21,7 @@ import torch
 
 from ..wire import Schema, TensorSpec
 from ..wire.bits import pack_rows, row_bytes, unpack_rows
-from .base import Compressor
+from .base import Compressor, on_device
 from .kmeans import kmeans
 
 
@@ -58,8 +58,7 @@ class ProductQuantizer:
         """``x [B, N, D]`` -> (message, the reconstruction ``[B, N, D]``)."""
         B, N, D = x.shape
         sub = x.detach().float().reshape(B * N, self.q, self.sub).transpose(0, 1)  # q problems of B*N points
-        if self.generator.device != x.device:
-            self.generator = torch.Generator(device=x.device).manual_seed(self.generator.initial_seed())
+        self.generator = on_device(self.generator, x.device)
         fit = sub
         if B * N > self.fit_points:  # fit the codebooks on a random sample, then code every sub-vector
             pick = torch.randperm(B * N, generator=self.generator, device=x.device)[: self.fit_points]

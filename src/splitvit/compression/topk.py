@@ -16,7 +16,7 @@ import torch
 
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import pack_rows, row_bytes, unpack_rows
-from .base import Compressor, check_ratio
+from .base import Compressor, check_ratio, on_device
 
 
 class TopK(Compressor):
@@ -105,8 +105,7 @@ class RandTopK(TopK):
         n = flat.shape[1]
         if not training or K == n or self.alpha == 0.0:
             return top
-        if self.generator.device != flat.device:
-            self.generator = torch.Generator(device=flat.device).manual_seed(self.seed)
+        self.generator = on_device(self.generator, flat.device)
         weights = torch.full_like(flat, self.alpha / (n - K), dtype=torch.float32)
         weights.scatter_(1, top, (1 - self.alpha) / K)
         return torch.multinomial(weights, K, replacement=False, generator=self.generator)
