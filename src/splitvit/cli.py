@@ -16,6 +16,11 @@ commands:
            splitvit train method=none dataset=cifar100 dataset.root=/data train.epochs=5
            splitvit train --help    lists the config groups and every key
            splitvit train --multirun method.compression=0.05,0.1,0.2 seed=0,1
+  serve    serve the server half to clients on other processes or machines (gRPC)
+           splitvit serve listen=0.0.0.0:50051 link.tls.cert=server.pem link.tls.key=server.key [overrides]
+  client   train as the client of a `splitvit serve` elsewhere; same overrides as the server's
+           splitvit client server=gpu-host:50051 link.tls.ca=ca.pem [overrides]
+           (the token comes from $SPLITVIT_TOKEN or link.token_file; --insecure allows no TLS and no token)
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
            splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
 """
@@ -41,8 +46,21 @@ def format_summary(s: dict, run_dir: Path) -> str:
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
+def _serve(cfg: DictConfig) -> None:
+    from .train import ConfigError
+    from .train.remote import serve
+
+    try:
+        serve(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as e:
+        print(f"splitvit: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
 def _train(cfg: DictConfig) -> float | None:
     from .data import MissingDataset
+    from .link.grpc import LinkError
     from .train import ConfigError, fit
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -51,8 +69,21 @@ def _train(cfg: DictConfig) -> float | None:
     except (ConfigError, MissingDataset) as e:
         print(f"splitvit: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except LinkError as e:
+        print(f"splitvit: link error: {e}\n(the run can continue from its last checkpoint with train.resume=true)", file=sys.stderr)
+        sys.exit(3)
     print(format_summary(summary, run_dir), flush=True)
     return summary["final_val_acc"]  # what a Hydra sweeper optimises
+
+
+def _link_shorthand(arg: str) -> str:
+    """``server=``, ``listen=`` and ``--insecure`` are short for their ``link.`` keys."""
+    if arg == "--insecure":
+        return "link.insecure=true"
+    for key in ("server", "listen"):
+        if arg.startswith(key + "="):
+            return "link." + arg
+    return arg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         sys.argv = ["splitvit train", *rest]
         _train()
+        return 0
+    if command in ("serve", "client"):
+        sys.argv = [f"splitvit {command}", "link=grpc", *map(_link_shorthand, rest)]
+        _serve() if command == "serve" else _train()
         return 0
     if command == "report":
         from .report import main as report

@@ -6,8 +6,17 @@ from typing import Callable, Protocol
 
 
 class Link(Protocol):
+    framing_up: int  # bytes the transport adds around the wire messages (0 in process)
+    framing_down: int
+
     def request(self, payload: bytes) -> bytes:
         """Send one message to the server, return its reply."""
+
+    def checkpoint(self, steps: int) -> None:
+        """Ask the server to save its half after ``steps`` training steps."""
+
+    def close(self) -> None:
+        """End the session."""
 
 
 class InProcessLink:
@@ -17,8 +26,18 @@ class InProcessLink:
     would carry, and the server decodes (and checks) exactly what it would decode remotely.
     """
 
-    def __init__(self, handler: Callable[[bytes], bytes]):
+    framing_up = framing_down = 0
+
+    def __init__(self, handler: Callable[[bytes], bytes], checkpoint: Callable[[int], object] | None = None):
         self.handler = handler
+        self._checkpoint = checkpoint
 
     def request(self, payload: bytes) -> bytes:
         return self.handler(bytes(payload))
+
+    def checkpoint(self, steps: int) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint(steps)
+
+    def close(self) -> None:
+        pass

@@ -1,4 +1,7 @@
-"""Checkpoints of both halves, their optimizers, the compressor and the run's progress, written atomically."""
+"""Checkpoints, written atomically. Each side saves its own half: the client its blocks, optimizer,
+compressor state and the run's progress (``client.pt``); the server its blocks and optimizer
+(``server-<steps>.pt``, see :meth:`SplitServer.checkpoint`), so client and server may live on
+different machines and each resumes from its own disk."""
 
 from __future__ import annotations
 
@@ -12,24 +15,27 @@ from omegaconf import DictConfig, OmegaConf
 from .config import ConfigError, resume_mismatch
 
 
-def save_checkpoint(path: Path, cfg: DictConfig, client, server, compressor, progress) -> None:
-    state = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "client": client.model.state_dict(),
-        "client_optimizer": client.optimizer.state_dict(),
-        "server": server.model.state_dict(),
-        "server_optimizer": server.optimizer.state_dict(),
-        "compressor": compressor.state_dict(),
-        "progress": asdict(progress),
-        "torch_rng": torch.get_rng_state(),
-    }
+def atomic_save(state: dict, path: Path) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
 
 
-def load_checkpoint_state(path: Path, cfg: DictConfig, client, server, compressor):
+def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> None:
+    atomic_save({
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "client": client.model.state_dict(),
+        "client_optimizer": client.optimizer.state_dict(),
+        "compressor": compressor.state_dict(),
+        "progress": asdict(progress),
+        "torch_rng": torch.get_rng_state(),
+    }, path)
+
+
+def load_client(path: Path, cfg: DictConfig, client, compressor):
+    """Restore the client's half and return the run's :class:`Progress`; refuse another experiment's checkpoint."""
     from .loop import Progress
 
     if not path.is_file():
@@ -40,8 +46,6 @@ def load_checkpoint_state(path: Path, cfg: DictConfig, client, server, compresso
         raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))
     client.model.load_state_dict(state["client"])
     client.optimizer.load_state_dict(state["client_optimizer"])
-    server.model.load_state_dict(state["server"])
-    server.optimizer.load_state_dict(state["server_optimizer"])
     compressor.load_state_dict(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
     progress = Progress(**state["progress"])

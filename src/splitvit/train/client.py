@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..compression import Compressor
-from ..link import Link
+from ..link import Link, LinkModel
 from ..models import ClientModel
 from ..wire import Schema, TensorSpec, WireError, decode, encode
 
@@ -20,23 +20,27 @@ class Traffic:
     up: int = 0
     down: int = 0
     messages: int = 0
+    link_s: float = 0.0  # seconds the messages would take on the modelled link (link.bandwidth_mbps)
+    shaping: LinkModel | None = None
 
     def add(self, up: bytes, down: bytes) -> None:
         self.up += len(up)
         self.down += len(down)
         self.messages += 1
+        if self.shaping is not None:
+            self.link_s += self.shaping.seconds(len(up), len(down))
 
 
 class SplitClient:
     def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 link: Link, num_classes: int):
+                 link: Link | None, num_classes: int, shaping: LinkModel | None = None):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
         self.link = link
         self.num_classes = num_classes
-        self.train_traffic = Traffic()
-        self.eval_traffic = Traffic()
+        self.train_traffic = Traffic(shaping=shaping)
+        self.eval_traffic = Traffic(shaping=shaping)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""

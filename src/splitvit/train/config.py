@@ -12,6 +12,7 @@ from ..data import DATASETS
 from ..models import PRESETS
 
 DEVICES = ("cpu", "cuda", "auto")
+LINKS = ("inprocess", "grpc")
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,7 @@ def validate(cfg: DictConfig) -> None:
     _choice("eval.mode", cfg.eval.mode, EVAL_MODES)
     _choice("wire.dtype", cfg.wire.dtype, WIRE_DTYPES)
     _choice("device", cfg.device, DEVICES)
+    _choice("link", cfg.link.kind, LINKS)
     _at_least("train.batch_size", cfg.train.batch_size, 1)
     _at_least("eval.batch_size", cfg.eval.batch_size, 1)
     _at_least("train.epochs", cfg.train.epochs, 1)
@@ -79,15 +81,33 @@ def resolve_device(name: str) -> torch.device:
 
 # keys whose change would make a resumed run a different experiment
 RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay", "wire")
+# keys client and server must agree on: what each half is, and how the messages between them look
+# (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
+SHARED_KEYS = (
+    "seed", "method", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
+    "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay",
+    "eval.batch_size", "wire",
+)
+
+
+def _get(tree: dict | None, key: str):
+    for part in key.split("."):
+        tree = (tree or {}).get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def shared_config(cfg: DictConfig) -> dict:
+    """The :data:`SHARED_KEYS` of ``cfg``, flat: what a client shows the server in the handshake."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    return {key: _get(tree, key) for key in SHARED_KEYS}
+
+
+def config_diff(ours: dict, theirs: dict, keys=SHARED_KEYS, names=("server", "client")) -> list[str]:
+    """``key: <names[0]> a, <names[1]> b`` for every key of flat dicts ``ours``/``theirs`` that differs."""
+    return [f"{k}: {names[0]} {ours.get(k)!r}, {names[1]} {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
 def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     now = OmegaConf.to_container(cfg, resolve=True)
-    out = []
-    for key in RESUME_KEYS:
-        a, b = saved, now
-        for part in key.split("."):
-            a, b = (a or {}).get(part), (b or {}).get(part)
-        if a != b:
-            out.append(f"{key}: checkpoint {a!r}, now {b!r}")
-    return out
+    flat = lambda tree: {k: _get(tree, k) for k in RESUME_KEYS}  # noqa: E731
+    return config_diff(flat(saved), flat(now), RESUME_KEYS, ("checkpoint", "now"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -15,13 +16,13 @@ from tqdm.auto import tqdm
 
 from ..compression import NoCompression, build_compressor
 from ..data import batches, load_dataset, num_batches
-from ..link import InProcessLink
+from ..link import InProcessLink, LinkModel
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
 from ..wire import encode
-from .checkpoint import load_checkpoint_state, save_checkpoint
+from .checkpoint import load_client, save_client
 from .client import SplitClient
-from .config import method_options, resolve_device, validate
-from .server import SplitServer
+from .config import ConfigError, method_options, resolve_device, validate
+from .server import SplitServer, server_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,13 @@ class Progress:
     eval_bytes_up: int = 0
     eval_bytes_down: int = 0
     wall_s: float = 0.0
+    link_s: float = 0.0  # seconds on the modelled link (link.bandwidth_mbps), both directions
+    framing_up: int = 0  # bytes the transport (gRPC) added around the messages
+    framing_down: int = 0
     best_val_acc: float = 0.0
     done: bool = False
     history: list[dict] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run to a remote server
 
 
 @lru_cache(maxsize=64)
@@ -69,37 +74,83 @@ def build_model(cfg: DictConfig, num_classes: int):
     return model
 
 
+def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
+    """Both halves and the compressor, from the seed: a remote client and server each call this and
+    get the same initial weights as one process would. Returns (client_model, server_model, compressor, vit)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes).to(device)
+    client_model, server_model = split(model, cfg.split.index)
+    compressor = build_compressor(
+        cfg.method.name, num_classes, model.cfg.num_tokens, model.cfg.embed_dim, seed=cfg.seed,
+        wire_dtype=cfg.wire.dtype, **method_options(cfg.method),
+    )
+    compressor.client_modules.to(device)
+    compressor.server_modules.to(device)
+    return client_model, server_model, compressor, model.cfg
+
+
+def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for m in modules for p in m.parameters()]
+    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir: Path) -> SplitServer:
+    return SplitServer(
+        server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
+        max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
+        max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir,
+    )
+
+
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``."""
+    """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``.
+
+    ``link=inprocess`` (default) serves the server half in this process; ``link=grpc`` talks to
+    ``link.server`` (``splitvit serve``), or starts a local server process when that is null.
+    """
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    try:
+        shaping = LinkModel.from_config(cfg.link)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     data = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
-    model = build_model(cfg, data.num_classes).to(device)
-    vit = model.cfg
-    client_model, server_model = split(model, cfg.split.index)
-    compressor = build_compressor(
-        cfg.method.name, data.num_classes, vit.num_tokens, vit.embed_dim, seed=cfg.seed, wire_dtype=cfg.wire.dtype,
-        **method_options(cfg.method),
-    )
-    compressor.client_modules.to(device)
-    compressor.server_modules.to(device)
-
-    def make_opt(params):
-        return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-    server = SplitServer(
-        server_model, compressor, make_opt([*server_model.parameters(), *compressor.server_modules.parameters()]),
-        max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim, max_eval_batch=cfg.eval.batch_size,
-    )
+    client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
     client = SplitClient(
-        client_model, compressor, make_opt([*client_model.parameters(), *compressor.client_modules.parameters()]),
-        InProcessLink(server.handle), data.num_classes,
+        client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
+        None, data.num_classes, shaping,
     )
+    p = Progress()
+    ckpt = run_dir / "checkpoints" / "client.pt"
+    if cfg.train.resume:
+        p = load_client(ckpt, cfg, client, compressor)
+        client.train_traffic.link_s, client.eval_traffic.link_s = p.link_s, 0.0
+        log.info("resumed from %s at step %d", ckpt, p.step)
+    if cfg.link.kind == "inprocess":
+        server = build_server(cfg, server_model, compressor, vit, run_dir / "checkpoints")
+        if cfg.train.resume:
+            try:
+                server.restore(p.step)
+            except ValueError as e:
+                raise ConfigError(f"cannot resume: {e}") from None
+        link = InProcessLink(server.handle, server.checkpoint)
+    else:
+        from .remote import connect
 
+        link = connect(cfg, run_dir, p, data.num_classes, server_digest(server_model, compressor))
+        del server_model  # it lives on the server; this copy only proved both sides start alike
+    link.framing_up, link.framing_down = p.framing_up, p.framing_down  # a resumed run's count goes on
+    client.link = link
+    try:
+        return _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt)
+    finally:
+        link.close()
+
+
+def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, device, p: "Progress", ckpt: Path) -> dict:
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
     budget = None
     if cfg.train.budget_epochs is not None:
@@ -107,11 +158,6 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 1)) for b in sizes)
         budget = cfg.train.budget_epochs * per_epoch  # bytes, both directions
 
-    p = Progress()
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if cfg.train.resume:
-        p = load_checkpoint_state(ckpt, cfg, client, server, compressor)
-        log.info("resumed from %s at step %d", ckpt, p.step)
     metrics_path = run_dir / "metrics.jsonl"
     # the metrics file holds exactly the evaluations of the checkpointed history
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
@@ -161,7 +207,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         p.history.append(record)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(ckpt, cfg, client, server, compressor, p)
+        client.link.checkpoint(p.step)  # the server saves its half first: it keeps the one before too
+        save_client(ckpt, cfg, client, compressor, p)
         train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         bar.write(
             f"epoch {record['epoch']:.2f} step {p.step}: train_loss {train_loss} "
@@ -181,6 +228,8 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
     p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down
+    p.link_s = client.train_traffic.link_s + client.eval_traffic.link_s
+    p.framing_up, p.framing_down = client.link.framing_up, client.link.framing_down
     p.best_val_acc = max(p.best_val_acc, val_acc)
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
     return {
@@ -196,6 +245,10 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
         "eval_bytes_up": p.eval_bytes_up,
         "eval_bytes_down": p.eval_bytes_down,
         "wall_s": round(p.wall_s, 3),
+        "link_s": round(p.link_s, 3),
+        "time_s": round(p.wall_s + p.link_s, 3),  # time to this accuracy: compute plus the modelled link
+        "framing_bytes_up": p.framing_up,
+        "framing_bytes_down": p.framing_down,
     }
 
 
@@ -226,6 +279,12 @@ def make_summary(cfg, compressor, vit, p: Progress, reason: str | None) -> dict:
         "final_val_acc": p.history[-1]["val_acc"] if p.history else None,
         "final_val_loss": p.history[-1]["val_loss"] if p.history else None,
         "eval_mode": cfg.eval.mode,
+        "link": cfg.link.kind,
+        "framing_bytes_up": p.framing_up,
+        "framing_bytes_down": p.framing_down,
         "wall_s": round(p.wall_s, 3),
+        "link_s": round(p.link_s, 3),
+        "time_s": round(p.wall_s + p.link_s, 3),
+        "time_to_best_s": next((r["time_s"] for r in p.history if r["val_acc"] == p.best_val_acc), None),
     }
 

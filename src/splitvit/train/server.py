@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
-from ..wire import Schema, WireError, decode, encode
+from ..wire import MAX_HEADER_BYTES, Schema, WireError, decode, encode
+from .checkpoint import atomic_save
+
+KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against soft targets ``[T, C]`` (ADC's merged labels are means of one-hots)."""
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def server_digest(model: ServerModel, compressor: Compressor) -> str:
+    """SHA-256 of the server half's initial parameters: client and server must start from the same weights."""
+    h = hashlib.sha256()
+    for module in (model, compressor.server_modules):
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class SplitServer:
@@ -21,10 +37,15 @@ class SplitServer:
     Training messages (``kind=train``) get one optimizer step and ``dL/d(received)`` back with the
     loss in the metadata; evaluation messages (``kind=eval``) get logits back and change nothing.
     A message that fails its schema raises :class:`~splitvit.wire.WireError` before any use.
+
+    Training steps are numbered from 0 and applied in order, each once: the same step sent again
+    (a client retrying after a lost reply) gets the reply it already produced, nothing is applied
+    twice, and a step out of order is refused.
     """
 
     def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None):
+                 max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
+                 checkpoint_dir: str | Path | None = None):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
@@ -33,6 +54,14 @@ class SplitServer:
         for mode in EVAL_MODES:
             self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
         self.device = next(model.parameters()).device
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.last_step = -1  # the last training step applied
+        self._last_reply: bytes | None = None
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message any served schema admits: tensor data plus the largest header."""
+        return max(s.max_bytes() for s in self.schemas.values()) + 8 + MAX_HEADER_BYTES
 
     def schema_for(self, meta: dict[str, str]) -> Schema:
         kind = meta.get("kind")
@@ -44,9 +73,20 @@ class SplitServer:
 
     def handle(self, payload: bytes) -> bytes:
         message, meta = decode(payload, self.schema_for)
+        if meta["kind"] == "train":
+            step = _parse_step(meta)
+            if step == self.last_step and self._last_reply is not None:
+                return self._last_reply  # a retry: the step was applied already
+            if step != self.last_step + 1:
+                raise WireError(
+                    f"training step {step} is out of order: the server applied step {self.last_step} last; "
+                    "resume the client from its checkpoint (train.resume=true)"
+                )
         message = {k: v.to(self.device, non_blocking=True) for k, v in message.items()}
         if meta["kind"] == "train":
-            return self.train_step(message, meta)
+            reply = self.train_step(message, meta)
+            self.last_step, self._last_reply = step, reply
+            return reply
         return self.eval_step(message, meta["mode"])
 
     def train_step(self, message: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
@@ -64,3 +104,51 @@ class SplitServer:
         self.model.eval()
         logits = self.model(self.compressor.eval_decode(message, mode))
         return encode({"logits": logits.float()}, {"kind": "logits"})
+
+    # -- checkpoints of the server's own half -------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "compressor": self.compressor.state_dict(),
+            "last_step": self.last_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.compressor.load_state_dict(state["compressor"])
+        self.last_step, self._last_reply = state["last_step"], None
+
+    def _path(self, steps: int) -> Path:
+        if self.checkpoint_dir is None:
+            raise ValueError("this server keeps no checkpoints (no checkpoint directory)")
+        return self.checkpoint_dir / f"server-{steps:09d}.pt"
+
+    def checkpoint(self, steps: int) -> Path:
+        """Save the server's half after ``steps`` training steps, atomically; keep the last few."""
+        if steps != self.last_step + 1:
+            raise ValueError(f"checkpoint at {steps} steps asked, but the server has applied {self.last_step + 1}")
+        path = self._path(steps)
+        atomic_save(self.state_dict(), path)
+        for old in sorted(self.checkpoint_dir.glob("server-*.pt"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        return path
+
+    def restore(self, steps: int) -> None:
+        """Go back to the state after ``steps`` training steps, where the client resumes."""
+        path = self._path(steps)
+        if not path.is_file():
+            have = sorted(p.name for p in self.checkpoint_dir.glob("server-*.pt"))
+            raise ValueError(f"the server has no checkpoint after {steps} steps in {self.checkpoint_dir} (it has: {have or 'none'})")
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+def _parse_step(meta: dict[str, str]) -> int:
+    try:
+        step = int(meta.get("step", ""))
+    except ValueError:
+        raise WireError(f"training message carries no valid step id: {meta.get('step')!r}") from None
+    if step < 0:
+        raise WireError(f"step id must be >= 0, got {step}")
+    return step

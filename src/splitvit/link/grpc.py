@@ -1,0 +1,382 @@
+"""Split learning between processes and machines over gRPC.
+
+The wire messages (safetensors bytes from :mod:`splitvit.wire`) cross unchanged: the client cuts
+each into chunks of at most ``chunk_bytes`` and streams them up, the server streams the reply back
+the same way. gRPC's per-message limits are set to one chunk plus slack, on purpose, and a whole
+message may not exceed what the server's schemas admit (``max_message_bytes``), so a peer cannot
+make the other buffer more than one legitimate message. Protobuf only frames the chunks and carries
+the handshake; nothing received is ever unpickled.
+
+Security is on unless switched off by name: TLS with the server's certificate (mutual TLS when the
+server is given a CA for client certificates) and a bearer token checked on every call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import random
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import grpc
+
+from . import splitvit_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "splitvit/1"
+SERVICE = "splitvit.v1.SplitLearning"
+CHUNK_BYTES = 1 << 20  # 1 MiB pieces: a quarter of gRPC's 4 MiB default, cheap to buffer on both sides
+FRAME_SLACK = 1 << 12  # room for the protobuf field tag and length around one chunk
+GRPC_PREFIX = 5  # bytes gRPC writes before every message: a compressed flag and a 4-byte length
+SESSION_HEADER = "splitvit-session"
+# transient failures: the step is retried with the same id, which the server applies once
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class LinkError(RuntimeError):
+    """The link failed or the server refused; the message says which and what to do."""
+
+
+class Refused(Exception):
+    """Raised by a session opener to refuse a handshake; the text goes to the client."""
+
+
+class Session(Protocol):
+    """What the server side serves for one client run (see :mod:`splitvit.train.remote`)."""
+
+    max_message_bytes: int
+
+    def handle(self, payload: bytes) -> bytes: ...
+
+    def checkpoint(self, steps: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Security:
+    """TLS files (PEM paths) and the token. ``insecure`` must be said to go without TLS and token.
+
+    Server: ``cert``/``key`` are its certificate chain and key; ``ca``, when given, requires clients
+    to present a certificate it signed (mutual TLS). Client: ``ca`` verifies the server (default: the
+    system roots); ``cert``/``key`` are its own for mutual TLS; ``server_name`` overrides the name
+    checked against the server's certificate (for a certificate issued to a name, reached by IP).
+    """
+
+    insecure: bool = False
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    server_name: str | None = None
+    token: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.cert or self.key or self.ca)
+
+    def check(self, side: str) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("link.tls.cert and link.tls.key go together: give both (or neither)")
+        if self.insecure:
+            return
+        if side == "server" and not self.cert:
+            raise ValueError(
+                "the server needs a TLS certificate: pass link.tls.cert=server.pem link.tls.key=server.key "
+                "(see the README, 'Two machines'), or link.insecure=true on a network you trust"
+            )
+        if not self.token:
+            raise ValueError(
+                "no client token: set the environment variable SPLITVIT_TOKEN (or link.token_file=PATH) to the same "
+                "secret on client and server, or pass link.insecure=true on a network you trust"
+            )
+
+    def _read(self, path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ValueError(f"TLS file {p} does not exist")
+        return p.read_bytes()
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        if not self.cert:
+            return None
+        ca = self._read(self.ca)
+        return grpc.ssl_server_credentials(
+            [(self._read(self.key), self._read(self.cert))], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        if self.insecure and not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(self._read(self.ca), self._read(self.key), self._read(self.cert))
+
+
+def _options(chunk_bytes: int) -> list[tuple[str, int]]:
+    limit = chunk_bytes + FRAME_SLACK
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
+def _chunks(payload: bytes, size: int) -> Iterator[pb.Chunk]:
+    view = memoryview(payload)
+    yield pb.Chunk(data=bytes(view[:size]))  # an empty message is still one chunk
+    for i in range(size, len(payload), size):
+        yield pb.Chunk(data=bytes(view[i:i + size]))
+
+
+def _overhead(chunk: pb.Chunk) -> int:
+    """Bytes protobuf and gRPC put around one chunk's data: field tag, length varint, message prefix."""
+    return chunk.ByteSize() - len(chunk.data) + GRPC_PREFIX
+
+
+# -- server ----------------------------------------------------------------------------------------
+class _Service:
+    """One training session at a time; every call authenticated; bad messages refused, server kept up."""
+
+    def __init__(self, open_session: Callable[[pb.Hello], Session], security: Security, chunk_bytes: int,
+                 idle_timeout_s: float, once: bool, stop: threading.Event):
+        self.open_session = open_session
+        self.token = security.token
+        self.chunk_bytes = chunk_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.once = once
+        self.stop = stop
+        self.lock = threading.Lock()  # steps of a session are applied one at a time
+        self.session: Session | None = None
+        self.session_id = ""
+        self.run_id = ""
+        self.last_seen = 0.0
+
+    def _auth(self, context) -> None:
+        if self.token is None:
+            return
+        got = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "wrong or missing token: set SPLITVIT_TOKEN (or link.token_file) to the server's token")
+
+    def _current(self, context) -> Session:
+        self._auth(context)
+        sid = dict(context.invocation_metadata()).get(SESSION_HEADER, "")
+        if self.session is None or not hmac.compare_digest(sid.encode(), self.session_id.encode()):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "no such session on this server (it restarted, or another run took over): "
+                          "restart the client with train.resume=true")
+        return self.session
+
+    def Handshake(self, hello: pb.Hello, context) -> pb.Welcome:
+        self._auth(context)
+        if hello.protocol != PROTOCOL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"protocol {hello.protocol!r} is not served; this server speaks {PROTOCOL!r}: use the same splitvit version")
+        with self.lock:
+            idle = time.monotonic() - self.last_seen
+            if self.session is not None and hello.run_id != self.run_id and idle < self.idle_timeout_s:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the server is training run {self.run_id} with another client; until multi-client "
+                              "training exists it serves one client at a time. Retry when that run ends")
+            try:
+                session = self.open_session(hello)
+            except Refused as e:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            self.session, self.session_id, self.run_id = session, uuid.uuid4().hex, hello.run_id
+            self.last_seen = time.monotonic()
+            log.info("client run %s connected (session %s%s)", hello.run_id, self.session_id,
+                     f", resuming after {hello.resume_step} steps" if hello.resume else "")
+            return pb.Welcome(session_id=self.session_id, max_message_bytes=session.max_message_bytes,
+                              chunk_bytes=self.chunk_bytes, note="one client at a time")
+
+    def Exchange(self, chunks: Iterator[pb.Chunk], context) -> Iterator[pb.Chunk]:
+        session = self._current(context)
+        limit = session.max_message_bytes
+        buf = bytearray()
+        for chunk in chunks:  # a client that disappears mid-upload ends here: nothing was applied
+            if len(buf) + len(chunk.data) > limit:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"message exceeds the {limit} bytes this session's schemas admit")
+            buf += chunk.data
+        with self.lock:
+            if session is not self.session:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the session ended while the message was uploading")
+            try:
+                reply = session.handle(bytes(buf))
+            except ValueError as e:  # WireError and friends: the message is refused, nothing applied
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message refused: {e}")
+            except Exception as e:  # noqa: BLE001 - one bad step must not take the server down
+                log.exception("step failed")
+                context.abort(grpc.StatusCode.INTERNAL, f"the server failed on this message: {type(e).__name__}: {e}")
+            self.last_seen = time.monotonic()
+        del buf
+        yield from _chunks(reply, self.chunk_bytes)
+
+    def Checkpoint(self, control: pb.Control, context) -> pb.Ack:
+        session = self._current(context)
+        with self.lock:
+            try:
+                path = session.checkpoint(control.step)
+            except ValueError as e:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            self.last_seen = time.monotonic()
+        return pb.Ack(detail=str(path))
+
+    def Close(self, control: pb.Control, context) -> pb.Ack:
+        self._current(context)
+        with self.lock:
+            log.info("client run %s closed its session", self.run_id)
+            self.session, self.session_id, self.run_id = None, "", ""
+        if control.shutdown or self.once:
+            self.stop.set()
+        return pb.Ack(detail="closed")
+
+
+def _handler(service: _Service) -> grpc.GenericRpcHandler:
+    uu, ss = grpc.unary_unary_rpc_method_handler, grpc.stream_stream_rpc_method_handler
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Handshake": uu(service.Handshake, request_deserializer=pb.Hello.FromString,
+                        response_serializer=pb.Welcome.SerializeToString),
+        "Exchange": ss(service.Exchange, request_deserializer=pb.Chunk.FromString,
+                       response_serializer=pb.Chunk.SerializeToString),
+        "Checkpoint": uu(service.Checkpoint, request_deserializer=pb.Control.FromString,
+                         response_serializer=pb.Ack.SerializeToString),
+        "Close": uu(service.Close, request_deserializer=pb.Control.FromString,
+                    response_serializer=pb.Ack.SerializeToString),
+    })
+
+
+class LinkServer:
+    """A gRPC server for split-learning sessions. ``open_session(hello)`` builds the server half.
+
+    ``listen`` is ``HOST:PORT`` (port 0 picks a free one; :attr:`address` tells which). With
+    ``once`` it stops after the first session closes; :meth:`wait` blocks until it stops.
+    """
+
+    def __init__(self, open_session: Callable[[pb.Hello], Session], listen: str, security: Security, *,
+                 chunk_bytes: int = CHUNK_BYTES, idle_timeout_s: float = 600.0, once: bool = False, workers: int = 4):
+        security.check("server")
+        self.stop_event = threading.Event()
+        self.service = _Service(open_session, security, chunk_bytes, idle_timeout_s, once, self.stop_event)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=_options(chunk_bytes))
+        self.server.add_generic_rpc_handlers((_handler(self.service),))
+        creds = security.server_credentials()
+        try:
+            port = self.server.add_secure_port(listen, creds) if creds else self.server.add_insecure_port(listen)
+        except RuntimeError as e:
+            raise LinkError(f"cannot listen on {listen}: {e}") from None
+        if port == 0:
+            raise LinkError(f"cannot listen on {listen}: address in use or not valid (HOST:PORT, port 0 for any free one)")
+        self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        self.server.start()
+
+    def wait(self) -> None:
+        while not self.stop_event.wait(0.2):
+            pass
+        self.server.stop(grace=2.0).wait()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.server.stop(grace=None)
+
+
+# -- client ----------------------------------------------------------------------------------------
+class GrpcLink:
+    """The client's end: :meth:`connect` once, then :meth:`request` per message (a :class:`Link`).
+
+    Every call has a deadline (``timeout_s``); transient failures (server unreachable, deadline
+    passed) are retried ``retries`` times with exponential backoff and jitter. A retried training
+    step carries the same step id, so the server applies it once.
+    """
+
+    def __init__(self, target: str, security: Security, *, chunk_bytes: int = CHUNK_BYTES, timeout_s: float = 120.0,
+                 retries: int = 5, backoff_s: float = 0.5, connect_timeout_s: float = 60.0):
+        security.check("client")
+        options = _options(chunk_bytes)
+        if security.server_name:
+            options.append(("grpc.ssl_target_name_override", security.server_name))
+        creds = security.channel_credentials()
+        self.channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
+        self.target = target
+        self.token = security.token
+        self.chunk_bytes = chunk_bytes
+        self.timeout_s, self.retries, self.backoff_s, self.connect_timeout_s = timeout_s, retries, backoff_s, connect_timeout_s
+        self.session_id = ""
+        self.max_message_bytes = 0
+        self.framing_up = self.framing_down = 0  # bytes, gRPC and protobuf framing around the wire messages
+        self.retried = 0
+        m = f"/{SERVICE}/"
+        self._handshake = self.channel.unary_unary(m + "Handshake", request_serializer=pb.Hello.SerializeToString,
+                                                   response_deserializer=pb.Welcome.FromString)
+        self._exchange = self.channel.stream_stream(m + "Exchange", request_serializer=pb.Chunk.SerializeToString,
+                                                    response_deserializer=pb.Chunk.FromString)
+        self._checkpoint = self.channel.unary_unary(m + "Checkpoint", request_serializer=pb.Control.SerializeToString,
+                                                    response_deserializer=pb.Ack.FromString)
+        self._close = self.channel.unary_unary(m + "Close", request_serializer=pb.Control.SerializeToString,
+                                               response_deserializer=pb.Ack.FromString)
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        md = [(SESSION_HEADER, self.session_id)]
+        if self.token:
+            md.append(("authorization", f"Bearer {self.token}"))
+        return md
+
+    def _call(self, what: str, fn: Callable[[], object], retry_on=RETRYABLE, deadline: float | None = None):
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as e:
+                code = e.code()
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if code not in retry_on or (deadline is None and attempt >= self.retries) or out_of_time:
+                    raise LinkError(f"{what} failed ({code.name}) talking to {self.target}: {e.details()}") from None
+                wait = min(self.backoff_s * 2 ** attempt, 10.0) * (0.5 + random.random())  # jitter: not seeded, never in results
+                log.warning("%s: %s (%s); retrying in %.1f s", what, code.name, e.details(), wait)
+                self.retried += 1
+                attempt += 1
+                time.sleep(wait)
+
+    def connect(self, run_id: str, shared_config_json: str, num_classes: int, digest: str,
+                resume_steps: int | None = None) -> pb.Welcome:
+        """Handshake; waits (with backoff, up to ``connect_timeout_s``) for a server that is starting or busy."""
+        hello = pb.Hello(protocol=PROTOCOL, run_id=run_id, config_json=shared_config_json, num_classes=num_classes,
+                         resume=resume_steps is not None, resume_step=resume_steps or 0, init_digest=digest)
+        welcome = self._call(
+            "handshake", lambda: self._handshake(hello, timeout=self.timeout_s, metadata=self._metadata()),
+            retry_on=(*RETRYABLE, grpc.StatusCode.RESOURCE_EXHAUSTED), deadline=time.monotonic() + self.connect_timeout_s,
+        )
+        self.session_id = welcome.session_id
+        self.max_message_bytes = welcome.max_message_bytes
+        self.chunk_bytes = min(self.chunk_bytes, welcome.chunk_bytes)
+        return welcome
+
+    def request(self, payload: bytes) -> bytes:
+        if self.max_message_bytes and len(payload) > self.max_message_bytes:
+            raise LinkError(f"message of {len(payload)} bytes exceeds the server's limit of {self.max_message_bytes}")
+
+        def once() -> tuple[bytes, int, int]:
+            up = list(_chunks(payload, self.chunk_bytes))
+            down = list(self._exchange(iter(up), timeout=self.timeout_s, metadata=self._metadata()))
+            return b"".join(c.data for c in down), sum(map(_overhead, up)), sum(map(_overhead, down))
+
+        reply, framing_up, framing_down = self._call("step", once)
+        self.framing_up += framing_up
+        self.framing_down += framing_down
+        return reply
+
+    def checkpoint(self, steps: int) -> None:
+        control = pb.Control(session_id=self.session_id, step=steps)
+        self._call("checkpoint", lambda: self._checkpoint(control, timeout=self.timeout_s, metadata=self._metadata()))
+
+    def close(self, shutdown: bool = False) -> None:
+        if self.session_id:
+            control = pb.Control(session_id=self.session_id, shutdown=shutdown)
+            try:
+                self._close(control, timeout=min(self.timeout_s, 10.0), metadata=self._metadata())
+            except grpc.RpcError as e:  # the run is over either way; the server times the session out
+                log.warning("closing the session failed (%s): %s", e.code().name, e.details())
+            self.session_id = ""
+        self.channel.close()

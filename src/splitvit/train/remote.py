@@ -1,0 +1,199 @@
+"""Client and server in different processes: the server's sessions, ``splitvit serve``, and the client's connection.
+
+The server builds its half from its own config when a client says hello, after checking that the
+client's shared config keys and the digest of its initial server-half weights equal its own. The
+client keeps the data; the server learns only the number of classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
+from .config import ConfigError, config_diff, resolve_device, shared_config, validate
+from .server import SplitServer, server_digest
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # names a directory on the server: nothing else is accepted
+
+
+def security_from(link: DictConfig) -> Security:
+    """TLS files from ``link.tls``; the token from ``$SPLITVIT_TOKEN`` or ``link.token_file`` (never from
+    the config itself, which is saved with every run)."""
+    token = os.environ.get("SPLITVIT_TOKEN") or None
+    if token is None and link.get("token_file"):
+        path = Path(link.token_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"link.token_file={path} does not exist")
+        token = path.read_text().strip() or None
+    tls = link.get("tls") or {}
+    return Security(
+        insecure=bool(link.get("insecure")), cert=tls.get("cert"), key=tls.get("key"), ca=tls.get("ca"),
+        server_name=tls.get("server_name"), token=token,
+    )
+
+
+def chunk_bytes(link: DictConfig) -> int:
+    kb = link.get("chunk_kb")
+    return CHUNK_BYTES if kb is None else int(kb) * 1024
+
+
+class Sessions:
+    """Opens one :class:`SplitServer` per client run, checkpointing under ``<run_dir>/clients/<run id>/``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        self.shared = shared_config(cfg)
+
+    def __call__(self, hello) -> SplitServer:
+        from .loop import build_halves, build_server
+
+        if not RUN_ID.fullmatch(hello.run_id):
+            raise Refused(f"run id {hello.run_id[:40]!r} is not 32 hex digits")
+        try:
+            theirs = json.loads(hello.config_json)
+        except ValueError:
+            raise Refused("the client's config is not valid JSON") from None
+        if not isinstance(theirs, dict):
+            raise Refused("the client's config must be a JSON object of shared keys")
+        diff = config_diff(self.shared, theirs)
+        if diff:
+            raise Refused("the client's config differs from the server's; start both with the same overrides. "
+                          "Differing keys: " + "; ".join(diff))
+        if not 2 <= hello.num_classes <= 1_000_000:
+            raise Refused(f"num_classes={hello.num_classes} is not in [2, 1000000]")
+        _, server_model, compressor, vit = build_halves(self.cfg, hello.num_classes, self.device)
+        if server_digest(server_model, compressor) != hello.init_digest:
+            raise Refused("the client's initial weights of the server half differ from the server's: give both sides "
+                          "the same model.checkpoint file (or model.pretrained)")
+        server = build_server(self.cfg, server_model, compressor, vit, self.run_dir / "clients" / hello.run_id / "checkpoints")
+        if hello.resume:
+            try:
+                server.restore(hello.resume_step)
+            except ValueError as e:
+                raise Refused(f"cannot resume run {hello.run_id}: {e}") from None
+        return server
+
+
+def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = None) -> None:
+    """``splitvit serve``: serve client runs, one at a time, until stopped (or the first ends, ``link.once``)."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    security = security_from(cfg.link)
+    try:
+        server = LinkServer(
+            Sessions(cfg, run_dir), cfg.link.listen, security, chunk_bytes=chunk_bytes(cfg.link),
+            idle_timeout_s=float(cfg.link.idle_timeout_s), once=bool(cfg.link.once),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(f"splitvit serve: listening on {server.address} ({'TLS' if security.tls else 'no TLS'}, "
+          f"{'token required' if security.token else 'no token'}); serving one client at a time; "
+          f"checkpoints under {run_dir}/clients/", flush=True)
+    if ready_file is not None:
+        tmp = Path(f"{ready_file}.tmp")
+        tmp.write_text(server.address)
+        os.replace(tmp, ready_file)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+class LocalServer:
+    """A ``splitvit serve`` child process on loopback for ``splitvit train link=grpc`` with no ``link.server``.
+
+    It is reached on 127.0.0.1 only, so it runs without TLS but with a fresh random token; it serves this
+    run once and writes its log and checkpoints to ``<run_dir>/server/``.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, start_timeout_s: float = 120.0):
+        self.dir = run_dir / "server"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        server_cfg = OmegaConf.merge(cfg, {"link": {"listen": "127.0.0.1:0", "once": True, "insecure": True, "server": None}})
+        OmegaConf.save(server_cfg, self.dir / "config.yaml", resolve=True)
+        ready = self.dir / "address"
+        ready.unlink(missing_ok=True)
+        self.token = secrets.token_hex(16)
+        self.log_path = self.dir / "serve.log"
+        with self.log_path.open("w") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "splitvit.train.remote", str(self.dir / "config.yaml"), str(self.dir), str(ready)],
+                env={**os.environ, "SPLITVIT_TOKEN": self.token}, stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + start_timeout_s
+        while not ready.is_file():
+            if self.proc.poll() is not None:
+                raise LinkError(f"the local server exited with code {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LinkError(f"the local server did not start within {start_timeout_s:.0f} s; see {self.log_path}")
+            time.sleep(0.05)
+        self.address = ready.read_text()
+
+    def stop(self) -> None:
+        try:
+            self.proc.wait(timeout=15)  # it exits by itself once the session closes
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+
+class ClientLink(GrpcLink):
+    """:class:`GrpcLink` that also stops the local server it started, if any, when the run ends."""
+
+    local: LocalServer | None = None
+
+    def close(self, shutdown: bool = False) -> None:
+        super().close(shutdown=shutdown or self.local is not None)
+        if self.local is not None:
+            self.local.stop()
+
+
+def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: str) -> ClientLink:
+    """The client's link to ``link.server`` (or to a local server it starts), handshake done."""
+    link_cfg = cfg.link
+    local = None
+    if link_cfg.server:
+        target, security = link_cfg.server, security_from(link_cfg)
+    else:
+        local = LocalServer(cfg, run_dir)
+        target = local.address
+        security = Security(insecure=True, token=local.token)
+    try:
+        link = ClientLink(
+            target, security, chunk_bytes=chunk_bytes(link_cfg), timeout_s=float(link_cfg.timeout_s),
+            retries=int(link_cfg.retries), connect_timeout_s=float(link_cfg.connect_timeout_s),
+        )
+    except ValueError as e:
+        if local is not None:
+            local.proc.terminate()
+        raise ConfigError(str(e)) from None
+    link.local = local
+    try:
+        welcome = link.connect(progress.run_id, json.dumps(shared_config(cfg)), num_classes, digest,
+                               resume_steps=progress.step if cfg.train.resume else None)
+    except LinkError:
+        link.close()
+        raise
+    log.info("connected to %s (session %s; %s)", target, welcome.session_id, welcome.note)
+    return link
+
+
+if __name__ == "__main__":  # the local server of `splitvit train link=grpc`: config file, run dir, ready file
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(OmegaConf.load(sys.argv[1]), sys.argv[2], sys.argv[3])
