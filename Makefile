@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: train test bench clean
+.PHONY: train test bench proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_and_select.py
 	$(BIN)/python benchmarks/split_overhead.py
+	$(BIN)/python benchmarks/link_throughput.py
+
+proto: $(STAMP)  # regenerate src/splitvit/link/splitvit_pb2.py after editing the .proto
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	cd src/splitvit/link/proto && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=.. splitvit.proto
 
 clean:
 	rm -rf $(VENV) outputs multirun

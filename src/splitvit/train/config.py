@@ -96,18 +96,31 @@ def _get(tree: dict | None, key: str):
     return tree
 
 
+def _flatten(key: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{key}.{k}", v, out)
+    else:
+        out[key] = value
+    return out
+
+
 def shared_config(cfg: DictConfig) -> dict:
-    """The :data:`SHARED_KEYS` of ``cfg``, flat: what a client shows the server in the handshake."""
+    """The :data:`SHARED_KEYS` of ``cfg`` as flat dotted leaves: what a client shows the server in the handshake."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    return {key: _get(tree, key) for key in SHARED_KEYS}
+    out: dict = {}
+    for key in SHARED_KEYS:
+        _flatten(key, _get(tree, key), out)
+    return out
 
 
-def config_diff(ours: dict, theirs: dict, keys=SHARED_KEYS, names=("server", "client")) -> list[str]:
-    """``key: <names[0]> a, <names[1]> b`` for every key of flat dicts ``ours``/``theirs`` that differs."""
+def config_diff(ours: dict, theirs: dict, names=("server", "client")) -> list[str]:
+    """``key: <names[0]> a, <names[1]> b`` for every key of the flat dicts ``ours``/``theirs`` that differs."""
+    keys = list(ours) + [k for k in theirs if k not in ours]
     return [f"{k}: {names[0]} {ours.get(k)!r}, {names[1]} {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
 def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     now = OmegaConf.to_container(cfg, resolve=True)
     flat = lambda tree: {k: _get(tree, k) for k in RESUME_KEYS}  # noqa: E731
-    return config_diff(flat(saved), flat(now), RESUME_KEYS, ("checkpoint", "now"))
+    return config_diff(flat(saved), flat(now), ("checkpoint", "now"))

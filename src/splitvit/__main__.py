@@ -1,0 +1,7 @@
+"""``python -m splitvit`` is the ``splitvit`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,295 @@
+"""The gRPC link: same run as in process, security, bad messages, limits, retries, resume after a crash."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from splitvit.link.grpc import PROTOCOL, GrpcLink, LinkError, LinkServer, Security
+from splitvit.train import ConfigError, fit
+from splitvit.train.config import shared_config
+from splitvit.train.loop import build_halves
+from splitvit.train.remote import Sessions
+from splitvit.train.server import server_digest
+from splitvit.wire import encode
+
+from conftest import SMALL, make_cfg
+
+RUN = (*SMALL, "train.batch_size=128", "train.epochs=2")  # 12 steps an epoch on digits
+CLOCK = {"wall_s", "time_s", "framing_bytes_up", "framing_bytes_down"}  # what the transport may change
+TOKEN = "s3cret-token"
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in CLOCK} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def inprocess(tmp_path_factory):
+    """The reference: the same experiment in one process."""
+    run_dir = tmp_path_factory.mktemp("inprocess")
+    return fit(make_cfg(*RUN), run_dir), metrics(run_dir)
+
+
+def start_serve(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``splitvit serve`` as a separate process; returns it and the address it listens on."""
+    log = (tmp_path / "serve.out").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitvit", "serve", "listen=127.0.0.1:0", f"run_dir={tmp_path / 'server'}", *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in (tmp_path / "serve.out").read_text().splitlines():
+            if "listening on " in line:
+                return proc, line.split("listening on ")[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("splitvit serve did not start:\n" + (tmp_path / "serve.out").read_text())
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# -- one run, two processes ---------------------------------------------------------------------------
+def test_local_grpc_run_equals_the_inprocess_run(tmp_path, inprocess):
+    """`splitvit train link=grpc`: a server process on loopback, this process the client."""
+    summary, reference = inprocess
+    s = fit(make_cfg(*RUN, "link=grpc"), tmp_path)
+    assert metrics(tmp_path) == reference  # losses, accuracies and every byte count, step for step
+    for key in ("bytes_up", "bytes_down", "eval_bytes_up", "eval_bytes_down", "steps", "final_val_acc"):
+        assert s[key] == summary[key]
+    assert s["link"] == "grpc" and s["framing_bytes_up"] > 0 and s["framing_bytes_down"] > 0
+    assert summary["framing_bytes_up"] == 0
+    # the first eval message (256 x 65 x 64 float32, 4.26 MB) is over gRPC's 4 MiB default: it crossed in chunks
+    # gRPC framing is a few bytes per chunk: reported apart, small beside the messages
+    assert s["framing_bytes_up"] < 1e-3 * (s["bytes_up"] + s["eval_bytes_up"])
+    assert sorted(p.name for p in (tmp_path / "server" / "clients").glob("*/checkpoints/*.pt")) == [
+        "server-000000012.pt", "server-000000024.pt"]
+
+
+def certificates(tmp_path: Path) -> dict[str, str]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def make(name, issuer_key=None, issuer_name=None, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, b.sign(issuer_key or key, hashes.SHA256())
+
+    def write(stem, key, cert):
+        (tmp_path / f"{stem}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    ca_key, ca = make("splitvit test CA", ca=True)
+    write("ca", ca_key, ca)
+    write("server", *make("localhost", ca_key, ca.subject,
+                          san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
+    write("client", *make("client", ca_key, ca.subject))
+    return {k: str(tmp_path / k) for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_serve_and_client_over_mutual_tls_with_token_then_resume_after_a_kill(tmp_path, inprocess):
+    """`splitvit serve` and `splitvit client` as two processes; the client is killed mid-run and resumes."""
+    pem = certificates(tmp_path)
+    tls = [f"link.tls.cert={pem['server.pem']}", f"link.tls.key={pem['server.key']}", f"link.tls.ca={pem['ca.pem']}"]
+    server, address = start_serve(tmp_path, *RUN, *tls, env={"SPLITVIT_TOKEN": TOKEN})
+    try:
+        client_tls = [f"link.tls.ca={pem['ca.pem']}", f"link.tls.cert={pem['client.pem']}", f"link.tls.key={pem['client.key']}"]
+        run_dir = tmp_path / "client"
+        cmd = [sys.executable, "-m", "splitvit", "client", f"server={address}", *RUN, *client_tls, f"run_dir={run_dir}"]
+        env = {**os.environ, "SPLITVIT_TOKEN": TOKEN}
+        client = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ckpt = run_dir / "checkpoints" / "client.pt"
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and client.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.kill()  # mid-run: after the first epoch's checkpoint, somewhere in the second
+        client.wait()
+        assert ckpt.exists()
+        done = subprocess.run([*cmd, "train.resume=true"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "24 steps" in done.stdout
+        assert metrics(run_dir) == inprocess[1]  # the crash cost nothing: same run as one process, exactly
+        assert server.poll() is None  # and the server is still serving
+    finally:
+        stop(server)
+
+
+# -- the protocol, against a server in this process ---------------------------------------------------
+@pytest.fixture
+def served(tmp_path):
+    """A LinkServer (token, no TLS) and what a client needs to talk to it."""
+    cfg = make_cfg(*RUN, "link=grpc", "train.batch_size=16", "eval.batch_size=16")
+    server = LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:0", Security(insecure=True, token=TOKEN), chunk_bytes=64 * 1024)
+    _, server_model, compressor, vit = build_halves(cfg, 10, torch.device("cpu"))
+    yield cfg, server, server_digest(server_model, compressor), compressor, vit
+    server.stop()
+
+
+def client(served, token=TOKEN, run_id="a" * 32, **kwargs) -> GrpcLink:
+    cfg, server, digest, *_ = served
+    link = GrpcLink(server.address, Security(insecure=True, token=token), chunk_bytes=64 * 1024, retries=1,
+                    backoff_s=0.01, connect_timeout_s=kwargs.pop("connect_timeout_s", 5), **kwargs)
+    link.connect(run_id, json.dumps(shared_config(cfg)), 10, digest)
+    return link
+
+
+def train_message(compressor, vit, step: int, batch: int = 16) -> bytes:
+    h = torch.randn(batch, vit.num_tokens, vit.embed_dim)
+    a = torch.softmax(torch.randn(batch, vit.num_tokens), -1)
+    packet = compressor.client_encode(h, a, torch.randint(0, 10, (batch,)))
+    return encode(packet.message, {"kind": "train", "step": str(step)})
+
+
+def test_wrong_or_missing_token_is_refused(served):
+    for token in ("wrong", None):
+        with pytest.raises(LinkError, match="UNAUTHENTICATED.*token"):
+            client(served, token=token)
+    client(served).close()  # the right one is let in
+
+
+def test_config_mismatch_is_refused_naming_the_keys(served):
+    cfg, server, digest, *_ = served
+    theirs = shared_config(make_cfg(*RUN, "model.depth=4", "method.compression=0.2", "train.batch_size=16", "eval.batch_size=16"))
+    link = GrpcLink(server.address, Security(insecure=True, token=TOKEN), retries=0, connect_timeout_s=2)
+    with pytest.raises(LinkError, match=r"method.compression: server 0.1, client 0.2; model.depth: server 3, client 4") as e:
+        link.connect("b" * 32, json.dumps(theirs), 10, digest)
+    assert "FAILED_PRECONDITION" in str(e.value)
+    with pytest.raises(LinkError, match="initial weights"):
+        link.connect("b" * 32, json.dumps(shared_config(cfg)), 10, "0" * 64)
+    with pytest.raises(LinkError, match="run id"):
+        link.connect("../../etc", json.dumps(shared_config(cfg)), 10, digest)
+
+
+def test_bad_messages_are_refused_and_the_server_keeps_serving(served):
+    cfg, server, digest, compressor, vit = served
+    link = client(served)
+    good = train_message(compressor, vit, 0)
+    nan = train_message(compressor, vit, 0)
+    header_len = int.from_bytes(nan[:8], "little")
+    nan = nan[: 8 + header_len] + torch.full(((len(nan) - 8 - header_len) // 4,), float("nan")).numpy().tobytes()
+    huge = bytearray(good)  # a header that claims a tensor far larger than the schema admits
+    header = json.loads(good[8: 8 + header_len])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = [10**9] + header[name]["shape"][1:]
+    raw = json.dumps(header).encode()
+    huge = len(raw).to_bytes(8, "little") + raw + bytes(good[8 + header_len:])
+    for bad, why in [(b"not a message", "too short|header"), (good[:-100], "offsets|bytes|buffer|size"),
+                     (nan, "finite"), (huge, "shape|dimension|bound|at most")]:
+        with pytest.raises(LinkError, match="INVALID_ARGUMENT.*message refused") as e:
+            link.request(bad)
+        assert re.search(why, str(e.value)), str(e.value)
+    # nothing was applied: step 0 is still the next step, and it works
+    reply = link.request(good)
+    assert b"grad" in reply[:4000]
+    link.close()
+
+
+def test_message_size_limits(served):
+    cfg, server, digest, compressor, vit = served
+    link = client(served)
+    limit = link.max_message_bytes
+    assert limit == server.service.session.max_message_bytes
+    link.max_message_bytes = 0  # skip the client's own check: the server must refuse by itself
+    with pytest.raises(LinkError, match="RESOURCE_EXHAUSTED.*exceeds"):
+        link.request(b"\0" * (limit + 1))  # one byte over, in many chunks
+    # one gRPC message just over the per-message limit (a chunk plus slack) is refused by gRPC itself
+    link.chunk_bytes = 64 * 1024 + 4096 + 1
+    with pytest.raises(LinkError, match="RESOURCE_EXHAUSTED"):
+        link.request(train_message(compressor, vit, 0, batch=16) + b"\0" * 70_000)
+    link.chunk_bytes = 64 * 1024
+    # a legitimate message many chunks long goes through (the local run above sends 4.3 MB eval messages,
+    # over gRPC's 4 MiB default, with the default 1 MiB chunks)
+    z = torch.randn(16, vit.num_tokens, vit.embed_dim)
+    reply = link.request(encode({"z": z}, {"kind": "eval", "mode": "uncompressed"}))
+    assert len(encode({"z": z})) > 4 * link.chunk_bytes and len(reply) > 16 * 10 * 4
+    link.request(train_message(compressor, vit, 0))
+    assert server.service.session.last_step == 0
+    link.close()
+
+
+def test_retried_step_is_applied_once_and_out_of_order_refused(served):
+    cfg, server, digest, compressor, vit = served
+    link = client(served)
+    session = server.service.session
+    msg = train_message(compressor, vit, 0)
+    first = link.request(msg)
+    params = [p.detach().clone() for p in session.model.parameters()]
+    again = link.request(msg)  # the client retrying after a lost reply
+    assert again == first
+    assert all(torch.equal(a, b) for a, b in zip(params, session.model.parameters()))
+    assert session.last_step == 0
+    with pytest.raises(LinkError, match="out of order"):
+        link.request(train_message(compressor, vit, 5))
+    link.request(train_message(compressor, vit, 1))
+    assert session.last_step == 1
+
+
+def test_one_client_at_a_time(served):
+    first = client(served)
+    with pytest.raises(LinkError, match="one client at a time"):
+        client(served, run_id="c" * 32, connect_timeout_s=1)
+    first.close()  # the first run ends: the next is served
+    client(served, run_id="c" * 32).close()
+
+
+def test_unreachable_server_fails_after_retries_with_a_clear_error():
+    link = GrpcLink("127.0.0.1:1", Security(insecure=True), retries=2, backoff_s=0.01, timeout_s=2, connect_timeout_s=1)
+    with pytest.raises(LinkError, match="UNAVAILABLE.*127.0.0.1:1"):
+        link.connect("a" * 32, "{}", 10, "")
+    assert link.retried >= 1
+
+
+def test_security_is_on_unless_switched_off_by_name(tmp_path):
+    cfg = make_cfg(*SMALL, "link=grpc")
+    with pytest.raises(ValueError, match="TLS certificate.*insecure"):
+        LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:0", Security(token=TOKEN))
+    with pytest.raises(ValueError, match="SPLITVIT_TOKEN.*insecure"):
+        GrpcLink("127.0.0.1:1", Security(ca="ca.pem"))
+    with pytest.raises(ConfigError, match="TLS certificate"):
+        from splitvit.train.remote import serve
+
+        serve(make_cfg(*SMALL, "link=grpc", "link.listen=127.0.0.1:0"), tmp_path)
+
+
+def test_protocol_is_versioned(served):
+    cfg, server, digest, *_ = served
+    from splitvit.link import splitvit_pb2 as pb
+
+    link = GrpcLink(server.address, Security(insecure=True, token=TOKEN), retries=0, connect_timeout_s=1)
+    hello = pb.Hello(protocol="splitvit/0", run_id="a" * 32, config_json="{}", num_classes=10)
+    with pytest.raises(Exception, match=PROTOCOL):
+        link._handshake(hello, timeout=5, metadata=[("authorization", f"Bearer {TOKEN}")])
