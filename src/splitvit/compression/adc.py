@@ -75,10 +75,11 @@ def merge_and_select(
     if feature == "attention":
         x = attn
     elif feature == "cls":
-        x = h.detach()[:, 0]
+        x = h.detach()[:, 0].float()
     else:
-        x = h.detach().mean(1)
-    assignment = kmeans(x, T, generator).assignment
+        x = h.detach().float().mean(1)
+    with torch.autocast(h.device.type, enabled=False):  # K-means in float32 even under bf16 autocast
+        assignment = kmeans(x, T, generator).assignment
 
     # token scores: the cluster's centroid in attention space; CLS is always kept
     scores = cluster_mean(attn, assignment, T)

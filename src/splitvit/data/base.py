@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what timm's DeiT weights were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -43,8 +46,9 @@ class Splits:
         return self.train.num_classes
 
 
-def prepare(images: torch.Tensor, ds: ImageSet, size: int, channels: int) -> torch.Tensor:
-    """uint8 ``[B, C, H, W]`` -> float, resized to ``size`` (bilinear, antialiased), normalised."""
+def prepare(images: torch.Tensor, ds, size: int, channels: int,
+            augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` -> float, resized to ``size`` (bilinear, antialiased), augmented, normalised."""
     x = images.float().div_(255)
     if x.shape[1] != channels:
         if x.shape[1] != 1:
@@ -52,35 +56,57 @@ def prepare(images: torch.Tensor, ds: ImageSet, size: int, channels: int) -> tor
         x = x.expand(-1, channels, -1, -1)  # grey -> the model's channels
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if augment is not None:
+        x = augment(x)
     mean = torch.tensor(ds.mean, device=x.device).repeat(channels // len(ds.mean)).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, device=x.device).repeat(channels // len(ds.std)).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
 def batches(
-    ds: ImageSet,
+    ds,
     batch_size: int,
     size: int,
     channels: int = 3,
     shuffle_seed: int | None = None,
     device: str | torch.device = "cpu",
     start: int = 0,
+    augment=None,
+    workers: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of ``(images [B, C, size, size], labels [B])``; the last batch may be smaller.
 
     The order is a pure function of ``shuffle_seed`` (the loop passes ``seed`` and the epoch), so
     a resumed run sees exactly the batches it would have seen; ``start`` skips that many batches.
+    ``augment(x, key)`` (see :class:`~splitvit.data.augment.Augment`) gets the batch in [0, 1] on
+    ``device`` and a key that identifies the batch, so its random draws are reproducible too.
+    In-memory sets are sliced; file sets are decoded by ``workers`` DataLoader processes into
+    pinned memory when ``device`` is a GPU, and copied without blocking.
     """
+    device = torch.device(device)
     n = len(ds)
     if shuffle_seed is None:
         order = torch.arange(n)
     else:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
-    for first in range(start * batch_size, n, batch_size):
-        idx = order[first : first + batch_size]
-        x = ds.images[idx].to(device, non_blocking=True)
-        yield prepare(x, ds, size, channels), ds.labels[idx].to(device, non_blocking=True)
+    order = order[start * batch_size:]
+    pin = device.type == "cuda"
+    if hasattr(ds, "images"):
+        source = ((ds.images[idx], ds.labels[idx]) for idx in order.split(batch_size))
+    else:
+        from .files import Decoded
+
+        source = torch.utils.data.DataLoader(
+            Decoded(ds, size), batch_size=batch_size, sampler=order.tolist(), num_workers=workers, pin_memory=pin,
+        )
+    for i, (x, y) in enumerate(source, start=start):
+        if pin and not x.is_pinned():
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        key = None if shuffle_seed is None else shuffle_seed * 1_000_003 + i
+        aug = None if augment is None else (lambda t: augment(t, key))  # noqa: E731
+        yield prepare(x, ds, size, channels, aug), y
 
 
-def num_batches(ds: ImageSet, batch_size: int) -> int:
+def num_batches(ds, batch_size: int) -> int:
     return -(-len(ds) // batch_size)

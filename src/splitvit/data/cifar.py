@@ -1,4 +1,6 @@
-"""CIFAR-100 from its official python-pickle directory, ``<root>/cifar-100-python/{train,test,meta}``."""
+"""CIFAR-10 and CIFAR-100 from their official python-pickle directories:
+``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` and
+``<root>/cifar-100-python/{train,test,meta}``. Also the checked download every dataset uses."""
 
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ log = logging.getLogger(__name__)
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_DIR = "cifar-100-python"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class MissingDataset(FileNotFoundError):
@@ -77,14 +84,17 @@ def download_archive(url: str, dest: Path, checksum: str) -> None:
             Path(tmp.name).unlink(missing_ok=True)
 
 
-def download_cifar100(root: Path, url: str | None = None, checksum: str | None = None) -> None:
-    """Fetch and md5-check the official archive into ``root``, then unpack it there."""
-    url, checksum = url or CIFAR100_URL, checksum or CIFAR100_MD5
-    archive = root / "cifar-100-python.tar.gz"
+def download_and_unpack(root: Path, url: str, checksum: str) -> None:
+    """Fetch and md5-check an archive into ``root`` (kept, so a second call only unpacks), then unpack it there."""
+    archive = root / url.rsplit("/", 1)[-1]
     if not (archive.is_file() and md5(archive) == checksum):
         download_archive(url, archive, checksum)
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")  # "data": no absolute paths, links out, or devices
+
+
+def download_cifar100(root: Path, url: str | None = None, checksum: str | None = None) -> None:
+    download_and_unpack(root, url or CIFAR100_URL, checksum or CIFAR100_MD5)
 
 
 def load_cifar100(root: str | Path, download: bool = False) -> Splits:
@@ -114,3 +124,34 @@ def load_cifar100(root: str | Path, download: bool = False) -> Splits:
         return ImageSet(images, torch.from_numpy(labels), classes, CIFAR_MEAN, CIFAR_STD)
 
     return Splits(train=split("train"), test=split("test"))
+
+
+def load_cifar10(root: str | Path, download: bool = False, url: str | None = None, checksum: str | None = None) -> Splits:
+    root = Path(root).expanduser()
+    folder = root / CIFAR10_DIR
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    if download and not all((folder / n).is_file() for n in names):
+        download_and_unpack(root, url or CIFAR10_URL, checksum or CIFAR10_MD5)
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise MissingDataset(
+            f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}. Point dataset.root at the folder "
+            f"that holds {CIFAR10_DIR}/, or add dataset.download=true to fetch it ({CIFAR10_URL})"
+        )
+    classes = [c.decode() for c in _unpickle(folder / "batches.meta")["label_names"]]
+
+    def part(names: list[str]) -> ImageSet:
+        data, labels = [], []
+        for name in names:
+            try:
+                d = _unpickle(folder / name)
+                data.append(np.asarray(d["data"], dtype=np.uint8))
+                labels.append(np.asarray(d["labels"], dtype=np.int64))
+            except (pickle.UnpicklingError, EOFError, KeyError, ValueError, io.UnsupportedOperation) as e:
+                raise MissingDataset(f"{folder / name} is not a complete CIFAR-10 file ({e}); delete it and download again") from None
+            if data[-1].ndim != 2 or data[-1].shape[1] != 3072 or len(labels[-1]) != len(data[-1]):
+                raise MissingDataset(f"{folder / name} holds data of shape {data[-1].shape}; expected [n, 3072]")
+        images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32).copy())
+        return ImageSet(images, torch.from_numpy(np.concatenate(labels)), classes, CIFAR10_MEAN, CIFAR10_STD)
+
+    return Splits(train=part(names[:5]), test=part(["test_batch"]))

@@ -33,19 +33,21 @@ class Traffic:
 
 class SplitClient:
     def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 link: Link | None, num_classes: int, shaping: LinkModel | None = None):
+                 link: Link | None, num_classes: int, shaping: LinkModel | None = None, bf16: bool = False):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
         self.link = link
         self.num_classes = num_classes
+        self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         self.train_traffic = Traffic(shaping=shaping)
         self.eval_traffic = Traffic(shaping=shaping)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""
         self.model.train()
-        h, cls_attn = self.model(images)  # client forward, blocks 1..l
+        with autocast(images.device, self.bf16):
+            h, cls_attn = self.model(images)  # client forward, blocks 1..l
         packet = self.compressor.client_encode(h, cls_attn, labels)  # compress
         up = encode(packet.message, {"kind": "train", "step": str(step)})
         down = self.link.request(up)  # the server's forward, loss, backward and step happen there
@@ -65,7 +67,8 @@ class SplitClient:
         self.model.eval()
         loss_sum, correct, n = 0.0, 0, 0
         for images, labels in batches:
-            h, cls_attn = self.model(images)
+            with autocast(images.device, self.bf16):
+                h, cls_attn = self.model(images)
             up = encode(self.compressor.eval_encode(h, cls_attn, mode), {"kind": "eval", "mode": mode})
             down = self.link.request(up)
             schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
@@ -75,6 +78,11 @@ class SplitClient:
             correct += int((logits.argmax(-1) == labels).sum())
             n += labels.shape[0]
         return loss_sum / n, correct / n
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast for the ViT's matmuls when asked (``train.precision=bf16``); a no-op otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _parse_loss(meta: dict[str, str]) -> float:

@@ -8,11 +8,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_compressor
-from ..data import DATASETS
+from ..data import DATASETS, NORMALIZATIONS
+from ..data.augment import AUGMENTATIONS
 from ..models import PRESETS
 
 DEVICES = ("cpu", "cuda", "auto")
 LINKS = ("inprocess", "grpc")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,11 @@ def validate(cfg: DictConfig) -> None:
     _choice("wire.dtype", cfg.wire.dtype, WIRE_DTYPES)
     _choice("device", cfg.device, DEVICES)
     _choice("link", cfg.link.kind, LINKS)
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("dataset.augment", cfg.dataset.augment, AUGMENTATIONS)
+    _choice("dataset.normalize", cfg.dataset.normalize, NORMALIZATIONS)
+    _at_least("dataset.workers", cfg.dataset.workers, 0)
+    _at_least("eval.max_batches", cfg.eval.max_batches, 1, optional=True)
     _at_least("train.batch_size", cfg.train.batch_size, 1)
     _at_least("eval.batch_size", cfg.eval.batch_size, 1)
     _at_least("train.epochs", cfg.train.epochs, 1)
@@ -85,7 +92,7 @@ RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size"
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
     "seed", "method", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
-    "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay",
+    "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay", "train.precision",
     "eval.batch_size", "wire",
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..compression import NoCompression, build_compressor
 from ..data import batches, load_dataset, num_batches
+from ..data.augment import build_augment
 from ..link import InProcessLink, LinkModel
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
 from ..wire import encode
@@ -98,7 +100,7 @@ def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir:
     return SplitServer(
         server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
         max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
-        max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir,
+        max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir, bf16=cfg.train.precision == "bf16",
     )
 
 
@@ -117,11 +119,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
-    data = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    d = cfg.dataset
+    data = load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"))
     client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
-        None, data.num_classes, shaping,
+        None, data.num_classes, shaping, bf16=cfg.train.precision == "bf16",
     )
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
@@ -151,6 +154,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 
 def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, device, p: "Progress", ckpt: Path) -> dict:
+    augment = build_augment(cfg.dataset.get("augment", "none"))
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
     budget = None
     if cfg.train.budget_epochs is not None:
@@ -184,6 +188,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, devic
         epoch_batches = batches(
             data.train, cfg.train.batch_size, vit.img_size, vit.in_chans,
             shuffle_seed=cfg.seed * 100_003 + p.epoch, device=device, start=p.batch_in_epoch,
+            augment=augment, workers=cfg.dataset.get("workers", 0),
         )
         for images, labels in epoch_batches:
             losses.append(client.train_step(images, labels, p.step))
@@ -224,7 +229,10 @@ def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, devic
 
 def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:
     t0 = time.perf_counter()
-    test = batches(data.test, cfg.eval.batch_size, vit.img_size, vit.in_chans, device=device)
+    test = batches(data.test, cfg.eval.batch_size, vit.img_size, vit.in_chans, device=device,
+                   workers=cfg.dataset.get("workers", 0))
+    if cfg.eval.get("max_batches") is not None:  # a quick look, not the whole test set
+        test = itertools.islice(test, cfg.eval.max_batches)
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
     p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down

@@ -12,6 +12,7 @@ from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..wire import MAX_HEADER_BYTES, Schema, WireError, decode, encode
 from .checkpoint import atomic_save
+from .client import autocast
 
 KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
 
@@ -45,7 +46,7 @@ class SplitServer:
 
     def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
                  max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None):
+                 checkpoint_dir: str | Path | None = None, bf16: bool = False):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
@@ -55,6 +56,7 @@ class SplitServer:
             self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
         self.device = next(model.parameters()).device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.bf16 = bf16
         self.last_step = -1  # the last training step applied
         self._last_reply: bytes | None = None
 
@@ -92,7 +94,9 @@ class SplitServer:
     def train_step(self, message: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
         self.model.train()
         packet = self.compressor.server_decode(message)
-        loss = soft_cross_entropy(self.model(packet.z), packet.targets)
+        with autocast(self.device, self.bf16):
+            logits = self.model(packet.z)
+        loss = soft_cross_entropy(logits, packet.targets)  # in float32
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -102,7 +106,8 @@ class SplitServer:
     @torch.no_grad()
     def eval_step(self, message: dict[str, torch.Tensor], mode: str) -> bytes:
         self.model.eval()
-        logits = self.model(self.compressor.eval_decode(message, mode))
+        with autocast(self.device, self.bf16):
+            logits = self.model(self.compressor.eval_decode(message, mode))
         return encode({"logits": logits.float()}, {"kind": "logits"})
 
     # -- checkpoints of the server's own half -------------------------------------------------------
