@@ -41,3 +41,22 @@ def test_multirun_sweep_then_report_from_the_command_line(tmp_path):
 
 def test_report_of_nothing_says_what_to_do(tmp_path):
     assert report([str(tmp_path)]) == 2
+
+
+def test_report_shows_the_paper_beside_ours(tmp_path):
+    from splitvit.report import aggregate, paper_reference, plots
+
+    reference = paper_reference()
+    assert {"none", "adc", "bottlenet", "topk", "randtopk", "c3sl"} == {p["method"] for p in reference}
+    assert len(reference) == 1 + 7 + 7 + 5 + 5 + 5
+    run = {"method": "adc", "method_options": {"compression": 0.1}, "dataset": "cifar100", "model": "deit_tiny_patch16_224",
+           "split_index": 3, "eval_mode": "uncompressed", "final_val_acc": 0.70, "best_val_acc": 0.71,
+           "compression_target": 0.1, "compression_nominal": 0.098, "compression_measured": 0.1, "bytes_up": 1,
+           "bytes_down": 1, "steps": 10, "curve": [], "runs": []}
+    other = {**run, "dataset": "digits"}
+    rows = aggregate([run, other])
+    assert [r["paper_acc"] for r in rows] == [0.772, None]  # cifar100 row first
+    from splitvit.report import markdown
+
+    assert "| 0.772 |" in markdown(rows)
+    assert (tmp_path / "accuracy_vs_compression.png") in plots(rows, tmp_path)

@@ -21,6 +21,8 @@ commands:
   client   train as the client of a `splitvit serve` elsewhere; same overrides as the server's
            splitvit client server=gpu-host:50051 link.tls.ca=ca.pem [overrides]
            (the token comes from $SPLITVIT_TOKEN or link.token_file; --insecure allows no TLS and no token)
+  plan     list the jobs of a sweep without running them; splitvit plan --all lists the paper's experiments
+           splitvit plan +experiment=paper/main_adc
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
            splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
 """
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [f"splitvit {command}", "link=grpc", *map(_link_shorthand, rest)]
         _serve() if command == "serve" else _train()
         return 0
+    if command == "plan":
+        from .plan import main as plan
+
+        return plan(rest)
     if command == "report":
         from .report import main as report
 

@@ -2,6 +2,8 @@
 
 Runs are found by their ``summary.json`` anywhere under the given directories (a multirun sweep, a
 folder of single runs, or both). Runs that differ only in ``seed`` are one row: mean and spread.
+Where the paper reports the same setting (``reference/paper_2509.15058.csv``: method, model,
+dataset, compression, accuracy), its accuracy is shown beside ours, in the table and the figure.
 """
 
 from __future__ import annotations
@@ -12,6 +14,25 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+
+PAPER_CSV = Path(__file__).parent / "reference" / "paper_2509.15058.csv"
+
+
+def paper_reference(path: Path = PAPER_CSV) -> list[dict]:
+    """The paper's accuracies: ``[{method, model, dataset, compression, accuracy}]``."""
+    with path.open() as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return [{**r, "compression": float(r["compression"]), "accuracy": float(r["accuracy"])} for r in rows]
+
+
+def paper_accuracy(row: dict, reference: list[dict]) -> float | None:
+    """The paper's accuracy for the setting of ``row`` (same method, model, dataset, compression target)."""
+    for p in reference:
+        if (p["method"], p["model"], p["dataset"]) == (row["method"], row["model"], row["dataset"]) and \
+                abs(p["compression"] - row["target"]) <= 1e-3 * max(p["compression"], 1e-3):
+            return p["accuracy"]
+    return None
 
 
 def find_runs(dirs: list[str]) -> list[dict]:
@@ -65,22 +86,26 @@ def aggregate(runs: list[dict]) -> list[dict]:
             "best_acc_sd": best_sd,
             "runs": rs,
         })
+    reference = paper_reference()
+    for row in rows:
+        row["paper_acc"] = paper_accuracy(row, reference)
     rows.sort(key=lambda r: (r["dataset"] or "", r["method"], -r["measured"]))
     return rows
 
 
 COLUMNS = ["method", "options", "dataset", "model", "seeds", "target", "nominal", "measured", "bytes_up",
-           "bytes_down", "steps", "final_acc", "final_acc_sd", "best_acc", "best_acc_sd"]
+           "bytes_down", "steps", "final_acc", "final_acc_sd", "best_acc", "best_acc_sd", "paper_acc"]
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| method | options | target | measured | MB up | MB down | final acc | best acc | seeds |"
-    lines = [head, "|" + "---|" * 9]
+    head = "| method | options | target | measured | MB up | MB down | final acc | best acc | paper | seeds |"
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
+        paper = "-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}"
         lines.append(
             f"| {r['method']} | {r['options'] or '-'} | {r['target']:.3f} | {r['measured']:.3f} | "
             f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | "
-            f"{r['final_acc']:.4f} ± {r['final_acc_sd']:.4f} | {r['best_acc']:.4f} ± {r['best_acc_sd']:.4f} | {r['seeds']} |"
+            f"{r['final_acc']:.4f} ± {r['final_acc_sd']:.4f} | {r['best_acc']:.4f} ± {r['best_acc_sd']:.4f} | {paper} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -93,7 +118,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: r[k] for k in COLUMNS})
 
 
-def plots(rows: list[dict], out: Path) -> list[Path]:
+def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,14 +130,30 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         by_method[r["method"]].append(r)
 
     # the paper's main figure: final accuracy against measured compression, one line per method
+    # with the paper's values for the same model and dataset beside ours: hollow markers, dotted lines
+    reference = paper_reference() if reference is None else reference
+    shown = {(r["model"], r["dataset"]) for r in rows}
+    paper: dict[str, list[dict]] = defaultdict(list)
+    for p in reference:
+        if (p["model"], p["dataset"]) in shown:
+            paper[p["method"]].append(p)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {}
     for method, rs in sorted(by_method.items()):
         rs = sorted(rs, key=lambda r: r["measured"])
         if method == "none":  # the uncompressed reference, as the paper's "Base"
             ax.axhline(rs[0]["final_acc"], color="k", ls="--", lw=1, label="none (uncompressed)")
             continue
-        ax.errorbar([r["measured"] for r in rs], [r["final_acc"] for r in rs], yerr=[r["final_acc_sd"] for r in rs],
-                    marker="o", capsize=3, label=method)
+        line = ax.errorbar([r["measured"] for r in rs], [r["final_acc"] for r in rs], yerr=[r["final_acc_sd"] for r in rs],
+                           marker="o", capsize=3, label=method)
+        colors[method] = line[0].get_color()
+    for method, ps in sorted(paper.items()):
+        ps = sorted(ps, key=lambda p: p["compression"])
+        if method == "none":
+            ax.axhline(ps[0]["accuracy"], color="k", ls=":", lw=1, label="paper: base")
+            continue
+        ax.plot([p["compression"] for p in ps], [p["accuracy"] for p in ps], ls=":", marker="o", mfc="none",
+                color=colors.get(method), label=f"paper: {method}")
     ax.set_xscale("log")
     ax.set_xlabel("compression, measured on the wire (bytes sent / uncompressed)")
     ax.set_ylabel("final test accuracy")

@@ -156,3 +156,11 @@ def test_link_model_adds_transfer_time_from_the_measured_bytes(tmp_path):
         fit(make_cfg(*SMALL, "link.latency_ms=10"), tmp_path / "b")
     with pytest.raises(ConfigError, match="> 0"):
         fit(make_cfg(*SMALL, "link.bandwidth_mbps=0"), tmp_path / "c")
+
+
+def test_bf16_autocast_trains_with_float32_kmeans(tmp_path):
+    s = fit(make_cfg(*SMALL, "train.precision=bf16", "train.max_steps=3"), tmp_path)
+    row = read_metrics(tmp_path)[-1]
+    assert s["steps"] == 3 and row["train_loss"] == row["train_loss"] and 0 <= row["val_acc"] <= 1
+    with pytest.raises(ConfigError, match="train.precision"):
+        fit(make_cfg(*SMALL, "train.precision=fp8"), tmp_path / "b")

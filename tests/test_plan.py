@@ -1,0 +1,64 @@
+"""The paper's experiment configs: each expands to its jobs without running them, and runs as a multirun."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from conftest import SMALL
+from splitvit.plan import experiments, jobs, main as plan
+
+PAPER = ["main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk", "main_c3sl", "split_index",
+         "batch_size", "grid", "feature"]
+
+
+def test_every_paper_experiment_is_shipped():
+    assert sorted(experiments()) == sorted(f"paper/{n}" for n in PAPER)
+
+
+@pytest.mark.parametrize("name, count, must", [
+    ("main_adc", 2 * 2 * 7 * 3, "method.compression=0.01"),
+    ("main_c3sl", 2 * 2 * 5 * 3, "method.compression=0.03125"),
+    ("split_index", 2 * 5 * 3, "split.index=10"),
+    ("batch_size", 5 * 3, "train.batch_size=256"),
+    ("grid", 6 * 6 * 3, "method.token_ratio=0.7"),
+    ("feature", 3 * 3 * 3, "method.feature=mean"),
+])
+def test_dry_run_lists_the_jobs(name, count, must):
+    listed = jobs([f"+experiment=paper/{name}"])
+    assert len(listed) == count and len({tuple(j) for j in listed}) == count
+    assert any(must in j for j in listed)
+
+
+def test_command_line_narrows_the_sweep_and_bad_settings_are_caught(capsys):
+    listed = jobs(["+experiment=paper/main_adc", "model=deit_tiny_patch16_224", "seed=0", "method.compression=0.1,0.2"])
+    assert len(listed) == 2 * 2  # two datasets x the two compressions given
+    assert plan(["+experiment=paper/main_adc", "method.compression=1.5"]) == 2
+    assert "method.compression" in capsys.readouterr().out
+
+
+def test_paper_protocol_is_in_the_configs():
+    with initialize_config_module("splitvit.conf", version_base=None):
+        cfg = compose("config", overrides=["+experiment=paper/main_adc"])
+    assert (cfg.model.name, cfg.model.pretrained, cfg.split.index, cfg.train.batch_size) == ("deit_tiny_patch16_224", True, 3, 128)
+    assert (cfg.train.lr, cfg.train.budget_epochs, cfg.dataset.augment, cfg.dataset.normalize) == (1e-4, 10, "paper", "imagenet")
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_module("splitvit.conf", version_base=None):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert "submitit" in cfg.hydra.launcher._target_.lower() and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_an_experiment_runs_as_a_multirun(tmp_path):
+    """The experiment's sweep with every axis pinned on the command line: one small job, on this machine."""
+    sweep = tmp_path / "multi"
+    cmd = [sys.executable, "-m", "splitvit", "train", "--multirun", "+experiment=paper/main_none", *SMALL,
+           "model=vit_mini_patch4_32", "model.pretrained=false", "dataset=digits", "dataset.augment=none",
+           "device=cpu", "seed=0", "train.max_steps=2", "train.precision=fp32", f"hydra.sweep.dir={sweep}"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summaries = list(sweep.rglob("summary.json"))
+    assert len(summaries) == 1 and json.loads(summaries[0].read_text())["steps"] == 2
