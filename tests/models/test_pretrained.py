@@ -93,3 +93,23 @@ def test_hub_offline_gives_a_clear_message(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(RuntimeError, match="model.checkpoint=PATH"):
         pretrained.hub_checkpoint("deit_small_patch16_224")
+
+
+def test_hub_weights_come_from_the_cache_when_offline(tmp_path, deit_state, monkeypatch):
+    """The real hf_hub_download, offline, over a cache in the hub's own layout: no network, no mock."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "models--timm--deit_tiny_patch16_224.fb_in1k"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(deit_state, snapshot / "model.safetensors")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    path = pretrained.hub_checkpoint("deit_tiny_patch16_224")
+    assert path == snapshot / "model.safetensors"
+    model = create_model("deit_tiny_patch16_224", depth=2, num_classes=100)
+    load_checkpoint(model, path)  # the head is new: 100 classes
+    with pytest.raises(RuntimeError, match="not in the local cache.*model.checkpoint=PATH"):
+        pretrained.hub_checkpoint("deit_small_patch16_224")

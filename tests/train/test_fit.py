@@ -164,3 +164,18 @@ def test_bf16_autocast_trains_with_float32_kmeans(tmp_path):
     assert s["steps"] == 3 and row["train_loss"] == row["train_loss"] and 0 <= row["val_acc"] <= 1
     with pytest.raises(ConfigError, match="train.precision"):
         fit(make_cfg(*SMALL, "train.precision=fp8"), tmp_path / "b")
+
+
+def test_training_starts_from_a_local_timm_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from splitvit.models import create_model
+
+    weights = create_model("deit_tiny_patch16_224", depth=2, num_classes=1000).state_dict()  # timm's names and shapes
+    save_file(weights, tmp_path / "deit.safetensors")
+    args = (*SMALL[3:], "model=deit_tiny_patch16_224", "model.depth=2", "model.img_size=64", "train.max_steps=1",
+            "split.index=1")
+    s = fit(make_cfg(*args, f"model.checkpoint={tmp_path / 'deit.safetensors'}"), tmp_path / "run")
+    assert s["steps"] == 1  # ImageNet's 1000-class head replaced by digits' 10, positions resampled to 4x4
+    with pytest.raises(ConfigError, match="cannot load the model's weights.*missing.pth"):
+        fit(make_cfg(*args, f"model.checkpoint={tmp_path / 'missing.pth'}"), tmp_path / "run2")

@@ -69,10 +69,13 @@ def build_model(cfg: DictConfig, num_classes: int):
         m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
         embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
     )
-    if m.checkpoint:
-        load_checkpoint(model, m.checkpoint)
-    elif m.pretrained:
-        load_checkpoint(model, hub_checkpoint(m.name))
+    try:
+        if m.checkpoint:
+            load_checkpoint(model, m.checkpoint)
+        elif m.pretrained:
+            load_checkpoint(model, hub_checkpoint(m.name))
+    except (OSError, RuntimeError, ValueError) as e:  # a missing file, no hub access, another model's weights
+        raise ConfigError(f"cannot load the model's weights: {e}") from None
     return model
 
 
