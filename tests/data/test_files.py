@@ -169,3 +169,15 @@ def test_training_on_an_image_folder_with_augmentation(tmp_path):
     s = fit(make_cfg(*SMALL, "dataset=folder", f"dataset.root={tmp_path / 'imgs'}", "dataset.workers=0",
                      "train.batch_size=4", "train.max_steps=2"), tmp_path / "run")
     assert s["steps"] == 2 and s["dataset"] == "folder"
+
+
+def test_deit_at_224_with_augmentation_on_cifar100_files(tmp_path):
+    """The paper's input pipeline on this machine: CIFAR-100 files, resized to 224, augmented, DeiT-Tiny."""
+    from test_datasets import write_cifar100
+
+    write_cifar100(tmp_path / "data", n_train=8, n_test=4)
+    s = fit(make_cfg("dataset=cifar100", f"dataset.root={tmp_path / 'data'}", "model=deit_tiny_patch16_224",
+                     "model.depth=4", "split.index=3", "train.batch_size=4", "train.max_steps=2", "eval.batch_size=4",
+                     "train.progress=false"), tmp_path / "run")
+    assert s["steps"] == 2 and s["model"] == "deit_tiny_patch16_224"
+    assert s["bytes_up"] < 2 * 4 * 197 * 192 * 4 * 0.2  # ADC at 0.1 of DeiT-Tiny's 197 x 192 activations

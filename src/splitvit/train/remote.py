@@ -194,6 +194,16 @@ def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: 
     return link
 
 
+def _exit_with_parent(parent: int) -> None:
+    """The local server lives only as long as the client that started it, even if that client is killed."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 if __name__ == "__main__":  # the local server of `splitvit train link=grpc`: config file, run dir, ready file
+    import threading
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     serve(OmegaConf.load(sys.argv[1]), sys.argv[2], sys.argv[3])
