@@ -17,13 +17,14 @@ def test_report_aggregates_seeds_and_draws_the_plots(tmp_path):
         ("adc", ["method.batch_ratio=0.25", "method.token_ratio=0.25"], 0),
         ("none", [], 0),
     ]):
-        fit(make_cfg(*SMALL, f"method={method}", *extra, f"seed={seed}", "train.max_steps=2"), runs / str(i))
+        fit(make_cfg(*SMALL, f"method={method}", *extra, f"seed={seed}", "train.max_steps=2", "link.bandwidth_mbps=20"),
+            runs / str(i))
     assert report([str(runs), "--out", str(tmp_path / "out")]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
     assert len(rows) == 5  # the two seeds of one setting are one row
     seeded = [r for r in rows if r["seeds"] == "2"]
     assert len(seeded) == 1 and float(seeded[0]["final_acc_sd"]) >= 0
-    for png in ("accuracy_vs_compression.png", "accuracy_vs_bytes.png", "adc_grid.png"):
+    for png in ("accuracy_vs_compression.png", "accuracy_vs_bytes.png", "adc_grid.png", "accuracy_vs_time.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
     assert "| adc |" in (tmp_path / "out" / "report.md").read_text()
 

@@ -175,11 +175,29 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     ax.set_xlabel("MB sent, both directions")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     written.append(out / "accuracy_vs_bytes.png")
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
+
+    # time to accuracy: compute plus the modelled link (link.bandwidth_mbps), when the runs modelled one
+    timed = [r for r in rows if r["runs"] and any(c.get("link_s") for c in r["runs"][0]["curve"])]
+    if timed:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in timed:
+            curve = r["runs"][0]["curve"]
+            ax.plot([c["time_s"] for c in curve], [c["val_acc"] for c in curve], label=f"{r['method']} {r['measured']:.3f}")
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds: compute + modelled link")
+        ax.set_ylabel("test accuracy")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        written.append(out / "accuracy_vs_time.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
 
     # ADC's batch-ratio x token-ratio grid, when the runs hold one
     grid = {}
