@@ -41,7 +41,7 @@ class SplitClient:
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         self.train_traffic = Traffic(shaping=shaping)
-        self.eval_traffic = Traffic(shaping=shaping)
+        self.eval_traffic = Traffic()  # evaluation is a measurement, not training: not on the modelled link
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""

@@ -133,7 +133,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     ckpt = run_dir / "checkpoints" / "client.pt"
     if cfg.train.resume:
         p = load_client(ckpt, cfg, client, compressor)
-        client.train_traffic.link_s, client.eval_traffic.link_s = p.link_s, 0.0
+        client.train_traffic.link_s = p.link_s
         log.info("resumed from %s at step %d", ckpt, p.step)
     if cfg.link.kind == "inprocess":
         server = build_server(cfg, server_model, compressor, vit, run_dir / "checkpoints")
@@ -239,7 +239,7 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
     p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down
-    p.link_s = client.train_traffic.link_s + client.eval_traffic.link_s
+    p.link_s = client.train_traffic.link_s
     p.framing_up, p.framing_down = client.link.framing_up, client.link.framing_down
     p.best_val_acc = max(p.best_val_acc, val_acc)
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
