@@ -293,3 +293,32 @@ def test_protocol_is_versioned(served):
     hello = pb.Hello(protocol="splitvit/0", run_id="a" * 32, config_json="{}", num_classes=10)
     with pytest.raises(Exception, match=PROTOCOL):
         link._handshake(hello, timeout=5, metadata=[("authorization", f"Bearer {TOKEN}")])
+
+
+def test_a_client_that_disappears_mid_upload_leaves_nothing_applied(served):
+    import threading
+
+    from splitvit.link import splitvit_pb2 as pb
+    from splitvit.link.grpc import SESSION_HEADER
+
+    cfg, server, digest, compressor, vit = served
+    link = client(served)
+    session = server.service.session
+    before = [p.detach().clone() for p in session.model.parameters()]
+    message = train_message(compressor, vit, 0)
+    hold = threading.Event()
+
+    def half_then_wait():
+        yield pb.Chunk(data=message[: len(message) // 2])
+        hold.wait(10)  # the client "dies" here: the call is cancelled under the server's feet
+
+    call = link._exchange(half_then_wait(), timeout=10,
+                          metadata=[(SESSION_HEADER, link.session_id), ("authorization", f"Bearer {TOKEN}")])
+    time.sleep(0.3)
+    call.cancel()
+    hold.set()
+    time.sleep(0.3)
+    assert session.last_step == -1
+    assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))
+    link.request(message)  # the same session goes on with step 0
+    assert session.last_step == 0
