@@ -368,12 +368,12 @@ class GrpcLink:
         return reply
 
     def checkpoint(self, steps: int) -> None:
-        control = pb.Control(session_id=self.session_id, step=steps)
+        control = pb.Control(step=steps)
         self._call("checkpoint", lambda: self._checkpoint(control, timeout=self.timeout_s, metadata=self._metadata()))
 
     def close(self, shutdown: bool = False) -> None:
         if self.session_id:
-            control = pb.Control(session_id=self.session_id, shutdown=shutdown)
+            control = pb.Control(shutdown=shutdown)
             try:
                 self._close(control, timeout=min(self.timeout_s, 10.0), metadata=self._metadata())
             except grpc.RpcError as e:  # the run is over either way; the server times the session out
