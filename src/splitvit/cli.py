@@ -49,12 +49,13 @@ def format_summary(s: dict, run_dir: Path) -> str:
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def _serve(cfg: DictConfig) -> None:
+    from .link.grpc import LinkError
     from .train import ConfigError
     from .train.remote import serve
 
     try:
         serve(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as e:
+    except (ConfigError, LinkError) as e:  # a bad config; an address in use
         print(f"splitvit: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -322,3 +322,16 @@ def test_a_client_that_disappears_mid_upload_leaves_nothing_applied(served):
     assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))
     link.request(message)  # the same session goes on with step 0
     assert session.last_step == 0
+
+
+def test_listen_address_is_checked_and_a_taken_port_refused(tmp_path):
+    cfg = make_cfg(*SMALL, "link=grpc")
+    security = Security(insecure=True)
+    with pytest.raises(ValueError, match="port in"):
+        LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:99999", security)
+    first = LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:0", security)
+    try:
+        with pytest.raises(LinkError, match="cannot listen"):  # not a second server sharing the port
+            LinkServer(Sessions(cfg, tmp_path), first.address, security)
+    finally:
+        first.stop()

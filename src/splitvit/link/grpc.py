@@ -258,9 +258,14 @@ class LinkServer:
     def __init__(self, open_session: Callable[[pb.Hello], Session], listen: str, security: Security, *,
                  chunk_bytes: int = CHUNK_BYTES, idle_timeout_s: float = 600.0, once: bool = False, workers: int = 4):
         security.check("server")
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"link.listen={listen!r} must be HOST:PORT with a port in [0, 65535] (0: any free one)")
         self.stop_event = threading.Event()
         self.service = _Service(open_session, security, chunk_bytes, idle_timeout_s, once, self.stop_event)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=_options(chunk_bytes))
+        # no SO_REUSEPORT: a second server on a taken port must fail, not silently share the clients
+        options = [*_options(chunk_bytes), ("grpc.so_reuseport", 0)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
         self.server.add_generic_rpc_handlers((_handler(self.service),))
         creds = security.server_credentials()
         try:
