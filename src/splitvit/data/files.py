@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Splits
-from .cifar import MissingDataset, download_and_unpack
+from .cifar import MissingDataset, download_and_unpack, download_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -154,8 +154,6 @@ def load_flowers102(root: str | Path, download: bool = False) -> Splits:
     if download and not ((folder / "jpg").is_dir() and (folder / "imagelabels.mat").is_file() and (folder / "setid.mat").is_file()):
         folder.mkdir(parents=True, exist_ok=True)
         download_and_unpack(folder, FLOWERS_URL + "102flowers.tgz", FLOWERS_FILES["102flowers.tgz"])
-        from .cifar import download_archive
-
         for name in ("imagelabels.mat", "setid.mat"):
             download_archive(FLOWERS_URL + name, folder / name, FLOWERS_FILES[name])
     missing = [n for n in ("jpg", "imagelabels.mat", "setid.mat") if not (folder / n).exists()]
