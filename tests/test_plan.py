@@ -14,8 +14,35 @@ PAPER = ["main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk"
          "batch_size", "grid", "feature"]
 
 
-def test_every_paper_experiment_is_shipped():
-    assert sorted(experiments()) == sorted(f"paper/{n}" for n in PAPER)
+CPU = ["pretrain", "main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk", "main_c3sl", "main_quant",
+       "main_fedlite", "main_lowrank", "adc_merge_only", "adc_select_only", "adc_feature"]
+
+
+def test_every_paper_and_cpu_experiment_is_shipped():
+    assert sorted(experiments()) == sorted([f"paper/{n}" for n in PAPER] + [f"cpu/{n}" for n in CPU])
+
+
+@pytest.mark.parametrize("name, count, must", [
+    ("main_adc", 5 * 2, "method.compression=0.02"),
+    ("main_topk", 4 * 2, "method.compression=0.05"),
+    ("main_fedlite", 3 * 2, "method.q=32"),
+    ("adc_feature", 2 * 2, "method.feature=mean"),
+    ("pretrain", 1, None),
+])
+def test_cpu_protocol_jobs(name, count, must):
+    listed = jobs([f"+experiment=cpu/{name}"])
+    assert len(listed) == count and (must is None or any(must in j for j in listed))
+    cfg = compose_job(listed[0])
+    if name == "pretrain":
+        assert cfg.split.index is None and cfg.dataset.classes == "0:50"
+    else:  # the fine-tuning protocol: the committed checkpoint, the other 50 classes, split a quarter in
+        assert cfg.model.checkpoint.startswith("pretrained/") and cfg.dataset.classes == "50:100"
+        assert cfg.split.index == 2 and cfg.train.budget_epochs == 2 and cfg.train.lr == 1e-4
+
+
+def compose_job(job):
+    with initialize_config_module("splitvit.conf", version_base=None):
+        return compose("config", overrides=job)
 
 
 @pytest.mark.parametrize("name, count, must", [

@@ -25,6 +25,8 @@ commands:
            splitvit plan +experiment=paper/main_adc
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
            splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
+  export   join a run's client and server halves into one timm-layout .safetensors (model.checkpoint= loads it)
+           splitvit export RUN_DIR [--out model.safetensors] [--server server-000001234.pt]
 """
 
 
@@ -34,6 +36,13 @@ def _mb(n: int) -> str:
 
 def format_summary(s: dict, run_dir: Path) -> str:
     base = s["baseline_bytes_up"] + s["baseline_bytes_down"]
+    if s["split_index"] is None:  # trained in one piece: nothing was sent
+        return "\n".join([
+            f"splitvit: {s['model']} trained in one piece on {s['dataset']} ({s['num_classes']} classes), "
+            f"{s['steps']} steps, {s['epochs']} epochs, stopped by {s['stopped_by']}",
+            f"  val accuracy: final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
+            f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json, checkpoints/)",
+        ])
     lines = [
         f"splitvit: {s['method']} on {s['dataset']} ({s['model']}, split after block {s['split_index']}), "
         f"{s['steps']} steps, {s['epochs']} epochs, stopped by {s['stopped_by']}",
@@ -111,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report
 
         return report(rest)
+    if command == "export":
+        from .export import main as export
+
+        return export(rest)
     print(f"splitvit: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

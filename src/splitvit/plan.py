@@ -39,7 +39,8 @@ def jobs(overrides: list[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with initialize_config_module("splitvit.conf", version_base=None):
         base = compose("config", overrides=fixed, return_hydra_config=True)
-        params = OmegaConf.to_container(base.hydra.sweeper.get("params") or {}, resolve=False)
+        params = base.hydra.sweeper.get("params")  # None when neither experiment nor command line sweeps
+        params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
         axes: dict[str, list[str]] = {}
         for o in parser.parse_overrides([f"{k}={v}" for k, v in params.items()]):
             axes[o.key_or_group] = _values(o)

@@ -6,21 +6,23 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Splits, batches, num_batches, prepare
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Splits, batches, default_workers, eval_subset, num_batches, prepare
 from .cifar import MissingDataset, load_cifar10, load_cifar100
 from .digits import load_digits
 from .files import FileImageSet, load_flowers102, load_food101, load_image_folder, load_imagenette
+from .subsets import ClassSpecError, parse_classes, select_classes
 
 DATASETS = ("digits", "cifar10", "cifar100", "food101", "flowers102", "imagenette", "folder")
 NORMALIZATIONS = ("dataset", "imagenet")
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False, variant: str | None = None,
-                 normalize: str = "dataset") -> Splits:
+                 normalize: str = "dataset", classes=None) -> Splits:
     """The train and test splits of dataset ``name`` under ``root``.
 
     ``normalize="imagenet"`` normalises with ImageNet's statistics (what pretrained DeiT expects)
-    instead of the dataset's own; image-file datasets use ImageNet's either way.
+    instead of the dataset's own; image-file datasets use ImageNet's either way. ``classes`` keeps
+    a subset of the classes, relabelled ``0..n-1`` (see :func:`~splitvit.data.subsets.parse_classes`).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -49,8 +51,10 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
         if len(splits.train.mean) == 1:  # grey: one channel, ImageNet's mean over colours
             stats = dict(mean=(sum(IMAGENET_MEAN) / 3,), std=(sum(IMAGENET_STD) / 3,))
         splits = Splits(train=replace(splits.train, **stats), test=replace(splits.test, **stats))
+    if classes is not None:
+        splits, _ = select_classes(splits, classes)
     return splits
 
 
-__all__ = ["DATASETS", "FileImageSet", "ImageSet", "MissingDataset", "Splits", "batches", "load_dataset",
-           "num_batches", "prepare"]
+__all__ = ["DATASETS", "ClassSpecError", "FileImageSet", "ImageSet", "MissingDataset", "Splits", "batches",
+           "default_workers", "eval_subset", "load_dataset", "num_batches", "parse_classes", "prepare", "select_classes"]

@@ -40,6 +40,7 @@ class ImageSet:
 class Splits:
     train: ImageSet
     test: ImageSet
+    class_ids: list[int] | None = None  # the dataset's ids of the kept classes, when dataset.classes chose some
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +74,7 @@ def batches(
     start: int = 0,
     augment=None,
     workers: int = 0,
+    indices: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of ``(images [B, C, size, size], labels [B])``; the last batch may be smaller.
 
@@ -81,11 +83,14 @@ def batches(
     ``augment(x, key)`` (see :class:`~splitvit.data.augment.Augment`) gets the batch in [0, 1] on
     ``device`` and a key that identifies the batch, so its random draws are reproducible too.
     In-memory sets are sliced; file sets are decoded by ``workers`` DataLoader processes into
-    pinned memory when ``device`` is a GPU, and copied without blocking.
+    pinned memory when ``device`` is a GPU, and copied without blocking. ``indices`` restricts the
+    epoch to those samples (see :func:`eval_subset`).
     """
     device = torch.device(device)
     n = len(ds)
-    if shuffle_seed is None:
+    if indices is not None:
+        order = indices if shuffle_seed is None else indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(shuffle_seed))]
+    elif shuffle_seed is None:
         order = torch.arange(n)
     else:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
@@ -110,3 +115,29 @@ def batches(
 
 def num_batches(ds, batch_size: int) -> int:
     return -(-len(ds) // batch_size)
+
+
+EVAL_SUBSET_SEED = 0  # not the run's seed: runs with different seeds are compared on the same images
+
+
+def eval_subset(ds, size: int) -> torch.Tensor:
+    """Sorted ids of a fixed random subset of ``size`` samples of ``ds``: the same in every run.
+
+    A quick look at the test set (``eval.max_batches``) must not be its first batches: many test
+    sets are sorted by class, and the first batches would be one class.
+    """
+    if size >= len(ds):
+        return torch.arange(len(ds))
+    g = torch.Generator().manual_seed(EVAL_SUBSET_SEED)
+    return torch.randperm(len(ds), generator=g)[:size].sort().values
+
+
+def default_workers() -> int:
+    """DataLoader processes for image files: the cores this process may use, at most 4."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))

@@ -23,23 +23,48 @@ HUB_REPOS = {
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt`` file; unwraps ``{"model": ...}`` and ``module.``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a timm-layout .safetensors or .pth file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    path = find_checkpoint(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        # weights_only: a checkpoint is data, never code to run
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict", "model_ema"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
+            state = load_file(str(path))
+        else:
+            # weights_only: a checkpoint is data, never code to run
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors, zip and unpickling errors all mean one thing here
+        raise ValueError(f"{path} cannot be read as a weights file ({type(e).__name__}: {e}); "
+                         "it may be truncated or not a checkpoint: fetch or export it again") from None
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+# the checkout this package runs from, when it runs from one (an editable install): committed
+# checkpoints such as pretrained/*.safetensors live there, not in the wheel
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or, for a relative path that is not there, the same path in the splitvit checkout."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_absolute() and (REPO_ROOT / path).is_file():
+        return REPO_ROOT / path
+    raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a timm-layout .safetensors or .pth file")
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (a ``splitvit export`` records its provenance there)."""
+    from safetensors import safe_open
+
+    with safe_open(str(find_checkpoint(path)), "pt") as f:
+        return dict(f.metadata() or {})
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -54,20 +79,21 @@ def resample_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor
     return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, new * new, D).to(pos_embed.dtype)], dim=1)
 
 
-def load_weights(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:
+def load_weights(model: VisionTransformer, state: dict[str, torch.Tensor], new_head: bool = False) -> None:
     """Load a timm-layout state dict into ``model``.
 
     Position embeddings are resampled when the patch grid differs; the head is left as initialised
-    when the number of classes differs (fine-tuning on a new dataset). Any other mismatch is an error.
+    when the number of classes differs (fine-tuning on a new dataset), or always with ``new_head``
+    (fine-tuning on other classes of the same count). Any other mismatch is an error.
     """
     state = dict(state)
     own = model.state_dict()
     if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
         log.info("resampling pos_embed %s -> %s", tuple(state["pos_embed"].shape), tuple(own["pos_embed"].shape))
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], own["pos_embed"].shape[1])
-    head_replaced = any(k in state and state[k].shape != own[k].shape for k in ("head.weight", "head.bias"))
+    head_replaced = new_head or any(k in state and state[k].shape != own[k].shape for k in ("head.weight", "head.bias"))
     if head_replaced:
-        log.info("checkpoint head has %d classes, model %d: keeping a new head", state["head.weight"].shape[0], own["head.weight"].shape[0])
+        log.info("keeping a new head (%d classes) instead of the checkpoint's", own["head.weight"].shape[0])
         state.pop("head.weight", None)
         state.pop("head.bias", None)
     unexpected = sorted(set(state) - set(own))
@@ -86,8 +112,8 @@ def load_weights(model: VisionTransformer, state: dict[str, torch.Tensor]) -> No
     model.load_state_dict(state, strict=False)
 
 
-def load_checkpoint(model: VisionTransformer, path: str | Path) -> None:
-    load_weights(model, read_state_dict(path))
+def load_checkpoint(model: VisionTransformer, path: str | Path, new_head: bool = False) -> None:
+    load_weights(model, read_state_dict(path), new_head=new_head)
 
 
 def hub_checkpoint(name: str) -> Path:

@@ -15,6 +15,9 @@ from ..models import PRESETS
 DEVICES = ("cpu", "cuda", "auto")
 LINKS = ("inprocess", "grpc")
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+CHECKPOINTS = ("every_eval", "last", "none")
 
 
 class ConfigError(ValueError):
@@ -51,7 +54,13 @@ def validate(cfg: DictConfig) -> None:
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("dataset.augment", cfg.dataset.augment, AUGMENTATIONS)
     _choice("dataset.normalize", cfg.dataset.normalize, NORMALIZATIONS)
-    _at_least("dataset.workers", cfg.dataset.workers, 0)
+    _at_least("dataset.workers", cfg.dataset.workers, 0, optional=True)
+    _choice("train.optimizer", cfg.train.get("optimizer", "adam"), OPTIMIZERS)
+    _choice("train.schedule", cfg.train.get("schedule", "constant"), SCHEDULES)
+    _choice("train.checkpoint", cfg.train.get("checkpoint", "every_eval"), CHECKPOINTS)
+    _at_least("train.warmup_epochs", cfg.train.get("warmup_epochs", 0), 0)
+    _at_least("train.eval_every", cfg.train.get("eval_every"), 1, optional=True)
+    _at_least("train.weight_decay", cfg.train.weight_decay, 0)
     _at_least("eval.max_batches", cfg.eval.max_batches, 1, optional=True)
     _at_least("train.batch_size", cfg.train.batch_size, 1)
     _at_least("eval.batch_size", cfg.eval.batch_size, 1)
@@ -59,7 +68,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.max_steps", cfg.train.max_steps, 1, optional=True)
     _at_least("train.budget_epochs", cfg.train.budget_epochs, 1e-9, optional=True)
     _at_least("train.lr", cfg.train.lr, 1e-12)
-    _at_least("split.index", cfg.split.index, 1)
+    _at_least("split.index", cfg.split.index, 1, optional=True)
     m = cfg.model
     try:
         vit = replace(PRESETS[m.name], **{k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m[k] is not None})
@@ -69,7 +78,12 @@ def validate(cfg: DictConfig) -> None:
         compressor.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    if cfg.split.index > vit.depth:
+    if cfg.split.index is None and cfg.link.kind != "inprocess":
+        raise ConfigError("split.index=null trains the model in one piece, which needs no link; drop link=grpc")
+    if cfg.train.get("schedule", "constant") != "constant" and cfg.link.kind != "inprocess":
+        raise ConfigError("train.schedule=cosine is not supported over gRPC yet (the server's optimizer keeps train.lr); "
+                          "use train.schedule=constant, or link=inprocess")
+    if cfg.split.index is not None and cfg.split.index > vit.depth:
         raise ConfigError(f"split.index={cfg.split.index} must be in [1, {vit.depth}] for a model of depth {vit.depth}")
     if cfg.eval.mode == "tokens":
         try:
@@ -87,12 +101,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 # keys whose change would make a resumed run a different experiment
-RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay", "wire")
+RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
+               "train.optimizer", "train.schedule", "train.warmup_epochs", "wire")
 # keys client and server must agree on: what each half is, and how the messages between them look
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
     "seed", "method", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
-    "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay", "train.precision",
+    "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay", "train.optimizer",
+    "train.schedule", "train.precision",
     "eval.batch_size", "wire",
 )
 

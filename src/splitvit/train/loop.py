@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from ..compression import NoCompression, build_compressor
-from ..data import batches, load_dataset, num_batches
+from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
 from ..link import InProcessLink, LinkModel
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
@@ -24,6 +24,7 @@ from ..wire import encode
 from .checkpoint import load_client, save_client
 from .client import SplitClient
 from .config import ConfigError, method_options, resolve_device, validate
+from .local import LocalTrainer
 from .server import SplitServer, server_digest
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def build_model(cfg: DictConfig, num_classes: int):
     )
     try:
         if m.checkpoint:
-            load_checkpoint(model, m.checkpoint)
+            load_checkpoint(model, m.checkpoint, new_head=bool(m.get("new_head", False)))
         elif m.pretrained:
             load_checkpoint(model, hub_checkpoint(m.name))
     except (OSError, RuntimeError, ValueError) as e:  # a missing file, no hub access, another model's weights
@@ -96,7 +97,24 @@ def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
 
 def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for m in modules for p in m.parameters()]
-    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    kind = torch.optim.AdamW if cfg.train.get("optimizer", "adam") == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """The learning rate at ``step`` as a fraction of ``train.lr``: ``constant`` (the paper's), or a
+    linear warm-up over ``warmup`` steps then a cosine decay to 0 at ``total`` steps."""
+    if schedule == "constant":
+        return 1.0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def workers(cfg: DictConfig) -> int:
+    n = cfg.dataset.get("workers")
+    return default_workers() if n is None else n
 
 
 def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir: Path) -> SplitServer:
@@ -123,7 +141,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         raise ConfigError(str(e)) from None
 
     d = cfg.dataset
-    data = load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"))
+    try:
+        data = load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"),
+                            classes=_classes(d.get("classes")))
+    except ClassSpecError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.split.index is None:
+        return _fit_whole(cfg, run_dir, data, device)
     client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
@@ -150,17 +174,39 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         del server_model  # it lives on the server; this copy only proved both sides start alike
     link.framing_up, link.framing_down = p.framing_up, p.framing_down  # a resumed run's count goes on
     client.link = link
+    optimizers = [client.optimizer] + ([server.optimizer] if cfg.link.kind == "inprocess" else [])
     try:
-        return _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt)
+        return _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
     finally:
         link.close()
 
 
-def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, device, p: "Progress", ckpt: Path) -> dict:
+def _classes(spec):
+    """``dataset.classes`` as load_dataset takes it (an OmegaConf list becomes a list)."""
+    return OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
+
+
+def _fit_whole(cfg: DictConfig, run_dir: Path, data, device) -> dict:
+    """``split.index=null``: the model trains in one piece, nothing is sent (pretraining)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.num_classes).to(device)
+    trainer = LocalTrainer(model, make_optimizer(cfg, model), bf16=cfg.train.precision == "bf16")
+    compressor = NoCompression(data.num_classes, model.cfg.num_tokens, model.cfg.embed_dim)
+    p = Progress()
+    ckpt = run_dir / "checkpoints" / "client.pt"
+    if cfg.train.resume:
+        p = load_client(ckpt, cfg, trainer, compressor)
+        log.info("resumed from %s at step %d", ckpt, p.step)
+    return _train(cfg, run_dir, data, trainer, compressor, model.cfg, device, p, ckpt, [trainer.optimizer])
+
+
+def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compressor, vit, device, p: "Progress",
+           ckpt: Path, optimizers: list[torch.optim.Optimizer]) -> dict:
     augment = build_augment(cfg.dataset.get("augment", "none"))
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
+    split = cfg.split.index is not None
     budget = None
-    if cfg.train.budget_epochs is not None:
+    if cfg.train.budget_epochs is not None and split:
         sizes = [min(cfg.train.batch_size, len(data.train) - i * cfg.train.batch_size) for i in range(steps_per_epoch)]
         per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 1)) for b in sizes)
         budget = cfg.train.budget_epochs * per_epoch  # bytes, both directions
@@ -182,24 +228,50 @@ def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, devic
     total = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
+    schedule = cfg.train.get("schedule", "constant")
+    warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_epoch)
+    eval_every = cfg.train.get("eval_every")
     bar = tqdm(total=total, initial=p.step, disable=None if cfg.train.progress else True, desc="train", unit="step", dynamic_ncols=True)
     reason = stop_reason()  # a resumed run may already be done, or have new caps
     p.done = reason is not None
     losses: list[float] = []
+
+    def evaluate_and_save() -> None:
+        record = evaluate(cfg, client, data, vit, device, p, losses)
+        losses.clear()
+        p.history.append(record)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        keep = cfg.train.get("checkpoint", "every_eval")
+        if keep == "every_eval" or (keep == "last" and stop_reason() is not None):
+            client.link.checkpoint(p.step)  # the server saves its half first: it keeps the one before too
+            save_client(ckpt, cfg, client, compressor, p)
+        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+        bar.write(
+            f"epoch {record['epoch']:.2f} step {p.step}: train_loss {train_loss} "
+            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
+            f"sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
+        )
+
     while not p.done:
         t0 = time.perf_counter()
         epoch_batches = batches(
             data.train, cfg.train.batch_size, vit.img_size, vit.in_chans,
             shuffle_seed=cfg.seed * 100_003 + p.epoch, device=device, start=p.batch_in_epoch,
-            augment=augment, workers=cfg.dataset.get("workers", 0),
+            augment=augment, workers=workers(cfg),
         )
         for images, labels in epoch_batches:
+            factor = lr_factor(schedule, p.step, total, warmup)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.train.lr * factor
             losses.append(client.train_step(images, labels, p.step))
             p.step += 1
             p.batch_in_epoch += 1
-            up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, data.num_classes, len(str(p.step - 1)))
-            p.baseline_up += up
-            p.baseline_down += down
+            if split:
+                up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, data.num_classes, len(str(p.step - 1)))
+                p.baseline_up += up
+                p.baseline_down += down
             p.bytes_up, p.bytes_down = client.train_traffic.up, client.train_traffic.down
             if p.batch_in_epoch == steps_per_epoch:
                 p.epoch, p.batch_in_epoch = p.epoch + 1, 0
@@ -207,35 +279,29 @@ def _train(cfg, run_dir: Path, data, client: SplitClient, compressor, vit, devic
             bar.set_postfix(loss=f"{losses[-1]:.3f}", MB=f"{(p.bytes_up + p.bytes_down) / 1e6:.1f}")
             if stop_reason() in ("max_steps", "budget"):
                 break
+            if eval_every and p.step % eval_every == 0 and stop_reason() is None:
+                p.wall_s += time.perf_counter() - t0
+                evaluate_and_save()
+                t0 = time.perf_counter()
         reason = stop_reason()
         p.done = reason is not None
         p.wall_s += time.perf_counter() - t0
-        record = evaluate(cfg, client, data, vit, device, p, losses)
-        losses = []
-        p.history.append(record)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        client.link.checkpoint(p.step)  # the server saves its half first: it keeps the one before too
-        save_client(ckpt, cfg, client, compressor, p)
-        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
-        bar.write(
-            f"epoch {record['epoch']:.2f} step {p.step}: train_loss {train_loss} "
-            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
-            f"sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
-        )
+        if p.done or not eval_every:
+            evaluate_and_save()
     bar.close()
 
-    summary = make_summary(cfg, compressor, vit, p, reason)
+    summary = make_summary(cfg, compressor, vit, p, reason, data)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:
     t0 = time.perf_counter()
+    subset = None
+    if cfg.eval.get("max_batches") is not None:  # a quick look: a fixed random subset, the same in every run
+        subset = eval_subset(data.test, cfg.eval.max_batches * cfg.eval.batch_size)
     test = batches(data.test, cfg.eval.batch_size, vit.img_size, vit.in_chans, device=device,
-                   workers=cfg.dataset.get("workers", 0))
-    if cfg.eval.get("max_batches") is not None:  # a quick look, not the whole test set
-        test = itertools.islice(test, cfg.eval.max_batches)
+                   workers=workers(cfg), indices=subset)
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
     p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down
@@ -263,19 +329,36 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
     }
 
 
-def make_summary(cfg, compressor, vit, p: Progress, reason: str | None) -> dict:
+def config_hash(cfg: DictConfig | dict) -> str:
+    """SHA-256 (first 16 hex digits) of the resolved config without where the run lives or how it is shown."""
+    import copy
+    import hashlib
+
+    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else copy.deepcopy(cfg)
+    for key in ("run_dir", "hydra"):
+        tree.pop(key, None)
+    tree.get("train", {}).pop("progress", None)
+    tree.get("train", {}).pop("resume", None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_summary(cfg, compressor, vit, p: Progress, reason: str | None, data=None) -> dict:
     sent, baseline = p.bytes_up + p.bytes_down, p.baseline_up + p.baseline_down
+    split = cfg.split.index is not None
     return {
-        "method": cfg.method.name,
-        "method_options": method_options(cfg.method),
+        "method": cfg.method.name if split else "whole",
+        "method_options": method_options(cfg.method) if split else {},
         "dataset": cfg.dataset.name,
+        "dataset_classes": None if data is None else data.class_ids,  # the dataset's ids, in label order; null: all
+        "num_classes": None if data is None else data.num_classes,
         "model": cfg.model.name,
         "split_index": cfg.split.index,
         "seed": cfg.seed,
-        "compression_target": compressor.target_ratio(),
+        "config_hash": config_hash(cfg),
+        "compression_target": compressor.target_ratio() if split else None,
         "batch_ratio": getattr(compressor, "batch_ratio", None),  # ADC's two parts, for the grid plot
         "token_ratio": getattr(compressor, "token_ratio", None),
-        "compression_nominal": compressor.nominal_ratio(cfg.train.batch_size, vit.num_tokens, vit.embed_dim),
+        "compression_nominal": compressor.nominal_ratio(cfg.train.batch_size, vit.num_tokens, vit.embed_dim) if split else None,
         "compression_measured": sent / baseline if baseline else None,
         "bytes_up": p.bytes_up,
         "bytes_down": p.bytes_down,

@@ -1,0 +1,52 @@
+"""The whole model in one piece (``split.index=null``): pretraining, or fine-tuning without a split.
+
+:class:`LocalTrainer` has the interface of :class:`~splitvit.train.client.SplitClient` (``train_step``,
+``evaluate``, the traffic counters, a link), so the loop, the checkpoints and the run files are the
+same for both; nothing crosses a link, so every byte count stays 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..link import InProcessLink
+from ..models import VisionTransformer
+from .client import Traffic, autocast
+
+
+def _no_messages(payload: bytes) -> bytes:
+    raise RuntimeError("a model trained in one piece sends no messages")
+
+
+class LocalTrainer:
+    def __init__(self, model: VisionTransformer, optimizer: torch.optim.Optimizer, bf16: bool = False):
+        self.model = model
+        self.optimizer = optimizer
+        self.bf16 = bf16
+        self.train_traffic = Traffic()
+        self.eval_traffic = Traffic()
+        self.link = InProcessLink(_no_messages)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
+        self.model.train()
+        with autocast(images.device, self.bf16):
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self, batches, mode: str) -> tuple[float, float]:
+        """Mean loss and accuracy over ``batches`` (``mode`` does not apply: nothing is compressed)."""
+        self.model.eval()
+        loss_sum, correct, n = 0.0, 0, 0
+        for images, labels in batches:
+            with autocast(images.device, self.bf16):
+                logits = self.model(images).float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(-1) == labels).sum())
+            n += labels.shape[0]
+        return loss_sum / n, correct / n

@@ -1,0 +1,106 @@
+"""splitvit export: the two halves of a run joined into one timm-layout file, with its provenance."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SMALL, make_cfg
+from splitvit.cli import main as cli
+from splitvit.export import ExportError, export
+from splitvit.models import create_model, load_checkpoint, read_metadata
+from splitvit.train import ConfigError, fit
+from splitvit.train.loop import build_halves
+
+GEOMETRY = ["model.embed_dim=64", "model.depth=3", "model.num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    fit(make_cfg(*SMALL, "train.max_steps=4", "dataset.classes=0:6"), run)
+    return run
+
+
+def test_exported_model_gives_the_logits_of_the_two_halves_chained(split_run, tmp_path):
+    out = tmp_path / "m.safetensors"
+    assert cli(["export", str(split_run), "--out", str(out)]) == 0
+    cfg = make_cfg(*SMALL, "dataset.classes=0:6")
+    client, server, _, _ = build_halves(cfg, 6, torch.device("cpu"))
+    client.load_state_dict(torch.load(split_run / "checkpoints" / "client.pt", weights_only=True)["client"])
+    (server_file,) = (split_run / "checkpoints").glob("server-*.pt")
+    server.load_state_dict(torch.load(server_file, weights_only=True)["model"])
+    whole = create_model("vit_mini_patch4_32", num_classes=6, embed_dim=64, depth=3, num_heads=2)
+    load_checkpoint(whole, out)
+    x = torch.randn(5, 3, 32, 32)
+    client.eval(), server.eval(), whole.eval()
+    with torch.no_grad():
+        assert torch.allclose(whole(x), server(client(x)[0]), atol=1e-6)
+
+
+def test_provenance_is_in_the_metadata(split_run, tmp_path):
+    meta = export(split_run / "checkpoints" / "client.pt", tmp_path / "m.safetensors")
+    assert read_metadata(tmp_path / "m.safetensors") == meta
+    summary = json.loads((split_run / "summary.json").read_text())
+    assert meta["model"] == "vit_mini_patch4_32" and json.loads(meta["geometry"])["embed_dim"] == 64
+    assert meta["num_classes"] == "6" and meta["dataset"] == "digits" and json.loads(meta["dataset_classes"]) == "0:6"
+    assert int(meta["steps"]) == summary["steps"] and float(meta["final_val_acc"]) == summary["final_val_acc"]
+    assert meta["config_hash"] == summary["config_hash"]
+
+
+def test_a_whole_model_run_exports_and_fine_tunes_with_a_new_head(tmp_path):
+    fit(make_cfg(*SMALL, "split.index=null", "train.max_steps=3", "dataset.classes=0:5"), tmp_path / "pre")
+    out = tmp_path / "pre.safetensors"
+    export(tmp_path / "pre" / "checkpoints" / "client.pt", out)
+    weights = load_file(out)
+    assert weights["head.weight"].shape[0] == 5
+    # another class count: a new head, the pretrained blocks
+    cfg = make_cfg(*SMALL, f"model.checkpoint={out}", "dataset.classes=2:9")
+    client, server, _, _ = build_halves(cfg, 7, torch.device("cpu"))
+    assert torch.equal(client.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    assert torch.equal(server.blocks["2"].mlp.fc2.weight, weights["blocks.2.mlp.fc2.weight"])
+    assert server.head.weight.shape[0] == 7
+    assert fit(make_cfg(*SMALL, f"model.checkpoint={out}", "dataset.classes=2:9", "train.max_steps=2"), tmp_path / "ft")["steps"] == 2
+
+
+def test_same_class_count_keeps_the_head_unless_told(tmp_path):
+    fit(make_cfg(*SMALL, "split.index=null", "train.max_steps=3", "dataset.classes=0:5"), tmp_path / "pre")
+    out = tmp_path / "pre.safetensors"
+    export(tmp_path / "pre" / "checkpoints" / "client.pt", out)
+    head = load_file(out)["head.weight"]
+    _, kept, _, _ = build_halves(make_cfg(*SMALL, f"model.checkpoint={out}"), 5, torch.device("cpu"))
+    _, fresh, _, _ = build_halves(make_cfg(*SMALL, f"model.checkpoint={out}", "model.new_head=true"), 5, torch.device("cpu"))
+    assert torch.equal(kept.head.weight, head) and not torch.equal(fresh.head.weight, head)
+
+
+def test_a_grpc_run_exports_from_both_checkpoint_files(split_run, tmp_path):
+    # the client's run directory without the server's half, as on the client machine of a gRPC run
+    client_only = tmp_path / "client.pt"
+    client_only.write_bytes((split_run / "checkpoints" / "client.pt").read_bytes())
+    with pytest.raises(ExportError, match="--server"):
+        export(client_only, tmp_path / "m.safetensors", None)
+    (server_file,) = (split_run / "checkpoints").glob("server-*.pt")
+    assert cli(["export", "--client", str(client_only), "--server", str(server_file), "--out", str(tmp_path / "m.safetensors")]) == 0
+
+
+def test_mismatched_and_corrupt_checkpoints_get_clear_errors(split_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    fit(make_cfg(*SMALL, "train.max_steps=2", "dataset.classes=0:6"), other)
+    (older,) = (other / "checkpoints").glob("server-*.pt")
+    with pytest.raises(ExportError, match="after 2 steps.*after 4 steps"):
+        export(split_run / "checkpoints" / "client.pt", tmp_path / "m.safetensors", older)
+    broken = tmp_path / "client.pt"
+    broken.write_bytes((split_run / "checkpoints" / "client.pt").read_bytes()[:5000])
+    assert cli(["export", "--client", str(broken), "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "truncated" in err and str(broken) in err and not (tmp_path / "m.safetensors").exists()
+    # a corrupt weights file given to model.checkpoint: a config error that names the file
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ConfigError, match="bad.safetensors"):
+        fit(make_cfg(*SMALL, f"model.checkpoint={bad}", "train.max_steps=1"), tmp_path / "r")
+    # another geometry's weights
+    export(split_run / "checkpoints" / "client.pt", tmp_path / "m.safetensors")
+    with pytest.raises(ConfigError, match="does not fit"):
+        fit(make_cfg(*SMALL, "model.embed_dim=32", f"model.checkpoint={tmp_path / 'm.safetensors'}", "train.max_steps=1"), tmp_path / "r2")
