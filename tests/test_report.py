@@ -1,6 +1,9 @@
 import csv
+import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import SMALL, make_cfg
 from splitvit.report import main as report
@@ -40,8 +43,64 @@ def test_multirun_sweep_then_report_from_the_command_line(tmp_path):
     assert r.returncode == 0 and "| none |" in r.stdout
 
 
-def test_report_of_nothing_says_what_to_do(tmp_path):
+def test_report_of_nothing_says_what_to_do(tmp_path, capsys):
     assert report([str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "no summary.json" in err and out == ""  # errors go to stderr
+
+
+def fake_run(root, name, seed=0, acc=0.5, **config):
+    """A run directory as fit writes it: summary.json and the resolved config.yaml."""
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg(*SMALL, *(f"{k}={v}" for k, v in config.items()), f"seed={seed}", f"run_dir={root / name}")
+    d = root / name
+    d.mkdir(parents=True)
+    OmegaConf.save(cfg, d / "config.yaml", resolve=True)
+    summary = {"method": cfg.method.name, "method_options": {}, "dataset": cfg.dataset.name, "model": cfg.model.name,
+               "split_index": cfg.split.index, "eval_mode": "uncompressed", "seed": seed, "final_val_acc": acc,
+               "best_val_acc": acc, "compression_target": 0.1, "compression_nominal": 0.1, "compression_measured": 0.1,
+               "bytes_up": 1, "bytes_down": 1, "steps": 1, "wall_s": 1.0}
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize("key, a, b", [
+    ("train.batch_size", 16, 32),            # a training key: the bug that averaged two batch sizes
+    ("method.compression", 0.1, 0.2),        # a method option
+    ("dataset.classes", "0:5", "5:10"),      # a dataset key
+    ("model.depth", 2, 3),                   # a model key
+    ("split.index", 1, 2),
+    ("eval.mode", "uncompressed", "tokens"),
+    ("wire.dtype", "float32", "bfloat16"),
+    ("link.bandwidth_mbps", 10, 20),
+])
+def test_runs_that_differ_in_any_key_are_separate_rows(tmp_path, key, a, b):
+    from splitvit.report import aggregate, find_runs
+
+    fake_run(tmp_path, "a", acc=0.1211, **{key: a})
+    fake_run(tmp_path, "b", acc=0.0977, **{key: b})
+    fake_run(tmp_path, "c", seed=1, acc=0.2, **{key: b})
+    rows = aggregate(find_runs([str(tmp_path)]))
+    assert sorted((r["seeds"], r["final_acc"]) for r in rows) == [(1, 0.1211), (2, pytest.approx(0.14885))]
+    short = key.removeprefix("method.")
+    assert {r["options"] for r in rows} == {f"{short}={a}", f"{short}={b}"}
+
+
+def test_keys_that_cannot_change_a_result_do_not_split_rows(tmp_path):
+    from splitvit.report import aggregate, find_runs
+
+    fake_run(tmp_path, "a", seed=0, **{"train.progress": "true", "dataset.workers": 0})
+    fake_run(tmp_path, "b", seed=1, **{"train.progress": "false", "dataset.workers": 2})
+    (row,) = aggregate(find_runs([str(tmp_path)]))
+    assert row["seeds"] == 2
+
+
+def test_a_repeated_seed_is_warned_about(tmp_path, capsys):
+    fake_run(tmp_path, "a", seed=0, acc=0.1)
+    fake_run(tmp_path, "b", seed=0, acc=0.3)
+    assert report([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "share seed 0" in err and "warning" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_report_shows_the_paper_beside_ours(tmp_path):
@@ -53,8 +112,9 @@ def test_report_shows_the_paper_beside_ours(tmp_path):
     run = {"method": "adc", "method_options": {"compression": 0.1}, "dataset": "cifar100", "model": "deit_tiny_patch16_224",
            "split_index": 3, "eval_mode": "uncompressed", "final_val_acc": 0.70, "best_val_acc": 0.71,
            "compression_target": 0.1, "compression_nominal": 0.098, "compression_measured": 0.1, "bytes_up": 1,
-           "bytes_down": 1, "steps": 10, "curve": [], "runs": []}
-    other = {**run, "dataset": "digits"}
+           "bytes_down": 1, "steps": 10, "wall_s": 1.0, "curve": [], "run_dir": "r",
+           "config": {"method.name": "adc", "dataset.name": "cifar100", "seed": 0}}
+    other = {**run, "dataset": "digits", "config": {"method.name": "adc", "dataset.name": "digits", "seed": 0}}
     rows = aggregate([run, other])
     assert [r["paper_acc"] for r in rows] == [0.772, None]  # cifar100 row first
     from splitvit.report import markdown

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+FAILED: list[tuple[Path, str]] = []  # the jobs of a sweep that failed, with why
 
 USAGE = """usage: splitvit <command> [key=value ...]
 
@@ -40,19 +43,23 @@ def format_summary(s: dict, run_dir: Path) -> str:
         return "\n".join([
             f"splitvit: {s['model']} trained in one piece on {s['dataset']} ({s['num_classes']} classes), "
             f"{s['steps']} steps, {s['epochs']} epochs, stopped by {s['stopped_by']}",
-            f"  val accuracy: final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
+            f"  test accuracy, val_acc: final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
             f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json, checkpoints/)",
         ])
     lines = [
         f"splitvit: {s['method']} on {s['dataset']} ({s['model']}, split after block {s['split_index']}), "
         f"{s['steps']} steps, {s['epochs']} epochs, stopped by {s['stopped_by']}",
-        f"  val accuracy ({s['eval_mode']}): final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
+        f"  test accuracy, val_acc ({s['eval_mode']}): final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
         f"  sent:  up {_mb(s['bytes_up'])}, down {_mb(s['bytes_down'])}, total {_mb(s['bytes_up'] + s['bytes_down'])}",
         f"  uncompressed split learning would have sent {_mb(base)} for the same steps",
         f"  compression: measured {s['compression_measured']:.4f} (bytes on the wire), nominal {s['compression_nominal']:.4f}, "
         f"target {s['compression_target']:.4f}",
         f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json)",
     ]
+    if s.get("link_s"):
+        lines.insert(-1, f"  modelled link: {s['link_s']:.1f} s on the link, {s['time_s']:.1f} s in all; "
+                         f"best accuracy reached at {s['time_to_best_s']:.1f} s")
+    lines[-1:-1] = [f"  warning: {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -69,23 +76,59 @@ def _serve(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _resume_hint(run_dir: Path) -> str:
+    """How to continue the run, when it has saved a checkpoint to continue from."""
+    if not (run_dir / "checkpoints" / "client.pt").is_file():
+        return ""
+    args = [a for a in sys.argv[1:] if not a.startswith(("train.resume=", "run_dir=", "--multirun", "-m"))]
+    return f"\ncontinue it with: splitvit {sys.argv[0].split()[-1]} {' '.join(args + ['train.resume=true', f'run_dir={run_dir}'])}"
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def _train(cfg: DictConfig) -> float | None:
     from .data import MissingDataset
     from .link.grpc import LinkError
     from .train import ConfigError, fit
+    from .train.loop import Interrupted
+    from .wire import WireError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = fit(cfg, run_dir)
-    except (ConfigError, MissingDataset) as e:
-        print(f"splitvit: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except LinkError as e:
-        print(f"splitvit: link error: {e}\n(the run can continue from its last checkpoint with train.resume=true)", file=sys.stderr)
-        sys.exit(3)
+    except (ConfigError, MissingDataset, LinkError, WireError) as e:
+        link = isinstance(e, (LinkError, WireError))  # a malformed reply is the link's fault, not the config's
+        message = f"{'link error' if link else 'error'}: {e}{_resume_hint(run_dir) if link else ''}"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad job must not stop the sweep
+            (run_dir / "FAILED").write_text(message + "\n")
+            FAILED.append((run_dir, str(e)))
+            print(f"splitvit: {message}\n  (marked {run_dir / 'FAILED'}; the sweep goes on)", file=sys.stderr)
+            return None
+        print(f"splitvit: {message}", file=sys.stderr)
+        sys.exit(3 if link else 2)
+    except Interrupted as e:
+        saved = "saved a checkpoint there" if e.saved else "saved nothing (train.checkpoint=none)"
+        print(f"splitvit: interrupted after step {e.step}; {saved}{_resume_hint(run_dir)}", file=sys.stderr)
+        sys.exit(130)
     print(format_summary(summary, run_dir), flush=True)
     return summary["final_val_acc"]  # what a Hydra sweeper optimises
+
+
+def _precheck(args: list[str]) -> str | None:
+    """Compose every job's config before Hydra runs anything: an unknown key or group option is refused
+    with what to do instead of Hydra's raw message. Values are checked per job, when it runs."""
+    overrides = [a for a in args if not a.startswith("-")]
+    if len(overrides) != len(args) and any(a not in ("--multirun", "-m") for a in args if a.startswith("-")):
+        return None  # --help, --cfg, -sc ...: Hydra's own options, nothing runs
+    from .plan import jobs
+    from .train import ConfigError
+
+    try:
+        jobs(overrides, check=False)
+    except ConfigError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a malformed override: Hydra's parser says where
+        return str(e).strip().splitlines()[0]
+    return None
 
 
 def _link_shorthand(arg: str) -> str:
@@ -103,14 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    command, rest = argv[0], argv[1:]
-    if command == "train":
-        sys.argv = ["splitvit train", *rest]
-        _train()
+    if argv[0] in ("--version", "-V", "version"):
+        from . import __version__
+
+        print(f"splitvit {__version__}")
         return 0
-    if command in ("serve", "client"):
-        sys.argv = [f"splitvit {command}", "link=grpc", *map(_link_shorthand, rest)]
+    command, rest = argv[0], argv[1:]
+    if command in ("train", "serve", "client"):
+        args = rest if command == "train" else ["link=grpc", *map(_link_shorthand, rest)]
+        error = _precheck(args)
+        if error:
+            print(f"splitvit: error: {error}", file=sys.stderr)
+            return 2
+        sys.argv = [f"splitvit {command}", *args]
+        FAILED.clear()
         _serve() if command == "serve" else _train()
+        if FAILED:
+            print(f"splitvit: {len(FAILED)} job(s) of the sweep failed:", file=sys.stderr)
+            for run_dir, message in FAILED:
+                print(f"  {run_dir}: {message}", file=sys.stderr)
+            return 1
         return 0
     if command == "plan":
         from .plan import main as plan

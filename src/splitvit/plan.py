@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from importlib import resources
 
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from .train.config import ConfigError, validate
+from .train.config import ConfigError, check_keys, validate
 
 
 def experiments() -> list[str]:
@@ -32,13 +33,17 @@ def _values(override) -> list[str]:
     return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
 
 
-def jobs(overrides: list[str]) -> list[list[str]]:
-    """The override list of each job of ``splitvit train --multirun <overrides>``, checked."""
+def jobs(overrides: list[str], check: bool = True) -> list[list[str]]:
+    """The override list of each job of ``splitvit train --multirun <overrides>``: composed (which refuses
+    unknown keys and groups), and with ``check`` every job's config validated too."""
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with initialize_config_module("splitvit.conf", version_base=None):
-        base = compose("config", overrides=fixed, return_hydra_config=True)
+        try:
+            base = compose("config", overrides=fixed, return_hydra_config=True)
+        except Exception as e:  # noqa: BLE001 - as below
+            raise ConfigError(composition_error(e, fixed)) from None
         params = base.hydra.sweeper.get("params")  # None when neither experiment nor command line sweeps
         params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
         axes: dict[str, list[str]] = {}
@@ -51,7 +56,17 @@ def jobs(overrides: list[str]) -> list[list[str]]:
         out = []
         for combo in itertools.product(*axes.values()):
             job = [*keep, *(f"{k}={v}" for k, v in zip(axes, combo))]
-            cfg = compose("config", overrides=job)
+            try:
+                cfg = compose("config", overrides=job)
+            except Exception as e:  # noqa: BLE001 - Hydra's composition errors: a typo, an unknown group option
+                raise ConfigError(composition_error(e, job)) from None
+            if not check:  # the keys only: values are each job's to check when it runs
+                try:
+                    check_keys(cfg)
+                except ConfigError as e:
+                    raise ConfigError(f"{e}" if len(out) == 0 else f"job {' '.join(job)}: {e}") from None
+                out.append(job)
+                continue
             with open_dict(cfg):
                 cfg.device = "cpu"  # the plan is made where the jobs will not run
             try:
@@ -60,6 +75,48 @@ def jobs(overrides: list[str]) -> list[list[str]]:
                 raise ConfigError(f"job {' '.join(job)}: {e}") from None
             out.append(job)
     return out
+
+
+def composition_error(e: Exception, job: list[str]) -> str:
+    """Hydra's message, made to say what to do: an unknown key gets the nearest valid names
+    (Hydra itself advises ``+key=value``, which would run with the key silently ignored)."""
+    import difflib
+    import re
+
+    from .train.config import GROUPS, known_keys
+
+    text = str(e)
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if m:
+        key = m.group(1)
+        full = next((o.split("=", 1)[0].lstrip("+~") for o in job if o.split("=", 1)[0].lstrip("+~").endswith(key)), key)
+        top, groups = known_keys()
+        group = full.split(".", 1)[0]
+        choice = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == group), None)
+        if group in GROUPS:
+            options = groups[group]
+            choice = choice if choice in options else None
+            names = list(options[choice]) if choice else [k for keys in options.values() for k in keys]
+        else:
+            names = list(top)
+        close = difflib.get_close_matches(full, names, n=3, cutoff=0.6)
+        if group in GROUPS and choice and full not in names:
+            valid = ", ".join(k.removeprefix(group + ".") for k in names if not k.endswith(".name") and not k.endswith(".kind"))
+            return f"{group}={choice} has no key {full.removeprefix(group + '.')}" +                 (f"; did you mean {' or '.join(close)}?" if close else "") + f" (its keys: {valid})"
+        return f"unknown key {full}" + (f"; did you mean {' or '.join(close)}?" if close else "") + \
+            " (splitvit train --help lists every key)"
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if m:
+        group, choice = m.groups()
+        options = re.findall(r"^\s+(\S+)\s*$", text.split("Available options", 1)[-1], flags=re.M)
+        if group == "experiment":
+            options = experiments()
+        if options:
+            close = difflib.get_close_matches(choice, options, n=1, cutoff=0.5)
+            return (f"{group}={choice!r} is not allowed; choose one of: {', '.join(options)}"
+                    + (f" (did you mean {close[0]}?)" if close else ""))
+    first = text.strip().splitlines()
+    return " ".join(line.strip() for line in first[:4] if line.strip())
 
 
 def main(argv: list[str]) -> int:
@@ -78,10 +135,10 @@ def main(argv: list[str]) -> int:
             return 0
         listed = jobs(args.overrides)
     except ConfigError as e:
-        print(f"splitvit plan: error: {e}")
+        print(f"splitvit plan: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - Hydra's errors (unknown group, bad override) are the user's to fix
-        print(f"splitvit plan: error: {e}")
+    except Exception as e:  # noqa: BLE001 - Hydra's errors (a bad override) are the user's to fix
+        print(f"splitvit plan: error: {e}", file=sys.stderr)
         return 2
     for i, job in enumerate(listed):
         print(f"{i:4d}  {' '.join(job)}")

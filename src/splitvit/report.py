@@ -1,9 +1,12 @@
 """``splitvit report DIR...``: compare runs. A table (Markdown and CSV) and the paper's plots.
 
 Runs are found by their ``summary.json`` anywhere under the given directories (a multirun sweep, a
-folder of single runs, or both). Runs that differ only in ``seed`` are one row: mean and spread.
-Where the paper reports the same setting (``reference/paper_2509.15058.csv``: method, model,
-dataset, compression, accuracy), its accuracy is shown beside ours, in the table and the figure.
+folder of single runs, or both). Two runs are the same experiment when every key of their resolved
+``config.yaml`` is the same except the seed and the keys that cannot change a result
+(:data:`IGNORED`); such runs are one row, with the mean and spread over their seeds. Where the paper
+reports the same setting (``reference/paper_2509.15058.csv``: method, model, dataset, compression,
+accuracy), its accuracy is shown beside ours, in the table and the figure; runs on another model or
+dataset get the paper's curves in a panel of their own, on the same axes.
 """
 
 from __future__ import annotations
@@ -12,11 +15,27 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-
 PAPER_CSV = Path(__file__).parent / "reference" / "paper_2509.15058.csv"
+PAPER_SETTING = ("deit_tiny_patch16_224", "cifar100")  # the paper's panel when our runs are on something else
+
+# keys that cannot change what a run computes: where it is, how it shows progress, where its data lie
+IGNORED = ("seed", "run_dir", "train.progress", "train.resume", "train.checkpoint", "dataset.root",
+           "dataset.download", "dataset.workers", "link.token_file", "link.tls", "link.server", "link.listen",
+           "link.insecure", "link.once")
+# the knobs that place a run along the compression axis, not on a line of its own
+RATIO_KNOBS = {"method.compression", "method.R", "method.bits", "method.q", "method.rank"}
+
+METHOD_COLORS = {  # one colour per method, the same in every figure
+    "none": "#000000", "adc": "#d62728", "c3sl": "#1f77b4", "bottlenet": "#2ca02c", "topk": "#9467bd",
+    "randtopk": "#8c564b", "quant": "#e377c2", "fedlite": "#17becf", "lowrank": "#bcbd22", "slacc": "#ff7f0e",
+    "whole": "#7f7f7f",
+}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", "-.", ":"]
 
 
 def paper_reference(path: Path = PAPER_CSV) -> list[dict]:
@@ -35,6 +54,29 @@ def paper_accuracy(row: dict, reference: list[dict]) -> float | None:
     return None
 
 
+def _flatten(tree, prefix: str = "", out: dict | None = None) -> dict:
+    out = {} if out is None else out
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _flatten(v, f"{prefix}{k}.", out)
+    else:
+        out[prefix[:-1]] = json.dumps(tree, sort_keys=True) if isinstance(tree, list) else tree
+    return out
+
+
+def _config_of(run_dir: Path, summary: dict) -> dict:
+    """The run's resolved config as flat dotted keys; from the summary alone for runs without config.yaml."""
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        from omegaconf import OmegaConf
+
+        return _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    flat = {"method.name": summary["method"], "dataset.name": summary.get("dataset"), "model.name": summary.get("model"),
+            "split.index": summary.get("split_index"), "eval.mode": summary.get("eval_mode"), "seed": summary.get("seed")}
+    flat.update({f"method.{k}": v for k, v in summary.get("method_options", {}).items()})
+    return flat
+
+
 def find_runs(dirs: list[str]) -> list[dict]:
     runs = []
     for d in dirs:
@@ -46,65 +88,90 @@ def find_runs(dirs: list[str]) -> list[dict]:
             metrics = summary.parent / "metrics.jsonl"
             run["curve"] = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
             run["run_dir"] = str(summary.parent)
+            run["config"] = _config_of(summary.parent, run)
             runs.append(run)
     return runs
 
 
+def _ignored(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in IGNORED)
+
+
 def setting(run: dict) -> tuple:
-    """What makes two runs the same experiment: everything but the seed."""
-    opts = tuple(sorted((k, str(v)) for k, v in run.get("method_options", {}).items()))
-    return (run["method"], opts, run.get("dataset"), run.get("model"), run.get("split_index"), run.get("eval_mode"))
+    """What makes two runs the same experiment: every config key but the seed and :data:`IGNORED`."""
+    return tuple(sorted((k, str(v)) for k, v in run["config"].items() if not _ignored(k)))
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
+def _label(key: tuple, varying: set[str]) -> str:
+    """The keys that tell this setting from the others, ``method.`` dropped: ``compression=0.1 train.batch_size=16``."""
+    parts = []
+    for k, v in key:
+        if k in varying and k != "method.name":
+            parts.append(f"{k.removeprefix('method.')}={v}")
+    return " ".join(parts)
+
+
+def aggregate(runs: list[dict], warn=None) -> list[dict]:
+    """One row per setting; ``warn(message)`` is told about runs that repeat a seed of a setting."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         groups[setting(r)].append(r)
+    all_keys = {k for key in groups for k, _ in key}
+    varying = {k for k in all_keys if len({dict(key).get(k) for key in groups}) > 1}
     rows = []
     for key, rs in groups.items():
+        seeds = [r["config"].get("seed", r.get("seed")) for r in rs]
+        repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+        if repeated and warn is not None:
+            dirs = ", ".join(r["run_dir"] for r in rs if str(r["config"].get("seed", r.get("seed"))) in repeated)
+            warn(f"{len(rs)} runs of one setting share seed {', '.join(repeated)}: {dirs}; their mean counts each run")
         final, final_sd = _mean_sd([r["final_val_acc"] for r in rs])
         best, best_sd = _mean_sd([r["best_val_acc"] for r in rs])
+        measured = [r["compression_measured"] for r in rs if r.get("compression_measured") is not None]
         rows.append({
-            "method": key[0],
-            "options": " ".join(f"{k}={v}" for k, v in key[1]),
-            "dataset": key[2],
-            "model": key[3],
-            "seeds": len(rs),
-            "target": statistics.fmean(r["compression_target"] for r in rs),
-            "nominal": statistics.fmean(r["compression_nominal"] for r in rs),
-            "measured": statistics.fmean(r["compression_measured"] for r in rs),
+            "method": rs[0]["method"],
+            "options": _label(key, varying),
+            "dataset": rs[0].get("dataset"),
+            "model": rs[0].get("model"),
+            "seeds": len(set(map(str, seeds))),
+            "runs_n": len(rs),
+            "target": statistics.fmean(r["compression_target"] or 1.0 for r in rs),
+            "nominal": statistics.fmean(r["compression_nominal"] or 1.0 for r in rs),
+            "measured": statistics.fmean(measured) if measured else 1.0,
             "bytes_up": statistics.fmean(r["bytes_up"] for r in rs),
             "bytes_down": statistics.fmean(r["bytes_down"] for r in rs),
             "steps": statistics.fmean(r["steps"] for r in rs),
+            "wall_s": statistics.fmean(r["wall_s"] for r in rs),
             "final_acc": final,
             "final_acc_sd": final_sd,
             "best_acc": best,
             "best_acc_sd": best_sd,
+            "key": key,
             "runs": rs,
         })
     reference = paper_reference()
     for row in rows:
         row["paper_acc"] = paper_accuracy(row, reference)
-    rows.sort(key=lambda r: (r["dataset"] or "", r["method"], -r["measured"]))
+    rows.sort(key=lambda r: (r["dataset"] or "", r["method"], -r["measured"], r["options"]))
     return rows
 
 
 COLUMNS = ["method", "options", "dataset", "model", "seeds", "target", "nominal", "measured", "bytes_up",
-           "bytes_down", "steps", "final_acc", "final_acc_sd", "best_acc", "best_acc_sd", "paper_acc"]
+           "bytes_down", "steps", "wall_s", "final_acc", "final_acc_sd", "best_acc", "best_acc_sd", "paper_acc"]
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| method | options | target | measured | MB up | MB down | final acc | best acc | paper | seeds |"
-    lines = [head, "|" + "---|" * 10]
+    head = "| method | options | target | measured | MB up | MB down | steps | final acc | best acc | paper | seeds |"
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         paper = "-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}"
         lines.append(
             f"| {r['method']} | {r['options'] or '-'} | {r['target']:.3f} | {r['measured']:.3f} | "
-            f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | "
+            f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | "
             f"{r['final_acc']:.4f} ± {r['final_acc_sd']:.4f} | {r['best_acc']:.4f} ± {r['best_acc_sd']:.4f} | {paper} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
@@ -118,6 +185,71 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({k: r[k] for k in COLUMNS})
 
 
+def variants(rows: list[dict]) -> dict[int, str]:
+    """Each row's line (by ``id``): the method options that vary between its method's rows, except the
+    knob that sets its compression. ``adc feature=cls`` is a line of its own; ``compression=0.1`` a point."""
+    varying: dict[str, set[str]] = {}
+    for method in {r["method"] for r in rows}:
+        keys = [dict(r["key"]) for r in rows if r["method"] == method]
+        varying[method] = {k for k in set().union(*keys) if k.startswith("method.") and k != "method.name"
+                           and k not in RATIO_KNOBS and len({str(kk.get(k)) for kk in keys}) > 1}
+    return {id(r): " ".join(f"{k.removeprefix('method.')}={v}" for k, v in r["key"]
+                            if k in varying[r["method"]] and v != "None") for r in rows}
+
+
+def styles_for(rows: list[dict], variant: dict[int, str]) -> dict[tuple[str, str], dict]:
+    """One colour per method; each variant of a method its own marker and line style."""
+    styles = {}
+    for method in sorted({r["method"] for r in rows}):
+        names = sorted({variant[id(r)] for r in rows if r["method"] == method}, key=lambda v: (v != "", v))
+        for i, v in enumerate(names):
+            styles[(method, v)] = dict(color=METHOD_COLORS.get(method, f"C{len(styles) % 10}"),
+                                       marker=MARKERS[i % len(MARKERS)], ls=LINESTYLES[i % len(LINESTYLES)])
+    return styles
+
+
+def _title(rows: list[dict]) -> str:
+    """What every run shares: dataset (and classes), model, split, byte budget."""
+    configs = [r["runs"][0]["config"] for r in rows]
+
+    def common(key):
+        values = {str(c.get(key)) for c in configs}
+        return values.pop() if len(values) == 1 else None
+
+    parts = [common("dataset.name") or "several datasets"]
+    classes = common("dataset.classes")
+    if classes not in (None, "None"):
+        parts[0] += f" classes {classes.strip(chr(34))}"
+    parts.append(common("model.name") or "several models")
+    split = common("split.index")
+    if split not in (None, "None"):
+        parts.append(f"split after block {split}")
+    budget = common("train.budget_epochs")
+    if budget not in (None, "None"):
+        parts.append(f"budget: bytes of {budget} uncompressed epochs")
+    seeds = max(r["seeds"] for r in rows)
+    parts.append(f"{seeds} seed{'s' if seeds > 1 else ''}")
+    return ", ".join(parts)
+
+
+def _log_axis(ax, values: list[float]) -> None:
+    """A log axis with plain, non-overlapping labels at 1-2-5 steps."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = min(values), max(values)
+    ticks = [m * 10.0 ** e for e in range(-4, 4) for m in (1, 2, 5) if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend_outside(fig, ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+
+
 def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> list[Path]:
     import matplotlib
 
@@ -125,83 +257,126 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     import matplotlib.pyplot as plt
 
     written = []
-    by_method: dict[str, list[dict]] = defaultdict(list)
+    variant = variants(rows)
+    styles = styles_for(rows, variant)
+    title = _title(rows)
+    lines: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
-        by_method[r["method"]].append(r)
+        lines[(r["method"], variant[id(r)])].append(r)
 
-    # the paper's main figure: final accuracy against measured compression, one line per method
-    # with the paper's values for the same model and dataset beside ours: hollow markers, dotted lines
+    # the paper's main figure: final accuracy against measured compression, one line per method variant;
+    # the paper's values beside ours: on the same axes where it reports our model and dataset, else a panel
     reference = paper_reference() if reference is None else reference
     shown = {(r["model"], r["dataset"]) for r in rows}
-    paper: dict[str, list[dict]] = defaultdict(list)
-    for p in reference:
-        if (p["model"], p["dataset"]) in shown:
-            paper[p["method"]].append(p)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {}
-    for method, rs in sorted(by_method.items()):
+    same = [p for p in reference if (p["model"], p["dataset"]) in shown]
+    other = [] if same else [p for p in reference if (p["model"], p["dataset"]) == PAPER_SETTING]
+    panels = 2 if other else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 + 3.5 * (panels - 1), 4.6), sharey=False, squeeze=False)
+    ax = axes[0][0]
+    xs = [r["measured"] for r in rows] + [p["compression"] for p in same + other]
+    for (method, name), rs in sorted(lines.items()):
         rs = sorted(rs, key=lambda r: r["measured"])
-        if method == "none":  # the uncompressed reference, as the paper's "Base"
-            ax.axhline(rs[0]["final_acc"], color="k", ls="--", lw=1, label="none (uncompressed)")
+        st = styles[(method, name)]
+        label = f"{method} {name}".strip()
+        if method in ("none", "whole") and len(rs) == 1:  # the uncompressed reference, as the paper's "Base"
+            ax.axhline(rs[0]["final_acc"], color=st["color"], ls="--", lw=1, label=f"{label} (uncompressed)")
             continue
-        line = ax.errorbar([r["measured"] for r in rs], [r["final_acc"] for r in rs], yerr=[r["final_acc_sd"] for r in rs],
-                           marker="o", capsize=3, label=method)
-        colors[method] = line[0].get_color()
-    for method, ps in sorted(paper.items()):
-        ps = sorted(ps, key=lambda p: p["compression"])
-        if method == "none":
-            ax.axhline(ps[0]["accuracy"], color="k", ls=":", lw=1, label="paper: base")
-            continue
-        ax.plot([p["compression"] for p in ps], [p["accuracy"] for p in ps], ls=":", marker="o", mfc="none",
-                color=colors.get(method), label=f"paper: {method}")
-    ax.set_xscale("log")
+        ax.errorbar([r["measured"] for r in rs], [r["final_acc"] for r in rs], yerr=[r["final_acc_sd"] for r in rs],
+                    color=st["color"], marker=st["marker"], ls=st["ls"], capsize=3, ms=5, label=label)
+
+    def draw_paper(target, points, prefix):
+        by: dict[str, list[dict]] = defaultdict(list)
+        for p in points:
+            by[p["method"]].append(p)
+        for method, ps in sorted(by.items()):
+            ps = sorted(ps, key=lambda p: p["compression"])
+            color = METHOD_COLORS.get(method, "k")
+            if method == "none":
+                target.axhline(ps[0]["accuracy"], color=color, ls=":", lw=1, label=f"{prefix}base")
+                continue
+            target.plot([p["compression"] for p in ps], [p["accuracy"] for p in ps], ls=":", marker="o", mfc="none",
+                        color=color, label=f"{prefix}{method}")
+
+    draw_paper(ax, same, "paper: ")
+    _log_axis(ax, xs)
     ax.set_xlabel("compression, measured on the wire (bytes sent / uncompressed)")
     ax.set_ylabel("final test accuracy")
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if other:
+        pax = axes[0][1]
+        draw_paper(pax, other, "")
+        _log_axis(pax, xs)
+        pax.set_xlabel("compression")
+        pax.set_title("the paper: DeiT-Tiny (ImageNet) on CIFAR-100,\n10 epochs of bytes (read off its figure)", fontsize=9)
+        pax.grid(True, alpha=0.3)
+        _legend_outside(fig, pax)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, labels, fontsize=6.5, loc="lower right", ncol=1, framealpha=0.85)
+    else:
+        _legend_outside(fig, ax)
     fig.tight_layout()
     written.append(out / "accuracy_vs_compression.png")
-    fig.savefig(written[-1], dpi=120)
+    fig.savefig(written[-1], dpi=130, bbox_inches="tight")
     plt.close(fig)
 
-    # accuracy against cumulative bytes, every run's curve (first seed of each setting)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # accuracy against cumulative bytes: the mean over seeds, with a band from the lowest to the highest
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    all_x = []
     for r in rows:
-        curve = r["runs"][0]["curve"]
-        if curve:
-            ax.plot([(c["bytes_up"] + c["bytes_down"]) / 1e6 for c in curve], [c["val_acc"] for c in curve],
-                    label=f"{r['method']} {r['measured']:.3f}", alpha=0.8)
-    ax.set_xscale("log")
+        curves = [run["curve"] for run in r["runs"] if run["curve"]]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        x = [statistics.fmean((c[i]["bytes_up"] + c[i]["bytes_down"]) / 1e6 for c in curves) for i in range(n)]
+        ys = [[c[i]["val_acc"] for c in curves] for i in range(n)]
+        if min(x) <= 0:
+            continue  # nothing sent (a model trained in one piece): no place on a log axis of bytes
+        st = styles[(r["method"], variant[id(r)])]
+        ax.plot(x, [statistics.fmean(y) for y in ys], color=st["color"], ls=st["ls"], marker=st["marker"], ms=3,
+                label=f"{r['method']} {r['options']}".strip())
+        if len(curves) > 1:
+            ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=st["color"], alpha=0.15, lw=0)
+        all_x += x
+    if all_x:
+        _log_axis(ax, all_x)
     ax.set_xlabel("MB sent, both directions")
     ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, ncol=2)
+    _legend_outside(fig, ax)
     fig.tight_layout()
     written.append(out / "accuracy_vs_bytes.png")
-    fig.savefig(written[-1], dpi=120)
+    fig.savefig(written[-1], dpi=130, bbox_inches="tight")
     plt.close(fig)
 
     # time to accuracy: compute plus the modelled link (link.bandwidth_mbps), when the runs modelled one
     timed = [r for r in rows if r["runs"] and any(c.get("link_s") for c in r["runs"][0]["curve"])]
     if timed:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8, 4.6))
+        times = []
         for r in timed:
             curve = r["runs"][0]["curve"]
-            ax.plot([c["time_s"] for c in curve], [c["val_acc"] for c in curve], label=f"{r['method']} {r['measured']:.3f}")
-        ax.set_xscale("log")
-        ax.set_xlabel("seconds: compute + modelled link")
+            st = styles[(r["method"], variant[id(r)])]
+            ax.plot([c["time_s"] for c in curve], [c["val_acc"] for c in curve], color=st["color"], ls=st["ls"],
+                    marker=st["marker"], ms=3, label=f"{r['method']} {r['options']}".strip())
+            times += [c["time_s"] for c in curve]
+        _log_axis(ax, times)
+        ax.set_xlabel("seconds: compute + modelled link (first seed)")
         ax.set_ylabel("test accuracy")
+        ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+        _legend_outside(fig, ax)
         fig.tight_layout()
         written.append(out / "accuracy_vs_time.png")
-        fig.savefig(written[-1], dpi=120)
+        fig.savefig(written[-1], dpi=130, bbox_inches="tight")
         plt.close(fig)
 
     # ADC's batch-ratio x token-ratio grid, when the runs hold one
     grid = {}
-    for r in by_method.get("adc", []):
+    for r in rows:
+        if r["method"] != "adc":
+            continue
         run = r["runs"][0]
         br, tr = run.get("batch_ratio"), run.get("token_ratio")
         if br is not None and tr is not None:
@@ -215,6 +390,7 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
         ax.set_yticks(range(len(brs)), [f"{b:.2g}" for b in brs])
         ax.set_xlabel("token ratio k/N")
         ax.set_ylabel("batch ratio T/B")
+        ax.set_title(title, fontsize=8)
         for i, row in enumerate(data):
             for j, v in enumerate(row):
                 if v == v:
@@ -222,7 +398,7 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
         fig.colorbar(im, label="final test accuracy")
         fig.tight_layout()
         written.append(out / "adc_grid.png")
-        fig.savefig(written[-1], dpi=120)
+        fig.savefig(written[-1], dpi=130)
         plt.close(fig)
     return written
 
@@ -235,16 +411,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as e:
-        print(f"splitvit report: error: {e}")
+        print(f"splitvit report: error: {e}", file=sys.stderr)
         return 2
     if not runs:
-        print(f"splitvit report: no summary.json under {', '.join(args.dirs)}; point it at run or sweep directories")
+        print(f"splitvit report: error: no summary.json under {', '.join(args.dirs)}; point it at run or sweep directories",
+              file=sys.stderr)
         return 2
-    rows = aggregate(runs)
+    warnings: list[str] = []
+    rows = aggregate(runs, warn=warnings.append)
+    for w in warnings:
+        print(f"splitvit report: warning: {w}", file=sys.stderr)
     out = Path(args.out or args.dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
-    (out / "report.md").write_text(table)
+    (out / "report.md").write_text(table + "".join(f"\nwarning: {w}\n" for w in warnings))
     write_csv(rows, out / "report.csv")
     written = plots(rows, out)
     print(table)

@@ -112,3 +112,56 @@ def test_metadata_must_be_strings():
 def test_not_bytes_is_refused():
     with pytest.raises(WireError, match="bytes"):
         decode("a string", SCHEMA)
+
+
+def _mutations(seed: int, base: bytes) -> list[bytes]:
+    """Seeded hostile variants of a valid message: flipped bytes, truncations, spliced and nested headers."""
+    import json
+    import random
+    import struct
+
+    rng = random.Random(seed)
+    n = struct.unpack("<Q", base[:8])[0]
+    header = base[8:8 + n]
+    out = []
+    for _ in range(4000):
+        kind = rng.randrange(6)
+        data = bytearray(base)
+        if kind == 0:  # flip bytes anywhere
+            for _ in range(rng.randint(1, 8)):
+                i = rng.randrange(len(data))
+                data[i] = rng.randrange(256)
+        elif kind == 1:  # truncate
+            data = data[: rng.randrange(len(data))]
+        elif kind == 2:  # flip bytes in the header only
+            for _ in range(rng.randint(1, 4)):
+                i = 8 + rng.randrange(n)
+                data[i] = rng.randrange(256)
+        elif kind == 3:  # deeply nested JSON
+            depth = rng.randint(500, 50_000)
+            h = ("[" * depth + "]" * depth).encode()
+            data = bytearray(struct.pack("<Q", len(h)) + h)
+        elif kind == 4:  # a JSON integer of thousands of digits where a shape or offset goes
+            big = "9" * rng.randint(4_000, 20_000)
+            h = header.decode().replace("[", f"[{big},", 1).encode()
+            data = bytearray(struct.pack("<Q", len(h)) + h + base[8 + n:])
+        else:  # a structurally odd but valid JSON header
+            h = json.dumps(rng.choice([[], "x", 1, {"a": {"b": [1, {"c": None}]}}, {"__metadata__": {"k": 1}}])).encode()
+            data = bytearray(struct.pack("<Q", len(h)) + h + base[8 + n:])
+        out.append(bytes(data))
+    return out
+
+
+def test_fuzzed_messages_are_refused_as_wire_errors_only():
+    """Every mutated message either decodes (a flip in the data can be a valid message) or is a WireError."""
+    msg = {"h": torch.randn(4, 5, 6), "labels": torch.arange(4)}
+    schema = Schema({"h": TensorSpec(torch.float32, ("B", 5, 6)), "labels": TensorSpec(torch.int64, ("B",))}, {"B": (1, 8)})
+    base = encode(msg, {"kind": "train", "step": "0"})
+    decoded = refused = 0
+    for data in _mutations(0, base):
+        try:
+            decode(data, schema)
+            decoded += 1
+        except WireError:
+            refused += 1
+    assert decoded + refused == 4000 and refused > 2000

@@ -166,7 +166,7 @@ class _Service:
         if self.session is None or not hmac.compare_digest(sid.encode(), self.session_id.encode()):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "no such session on this server (it restarted, or another run took over): "
-                          "restart the client with train.resume=true")
+                          "restart the client (with train.resume=true if it has saved a checkpoint)")
         return self.session
 
     def Handshake(self, hello: pb.Hello, context) -> pb.Welcome:

@@ -16,11 +16,34 @@ from .config import ConfigError, resume_mismatch
 
 
 def atomic_save(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` so that a crash or a power loss leaves the old file or the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # and the rename itself survives a power loss
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint_file(path: Path, map_location="cpu") -> dict:
+    """``torch.load`` of a checkpoint, with an error that names the file and what to do when it is damaged."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a foreign pickle: the file is unusable either way
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); it is damaged or truncated. "
+            "Delete it to resume from the checkpoint before it (the server keeps two), or start the run again"
+        ) from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} is not a splitvit checkpoint")
+    return state
 
 
 def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> None:
@@ -40,7 +63,7 @@ def load_client(path: Path, cfg: DictConfig, client, compressor):
 
     if not path.is_file():
         raise ConfigError(f"train.resume=true but {path} does not exist; pass the run_dir of the run to resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(path)
     diff = resume_mismatch(state["config"], cfg)
     if diff:
         raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import replace
+from functools import lru_cache
+from importlib import resources
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_compressor
@@ -22,6 +26,73 @@ CHECKPOINTS = ("every_eval", "last", "none")
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what it may be."""
+
+
+GROUPS = ("method", "dataset", "model", "link")  # config groups whose option files hold a key's subtree
+# keys whose shipped default is null, and what they take when set (other nulls take anything)
+OPTIONAL_TYPES = {
+    "train.max_steps": int, "train.budget_epochs": float, "train.eval_every": int, "eval.max_batches": int,
+    "dataset.workers": int, "method.batch_ratio": float, "method.token_ratio": float, "method.R": int,
+    "method.bits": int, "method.rank": int, "model.img_size": int, "model.patch_size": int, "model.embed_dim": int,
+    "model.depth": int, "model.num_heads": int, "link.bandwidth_mbps": float, "link.downlink_mbps": float,
+}
+
+
+def _leaves(tree, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (tree or {}).items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@lru_cache(maxsize=1)
+def known_keys() -> tuple[dict, dict[str, dict[str, dict]]]:
+    """The keys the shipped configs define, with their default values: ``(top-level keys, {group: {option: keys}})``."""
+    root = resources.files("splitvit") / "conf"
+    top = yaml.safe_load(root.joinpath("config.yaml").read_text())
+    top = {k: v for k, v in _leaves({k: v for k, v in top.items() if k not in ("defaults", "hydra")}).items()}
+    groups = {}
+    for group in GROUPS:
+        groups[group] = {f.name[:-5]: _leaves(yaml.safe_load(f.read_text()), f"{group}.")
+                         for f in root.joinpath(group).iterdir() if f.name.endswith(".yaml")}
+    return top, groups
+
+
+def _kind(value) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse keys no shipped config defines (a typo, or one added with ``+``), with the nearest valid
+    names, and values of the wrong type, naming the full key."""
+    top, groups = known_keys()
+    known = dict(top)
+    for group in GROUPS:
+        option = str(OmegaConf.select(cfg, f"{group}.name" if group != "link" else "link.kind", default=""))
+        known.update(groups[group].get(option) or {k: v for opts in groups[group].values() for k, v in opts.items()})
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+    for key, value in _leaves(tree).items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            where = ("the method's options: " + ", ".join(k.removeprefix("method.") for k in known if k.startswith("method.")
+                                                           and k != "method.name")) if key.startswith("method.") else                 "splitvit train --help lists every key"
+            raise ConfigError(f"unknown key {key}{hint} ({where})")
+        default = known[key]
+        want = OPTIONAL_TYPES.get(key) if default is None else type(default)
+        if value is None or want is None or isinstance(value, str) and value.startswith("${"):
+            continue  # null is checked by the value checks; an interpolation by what it resolves to
+        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if key == "dataset.classes":
+            ok = isinstance(value, (str, int, list))
+        if not ok:
+            raise ConfigError(f"{key}={value!r} must be {_kind(want()) if want is not None else 'set'}")
 
 
 def method_options(method: DictConfig) -> dict:
@@ -44,6 +115,7 @@ def _at_least(key: str, value, low, optional: bool = False) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work."""
+    check_keys(cfg)
     _choice("method", cfg.method.name, METHODS)
     _choice("dataset", cfg.dataset.name, DATASETS)
     _choice("model", cfg.model.name, PRESETS)
@@ -77,7 +149,10 @@ def validate(cfg: DictConfig) -> None:
         )
         compressor.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(_full_key(str(e))) from None
+    if cfg.dataset.name not in ("digits",) and not cfg.dataset.get("root"):
+        raise ConfigError(f"dataset.root is required for dataset={cfg.dataset.name}: the folder that holds its files "
+                          "(see the README, 'Data')")
     if cfg.split.index is None and cfg.link.kind != "inprocess":
         raise ConfigError("split.index=null trains the model in one piece, which needs no link; drop link=grpc")
     if cfg.train.get("schedule", "constant") != "constant" and cfg.link.kind != "inprocess":
@@ -92,6 +167,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+
+
+def _full_key(message: str) -> str:
+    """A method's message names its option (``compression must be ...``): name the full key."""
+    first = message.split(" ", 1)[0]
+    if first.isidentifier() and not first.startswith("method.") and first not in ("method",):
+        return "method." + message
+    return message
 
 
 def resolve_device(name: str) -> torch.device:

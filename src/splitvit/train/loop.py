@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..compression import NoCompression, build_compressor
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
@@ -28,6 +29,44 @@ from .local import LocalTrainer
 from .server import SplitServer, server_digest
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the run between two steps; its state was saved. ``step`` is the step reached."""
+
+    def __init__(self, step: int, saved: bool):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.saved = step, saved
+
+
+class _StopBetweenSteps:
+    """The first Ctrl-C asks the loop to stop after the step under way (a step half-applied on one side
+    could not be checkpointed); a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 @dataclass
@@ -135,6 +174,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    split = "in one piece" if cfg.split.index is None else f"{cfg.method.name}, split after block {cfg.split.index}"
+    classes = "" if cfg.dataset.get("classes") is None else f" classes {cfg.dataset.classes}"
+    log.info(f"splitvit: {'resuming' if cfg.train.resume else 'starting'} {cfg.model.name} ({split}) on "
+             f"{cfg.dataset.name}{classes}, seed {cfg.seed}, device {device}, link {cfg.link.kind}; run dir {run_dir}")
     try:
         shaping = LinkModel.from_config(cfg.link)
     except ValueError as e:
@@ -149,6 +192,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.split.index is None:
         return _fit_whole(cfg, run_dir, data, device)
     client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
+    warnings = reachability(compressor, cfg.train.batch_size, vit)
+    for w in warnings:
+        log.warning(f"warning: {w}")
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
         None, data.num_classes, shaping, bf16=cfg.train.precision == "bf16",
@@ -176,9 +222,24 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     client.link = link
     optimizers = [client.optimizer] + ([server.optimizer] if cfg.link.kind == "inprocess" else [])
     try:
-        return _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
+        summary = _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
     finally:
         link.close()
+    if warnings:
+        summary["warnings"] = warnings
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def reachability(compressor, batch_size: int, vit) -> list[str]:
+    """A warning when rounding (whole samples, tokens, bits) puts the realised ratio far from the target."""
+    target = compressor.target_ratio()
+    nominal = compressor.nominal_ratio(batch_size, vit.num_tokens, vit.embed_dim)
+    if target and abs(nominal - target) > 0.25 * target:
+        return [f"compression target {target:g} cannot be reached at train.batch_size={batch_size} with "
+                f"{vit.num_tokens} tokens of {vit.embed_dim}: the nearest this method realises is {nominal:.4g} "
+                "(a larger batch, or another target, gets closer)"]
+    return []
 
 
 def _classes(spec):
@@ -228,9 +289,6 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
     total = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    schedule = cfg.train.get("schedule", "constant")
-    warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_epoch)
-    eval_every = cfg.train.get("eval_every")
     bar = tqdm(total=total, initial=p.step, disable=None if cfg.train.progress else True, desc="train", unit="step", dynamic_ncols=True)
     reason = stop_reason()  # a resumed run may already be done, or have new caps
     p.done = reason is not None
@@ -247,12 +305,38 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
             client.link.checkpoint(p.step)  # the server saves its half first: it keeps the one before too
             save_client(ckpt, cfg, client, compressor, p)
         train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
-        bar.write(
-            f"epoch {record['epoch']:.2f} step {p.step}: train_loss {train_loss} "
-            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
-            f"sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
-        )
+        with logging_redirect_tqdm():  # the line above the progress bar, and in splitvit.log
+            log.info(
+                f"epoch {record['epoch']:.2f} step {p.step}: train_loss {train_loss} "
+                f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
+                f"sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
+            )
 
+    with _StopBetweenSteps() as interrupt:
+        try:
+            reason = _loop(cfg, data, client, vit, device, p, optimizers, augment, steps_per_epoch, total, losses,
+                           stop_reason, evaluate_and_save, interrupt, bar)
+        except Interrupted:
+            if cfg.train.get("checkpoint", "every_eval") != "none":
+                client.link.checkpoint(p.step)
+                save_client(ckpt, cfg, client, compressor, p)
+            bar.close()
+            raise Interrupted(p.step, cfg.train.get("checkpoint", "every_eval") != "none") from None
+    bar.close()
+
+    summary = make_summary(cfg, compressor, vit, p, reason, data)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, steps_per_epoch: int, total: int,
+          losses: list[float], stop_reason, evaluate_and_save, interrupt, bar) -> str | None:
+    """Train until a cap or the budget stops the run; evaluate at each epoch's end or every ``train.eval_every`` steps."""
+    schedule = cfg.train.get("schedule", "constant")
+    warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_epoch)
+    eval_every = cfg.train.get("eval_every")
+    split = cfg.split.index is not None
+    reason = stop_reason()
     while not p.done:
         t0 = time.perf_counter()
         epoch_batches = batches(
@@ -277,6 +361,9 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
                 p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", MB=f"{(p.bytes_up + p.bytes_down) / 1e6:.1f}")
+            if interrupt.requested:
+                p.wall_s += time.perf_counter() - t0
+                raise Interrupted(p.step, False)
             if stop_reason() in ("max_steps", "budget"):
                 break
             if eval_every and p.step % eval_every == 0 and stop_reason() is None:
@@ -288,11 +375,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
         p.wall_s += time.perf_counter() - t0
         if p.done or not eval_every:
             evaluate_and_save()
-    bar.close()
-
-    summary = make_summary(cfg, compressor, vit, p, reason, data)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return reason
 
 
 def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:

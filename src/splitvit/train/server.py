@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..wire import MAX_HEADER_BYTES, Schema, WireError, decode, encode
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, load_checkpoint_file
+from .config import ConfigError
 from .client import autocast
 
 KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
@@ -146,7 +147,10 @@ class SplitServer:
         if not path.is_file():
             have = sorted(p.name for p in self.checkpoint_dir.glob("server-*.pt"))
             raise ValueError(f"the server has no checkpoint after {steps} steps in {self.checkpoint_dir} (it has: {have or 'none'})")
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        try:
+            self.load_state_dict(load_checkpoint_file(path, map_location=self.device))
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 def _parse_step(meta: dict[str, str]) -> int:

@@ -79,8 +79,10 @@ def read_header(data: bytes) -> tuple[dict, dict[str, str]]:
         raise WireError(f"header claims {n} bytes but the message has {len(data) - 8} after the length field (limit {MAX_HEADER_BYTES})")
     try:
         header = json.loads(bytes(data[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"header is not valid JSON: {e}") from None
+    except RecursionError:  # deep nesting: no real header nests more than twice
+        raise WireError("header nests too deeply to be a message header") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: invalid JSON, or an integer of thousands of digits
+        raise WireError(f"header is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise WireError("header must be a JSON object")
     meta = header.pop("__metadata__", None) or {}

@@ -1,0 +1,131 @@
+"""What a newcomer meets: errors that name the key and say what to do, never a traceback; logs that work
+off a terminal; Ctrl-C that saves; a sweep that survives one bad job."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import SMALL
+from splitvit.cli import main
+
+
+def run(*args, cwd, timeout=600, **kw):
+    return subprocess.run([sys.executable, "-m", "splitvit.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["trian.max_steps=5"], "unknown key trian.max_steps; did you mean train.max_steps?"),
+    (["+trian.max_steps=5"], "unknown key trian.max_steps; did you mean train.max_steps?"),
+    (["train.batchsize=3"], "did you mean train.batch_size"),
+    (["method=fedlite", "method.compression=0.1"], "method=fedlite has no key compression (its keys: q, L"),
+    (["+method.compresion=0.1"], "did you mean method.compression"),
+    (["method=c3"], "method='c3' is not allowed; choose one of: adc"),
+    (["--multirun", "method=adc,fedlite", "method.compression=0.1"], "method=fedlite has no key compression"),
+])
+def test_unknown_keys_and_options_are_refused_with_the_nearest_names(args, words, capsys):
+    assert main(["train", *args]) == 2
+    out, err = capsys.readouterr()
+    assert words in err and out == "" and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["seed=abc"], "seed='abc' must be an integer"),
+    (["method.compression=abc"], "method.compression='abc' must be a number"),
+    (["method.compression=2"], "method.compression must be in (0, 1], got 2"),
+    (["dataset=folder"], "dataset.root is required for dataset=folder"),
+    (["train.lr=fast"], "train.lr='fast' must be a number"),
+    (["train.max_steps=2.5"], "train.max_steps=2.5 must be an integer"),
+])
+def test_bad_values_name_the_full_key_and_exit_2(tmp_path, args, words):
+    r = run("train", *SMALL, *args, f"run_dir={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_of_a_sweep_without_an_experiment_and_its_errors_on_stderr(capsys):
+    from splitvit.plan import main as plan
+
+    assert plan(["method=adc,c3sl"]) == 0 and "2 jobs" in capsys.readouterr().out
+    assert plan(["method=adc", "method.compression=7"]) == 2
+    out, err = capsys.readouterr()
+    assert "method.compression" in err and out == ""
+
+
+def test_version(capsys):
+    from splitvit import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"splitvit {__version__}"
+
+
+def test_start_line_at_once_and_the_log_file_is_written(tmp_path):
+    r = run("train", *SMALL, "train.max_steps=2", f"run_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("splitvit: starting") and "adc" in first and "digits" in first and "device cpu" in first
+    log = (tmp_path / "r" / "splitvit.log").read_text()
+    assert "starting" in log and "val_acc" in log
+
+
+def test_one_bad_job_does_not_stop_the_sweep(tmp_path):
+    r = run("train", "--multirun", *SMALL, "train.max_steps=1", "method.compression=0.1,2,0.2",
+            f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert r.returncode == 1
+    assert (tmp_path / "s" / "0" / "summary.json").is_file() and (tmp_path / "s" / "2" / "summary.json").is_file()
+    assert "must be in (0, 1]" in (tmp_path / "s" / "1" / "FAILED").read_text()
+    assert "1 job(s) of the sweep failed" in r.stderr and str(tmp_path / "s" / "1") in r.stderr
+
+
+def test_unreachable_target_is_warned_in_the_log_and_the_summary(tmp_path):
+    r = run("train", *SMALL, "train.max_steps=1", "method.batch_ratio=0.01", "train.batch_size=16",
+            f"run_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (warning,) = json.loads((tmp_path / "r" / "summary.json").read_text())["warnings"]
+    assert "0.0625" in warning and "0.0625" in r.stdout and "cannot be reached" in (tmp_path / "r" / "splitvit.log").read_text()
+
+
+def test_ctrl_c_saves_the_step_reached_and_says_how_to_continue(tmp_path):
+    run_dir = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "splitvit.cli", "train", *SMALL, "train.epochs=50", f"run_dir={run_dir}"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "client.pt").is_file() and time.time() < deadline:
+        time.sleep(0.2)  # the first evaluation has checkpointed: training is under way
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted after step" in err and "train.resume=true" in err and f"run_dir={run_dir}" in err
+    state = torch.load(run_dir / "checkpoints" / "client.pt", weights_only=True)
+    step = state["progress"]["step"]
+    assert f"after step {step}" in err
+    assert (run_dir / "checkpoints" / f"server-{step:09d}.pt").is_file()
+    # and the command it prints continues the run
+    r = run("train", *SMALL, "train.epochs=50", "train.max_steps=" + str(step + 2), "train.resume=true",
+            f"run_dir={run_dir}", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads((run_dir / "summary.json").read_text())["steps"] == step + 2
+
+
+def test_resume_hint_only_when_a_checkpoint_exists(tmp_path):
+    r = run("client", "server=127.0.0.1:9", "--insecure", *SMALL, "link.connect_timeout_s=1", "link.retries=0",
+            f"run_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert r.returncode == 3 and "train.resume=true" not in r.stderr
+
+
+def test_a_truncated_checkpoint_names_the_file(tmp_path):
+    assert run("train", *SMALL, "train.max_steps=2", f"run_dir={tmp_path}", cwd=tmp_path).returncode == 0
+    ckpt = tmp_path / "checkpoints" / "client.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    r = run("train", *SMALL, "train.max_steps=4", "train.resume=true", f"run_dir={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 2 and str(ckpt) in r.stderr and "truncated" in r.stderr and "Traceback" not in r.stderr
+    (server,) = (tmp_path / "checkpoints").glob("server-*.pt")
+    server.write_bytes(b"PK\x03\x04 not a zip")
+    from splitvit.train.checkpoint import load_checkpoint_file
+    from splitvit.train import ConfigError
+
+    with pytest.raises(ConfigError, match="truncated"):
+        load_checkpoint_file(server)
