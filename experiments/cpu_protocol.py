@@ -35,13 +35,17 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--jobs", type=int, default=2, help="jobs at a time (one PyTorch thread each)")
     ap.add_argument("--only", default=None, help="comma-separated experiment names (default: all)")
+    ap.add_argument("overrides", nargs="*", help="more overrides for every job (a quick check: train.max_steps=3)")
     args = ap.parse_args()
     names = args.only.split(",") if args.only else EXPERIMENTS
     queue = []
     for seed in args.seeds.split(","):
         for name in names:
-            for job in jobs([f"+experiment=cpu/{name}", f"dataset.root={args.data}", f"seed={seed}"]):
-                tag = ",".join(o for o in job if not o.startswith(("+experiment=", "dataset.root=")))
+            fixed = [f"+experiment=cpu/{name}", f"dataset.root={args.data}", f"seed={seed}", *args.overrides]
+            for job in jobs(fixed):
+                # a path Hydra's override parser takes as it is: no '=' or ','
+                tag = "_".join(o.removeprefix("method.").replace("=", "-") for o in job
+                               if o not in fixed[:2] and o not in args.overrides)
                 queue.append((job, args.out / name / tag))
     todo = [(job, d) for job, d in queue if not (d / "summary.json").is_file()]
     print(f"{len(queue)} jobs, {len(queue) - len(todo)} done already, {len(todo)} to run", flush=True)

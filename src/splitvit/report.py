@@ -110,7 +110,7 @@ def _label(key: tuple, varying: set[str]) -> str:
     """The keys that tell this setting from the others, ``method.`` dropped: ``compression=0.1 train.batch_size=16``."""
     parts = []
     for k, v in key:
-        if k in varying and k != "method.name":
+        if k in varying and k != "method.name" and not (k.startswith("method.") and v == "None"):
             parts.append(f"{k.removeprefix('method.')}={v}")
     return " ".join(parts)
 
@@ -121,7 +121,11 @@ def aggregate(runs: list[dict], warn=None) -> list[dict]:
     for r in runs:
         groups[setting(r)].append(r)
     all_keys = {k for key in groups for k, _ in key}
-    varying = {k for k in all_keys if len({dict(key).get(k) for key in groups}) > 1}
+    # what tells settings apart: a method's options among that method's runs, any other key among all runs
+    varying = {k for k in all_keys if not k.startswith("method.") and len({dict(key).get(k) for key in groups}) > 1}
+    for method in {dict(key).get("method.name") for key in groups}:
+        same = [dict(key) for key in groups if dict(key).get("method.name") == method]
+        varying |= {k for k in all_keys if k.startswith("method.") and len({d.get(k) for d in same}) > 1}
     rows = []
     for key, rs in groups.items():
         seeds = [r["config"].get("seed", r.get("seed")) for r in rs]
@@ -301,14 +305,18 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     _log_axis(ax, xs)
     ax.set_xlabel("compression, measured on the wire (bytes sent / uncompressed)")
     ax.set_ylabel("final test accuracy")
-    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
+    if other:
+        fig.suptitle(title, fontsize=9)
+        ax.set_title("these runs", fontsize=9)
+    else:
+        ax.set_title(title, fontsize=9)
     if other:
         pax = axes[0][1]
         draw_paper(pax, other, "")
         _log_axis(pax, xs)
         pax.set_xlabel("compression")
-        pax.set_title("the paper: DeiT-Tiny (ImageNet) on CIFAR-100,\n10 epochs of bytes (read off its figure)", fontsize=9)
+        pax.set_title("the paper: ImageNet DeiT-Tiny on CIFAR-100, 10 epochs of bytes", fontsize=9)
         pax.grid(True, alpha=0.3)
         _legend_outside(fig, pax)
         handles, labels = ax.get_legend_handles_labels()
@@ -320,7 +328,14 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     fig.savefig(written[-1], dpi=130, bbox_inches="tight")
     plt.close(fig)
 
-    # accuracy against cumulative bytes: the mean over seeds, with a band from the lowest to the highest
+    # accuracy against cumulative bytes: the mean over seeds, with a band from the lowest to the highest;
+    # each setting of a method its own marker and line style, in the method's colour
+    order: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (variant[id(r)], -r["measured"], r["options"])):
+        order[r["method"]].append(r)
+    curve_style = {id(r): dict(color=METHOD_COLORS.get(m, "C0"), marker=MARKERS[i % len(MARKERS)],
+                               ls=LINESTYLES[(i // len(MARKERS) + i) % len(LINESTYLES)])
+                   for m, rs in order.items() for i, r in enumerate(rs)}
     fig, ax = plt.subplots(figsize=(8, 4.6))
     all_x = []
     for r in rows:
@@ -332,7 +347,7 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
         ys = [[c[i]["val_acc"] for c in curves] for i in range(n)]
         if min(x) <= 0:
             continue  # nothing sent (a model trained in one piece): no place on a log axis of bytes
-        st = styles[(r["method"], variant[id(r)])]
+        st = curve_style[id(r)]
         ax.plot(x, [statistics.fmean(y) for y in ys], color=st["color"], ls=st["ls"], marker=st["marker"], ms=3,
                 label=f"{r['method']} {r['options']}".strip())
         if len(curves) > 1:
