@@ -129,3 +129,14 @@ def test_a_truncated_checkpoint_names_the_file(tmp_path):
 
     with pytest.raises(ConfigError, match="truncated"):
         load_checkpoint_file(server)
+
+
+def test_shell_completion_installs_for_splitvit_and_completes_after_the_subcommand(tmp_path):
+    r = run("-sc", "install=bash", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("hydra_bash_completion splitvit")
+    line = "splitvit train method=c3"
+    r = run("-sc", "query=bash", cwd=tmp_path, env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert r.stdout.split() == ["method=c3sl"]
+    line = "splitvit train train.max"
+    r = run("-sc", "query=bash", cwd=tmp_path, env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert "train.max_steps=" in r.stdout.split()

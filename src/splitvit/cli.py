@@ -131,6 +131,25 @@ def _precheck(args: list[str]) -> str | None:
     return None
 
 
+def _shell_completion(argv: list[str]) -> int:
+    """``splitvit -sc install=bash`` prints Hydra's completion script for ``splitvit``; the script then
+    asks ``splitvit -sc query=bash`` with the line typed so far, from which the subcommand is dropped
+    (Hydra completes keys and groups of one config, which is train's, serve's and client's alike)."""
+    import os
+
+    line, point = os.environ.get("COMP_LINE"), os.environ.get("COMP_POINT")
+    if line is not None:
+        words = line.split(" ")
+        if len(words) > 1 and words[1] in ("train", "serve", "client"):
+            cut = len(words[1]) + 1
+            os.environ["COMP_LINE"] = " ".join(words[:1] + words[2:])
+            if point is not None and point.isdigit():
+                os.environ["COMP_POINT"] = str(max(0, int(point) - cut))
+    sys.argv = ["splitvit", *argv]
+    _train()
+    return 0
+
+
 def _link_shorthand(arg: str) -> str:
     """``server=``, ``listen=`` and ``--insecure`` are short for their ``link.`` keys."""
     if arg == "--insecure":
@@ -152,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitvit {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("-sc", "--shell-completion"):
+        return _shell_completion(argv)
     if command in ("train", "serve", "client"):
         args = rest if command == "train" else ["link=grpc", *map(_link_shorthand, rest)]
         error = _precheck(args)

@@ -85,3 +85,15 @@ def test_eval_every_gives_short_runs_more_points(tmp_path):
     fit(make_cfg(*SMALL, "train.max_steps=5", "train.eval_every=2"), tmp_path)
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 5]
+
+
+def test_tensorboard_logger_writes_live_curves(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(make_cfg(*SMALL, "logger=tensorboard", "logger.every_steps=1", "train.max_steps=4", "train.eval_every=2"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "eval/val_acc", "eval/MB_sent"} <= set(tags)
+    assert [e.step for e in events.Scalars("eval/val_acc")] == [2, 4]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]

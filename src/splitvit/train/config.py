@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what it may be."""
 
 
-GROUPS = ("method", "dataset", "model", "link")  # config groups whose option files hold a key's subtree
+GROUPS = ("method", "dataset", "model", "link", "logger")  # config groups whose option files hold a key's subtree
 # keys whose shipped default is null, and what they take when set (other nulls take anything)
 OPTIONAL_TYPES = {
     "train.max_steps": int, "train.budget_epochs": float, "train.eval_every": int, "eval.max_batches": int,
@@ -72,6 +72,8 @@ def check_keys(cfg: DictConfig) -> None:
     known = dict(top)
     for group in GROUPS:
         option = str(OmegaConf.select(cfg, f"{group}.name" if group != "link" else "link.kind", default=""))
+        if group not in cfg:
+            continue
         known.update(groups[group].get(option) or {k: v for opts in groups[group].values() for k, v in opts.items()})
     tree = OmegaConf.to_container(cfg, resolve=False)
     tree.pop("hydra", None)

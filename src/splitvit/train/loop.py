@@ -26,6 +26,7 @@ from .checkpoint import load_client, save_client
 from .client import SplitClient
 from .config import ConfigError, method_options, resolve_device, validate
 from .local import LocalTrainer
+from .tracking import make_tracker
 from .server import SplitServer, server_digest
 
 log = logging.getLogger(__name__)
@@ -294,9 +295,12 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
     p.done = reason is not None
     losses: list[float] = []
 
+    tracker = make_tracker(cfg, run_dir)
+
     def evaluate_and_save() -> None:
         record = evaluate(cfg, client, data, vit, device, p, losses)
         losses.clear()
+        tracker.evaluation(record)
         p.history.append(record)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -315,13 +319,15 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
     with _StopBetweenSteps() as interrupt:
         try:
             reason = _loop(cfg, data, client, vit, device, p, optimizers, augment, steps_per_epoch, total, losses,
-                           stop_reason, evaluate_and_save, interrupt, bar)
+                           stop_reason, evaluate_and_save, interrupt, bar, tracker)
         except Interrupted:
             if cfg.train.get("checkpoint", "every_eval") != "none":
                 client.link.checkpoint(p.step)
                 save_client(ckpt, cfg, client, compressor, p)
             bar.close()
             raise Interrupted(p.step, cfg.train.get("checkpoint", "every_eval") != "none") from None
+        finally:
+            tracker.close()
     bar.close()
 
     summary = make_summary(cfg, compressor, vit, p, reason, data)
@@ -330,7 +336,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
 
 
 def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, steps_per_epoch: int, total: int,
-          losses: list[float], stop_reason, evaluate_and_save, interrupt, bar) -> str | None:
+          losses: list[float], stop_reason, evaluate_and_save, interrupt, bar, tracker) -> str | None:
     """Train until a cap or the budget stops the run; evaluate at each epoch's end or every ``train.eval_every`` steps."""
     schedule = cfg.train.get("schedule", "constant")
     warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_epoch)
@@ -359,6 +365,7 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
             p.bytes_up, p.bytes_down = client.train_traffic.up, client.train_traffic.down
             if p.batch_in_epoch == steps_per_epoch:
                 p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            tracker.step(p.step, losses[-1], p.bytes_up + p.bytes_down)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", MB=f"{(p.bytes_up + p.bytes_down) / 1e6:.1f}")
             if interrupt.requested:

@@ -1,0 +1,65 @@
+"""Optional experiment tracking (``logger=tensorboard``): the run's curves, live while it trains.
+
+The run files (``metrics.jsonl``, ``summary.json``) stay the record; a tracker shows the same numbers as
+they come. A tracker is told every training step and every evaluation and decides what to write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .config import ConfigError
+
+LOGGERS = ("none", "tensorboard")
+
+
+class NoTracker:
+    def step(self, step: int, loss: float, bytes_sent: int) -> None:
+        pass
+
+    def evaluation(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoard(NoTracker):
+    def __init__(self, log_dir: Path, every_steps: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'splitvit[tensorboard]'") from None
+        self.writer = SummaryWriter(str(log_dir))
+        self.every = max(1, every_steps)
+
+    def step(self, step: int, loss: float, bytes_sent: int) -> None:
+        if step % self.every == 0:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/MB_sent", bytes_sent / 1e6, step)
+
+    def evaluation(self, record: dict) -> None:
+        step = record["step"]
+        for key in ("val_acc", "val_loss", "train_loss"):
+            if record.get(key) is not None:
+                self.writer.add_scalar(f"eval/{key}", record[key], step)
+        sent = record["bytes_up"] + record["bytes_down"]
+        self.writer.add_scalar("eval/MB_sent", sent / 1e6, step)
+        if record.get("baseline_bytes"):
+            self.writer.add_scalar("eval/compression_measured", sent / record["baseline_bytes"], step)
+        self.writer.add_scalar("eval/time_s", record["time_s"], step)
+        self.writer.flush()  # live: TensorBoard shows each evaluation as it lands
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def make_tracker(cfg: DictConfig, run_dir: Path) -> NoTracker:
+    logger = cfg.get("logger") or {"name": "none"}
+    if logger["name"] == "none":
+        return NoTracker()
+    if logger["name"] == "tensorboard":
+        return TensorBoard(Path(logger.get("dir") or run_dir / "tensorboard"), logger.get("every_steps", 10))
+    raise ConfigError(f"logger={logger['name']!r} is not allowed; choose one of: {', '.join(LOGGERS)}")
