@@ -140,3 +140,18 @@ def test_shell_completion_installs_for_splitvit_and_completes_after_the_subcomma
     line = "splitvit train train.max"
     r = run("-sc", "query=bash", cwd=tmp_path, env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))})
     assert "train.max_steps=" in r.stdout.split()
+
+
+def test_a_malformed_reply_is_a_link_error_with_exit_3(tmp_path, monkeypatch, capsys):
+    from splitvit.train.server import SplitServer
+    from splitvit.wire import encode
+
+    def nested_header(self, payload):  # a server that answers with a tensor of the wrong shape
+        return encode({"grad": torch.zeros(3, 3)}, {"kind": "grad", "step": "0", "loss": "1.0"})
+
+    monkeypatch.setattr(SplitServer, "handle", nested_header)
+    with pytest.raises(SystemExit) as e:
+        main(["train", *SMALL, "train.max_steps=2", f"run_dir={tmp_path}", "hydra.output_subdir=null"])
+    assert e.value.code == 3
+    err = capsys.readouterr().err
+    assert "link error" in err and "grad" in err and "train.resume=true" not in err

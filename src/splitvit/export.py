@@ -132,6 +132,9 @@ def export(client_path: Path, out: Path, server_path: Path | None = None) -> dic
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, readable as the user's files are
     os.replace(tmp, out)
     return meta
 
