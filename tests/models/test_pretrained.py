@@ -78,21 +78,39 @@ def test_hub_download_is_mocked_at_the_network_boundary(tmp_path, deit_state, mo
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     path = pretrained.hub_checkpoint("deit_tiny_patch16_224")
-    assert calls == [("timm/deit_tiny_patch16_224.fb_in1k", "model.safetensors")]
+    assert calls == [("timm/deit_tiny_patch16_224.fb_in1k", "model.safetensors")]  # found in the (mocked) cache
     model = create_model("deit_tiny_patch16_224", depth=2, num_classes=10)
     load_checkpoint(model, path)
 
 
-def test_hub_offline_gives_a_clear_message(monkeypatch):
+def test_hub_offline_gives_a_clear_message_at_once(monkeypatch):
+    import time
+
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    def offline(*a, **kw):
+    calls = []
+
+    def not_cached(*a, **kw):
+        calls.append(kw.get("local_files_only", False))
         raise LocalEntryNotFoundError("offline")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_cached)
+    monkeypatch.setattr(pretrained, "hub_reachable", lambda timeout=3.0: False)
+    t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="model.checkpoint=PATH"):
         pretrained.hub_checkpoint("deit_small_patch16_224")
+    assert calls == [True] and time.perf_counter() - t0 < 1  # the cache was asked, the network never
+
+
+def test_hub_reachability_is_a_short_tcp_check(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert pretrained.hub_reachable() is False
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    assert pretrained.hub_reachable(timeout=1) is False
 
 
 def test_hub_weights_come_from_the_cache_when_offline(tmp_path, deit_state, monkeypatch):

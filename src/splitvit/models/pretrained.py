@@ -120,13 +120,37 @@ def hub_checkpoint(name: str) -> Path:
     """Download (or find in the local cache) the ``model.safetensors`` of a preset's hub repo."""
     if name not in HUB_REPOS:
         raise ValueError(f"no pretrained weights known for {name!r}; known: {', '.join(sorted(HUB_REPOS))}. Use model.checkpoint=PATH instead")
-    from huggingface_hub import hf_hub_download
+    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    missing = RuntimeError(
+        f"could not fetch {HUB_REPOS[name]} from the Hugging Face hub and it is not in the local cache "
+        "(offline, or HF_HUB_OFFLINE=1). Download it once where you are online, or pass model.checkpoint=PATH"
+    )
+    try:  # the cache first: no network, no retries
+        return Path(huggingface_hub.hf_hub_download(HUB_REPOS[name], "model.safetensors", local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if not hub_reachable():  # offline: say so at once rather than after the client's retries
+        raise missing
     try:
-        return Path(hf_hub_download(HUB_REPOS[name], "model.safetensors"))
+        return Path(huggingface_hub.hf_hub_download(HUB_REPOS[name], "model.safetensors"))
     except LocalEntryNotFoundError as e:
-        raise RuntimeError(
-            f"could not fetch {HUB_REPOS[name]} from the Hugging Face hub and it is not in the local cache "
-            "(offline, or HF_HUB_OFFLINE=1). Download it once where you are online, or pass model.checkpoint=PATH"
-        ) from e
+        raise missing from e
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection (``HF_HUB_OFFLINE=1`` says no without asking)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
