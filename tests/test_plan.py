@@ -63,7 +63,7 @@ def test_command_line_narrows_the_sweep_and_bad_settings_are_caught(capsys):
     listed = jobs(["+experiment=paper/main_adc", "model=deit_tiny_patch16_224", "seed=0", "method.compression=0.1,0.2"])
     assert len(listed) == 2 * 2  # two datasets x the two compressions given
     assert plan(["+experiment=paper/main_adc", "method.compression=1.5"]) == 2
-    assert "method.compression" in capsys.readouterr().out
+    assert "method.compression" in capsys.readouterr().err  # errors go to stderr
 
 
 def test_paper_protocol_is_in_the_configs():

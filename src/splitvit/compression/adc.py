@@ -1,101 +1,20 @@
-"""Attention-based Double Compression (Alvetreti et al., arXiv 2509.15058).
+"""Attention-based Double Compression (Alvetreti et al., arXiv 2509.15058) as a compressor.
 
-The kernels (:func:`budgets`, :func:`cluster_mean`, :func:`merge_and_select`) are pure functions of
-tensors; :class:`ADC` wires them into a split model as a :class:`~splitvit.compression.base.Compressor`.
+The kernels (:func:`budgets`, :func:`cluster_mean`, :func:`merge_and_select`, :func:`select_tokens`)
+live in :mod:`splitvit.compression.merge`, pure functions of tensors; :class:`ADC` wires them into
+a split model as a :class:`~splitvit.compression.base.Compressor`.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
 from ..wire import Schema, TensorSpec
-from .base import ClientPacket, Compressor, ServerPacket, check_ratio, on_device
-from .kmeans import kmeans
+from .base import ClientPacket, Compressor, ServerPacket, on_device
+from .merge import FEATURES, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select, select_tokens
 
-FEATURES = ("attention", "cls", "mean")
-
-
-def budgets(B: int, N: int, batch_ratio: float, token_ratio: float) -> tuple[int, int]:
-    """Merged samples ``T = round(batch_ratio * B)`` in ``[1, B]``, kept tokens ``k = round(token_ratio * N)`` in ``[1, N]``."""
-    return min(max(round(batch_ratio * B), 1), B), min(max(round(token_ratio * N), 1), N)
-
-
-def balanced_ratios(compression: float) -> tuple[float, float]:
-    """The paper's balanced split of a target ``xi``: ``sqrt(xi)`` on samples and ``sqrt(xi)`` on tokens."""
-    r = math.sqrt(check_ratio("compression", compression))
-    return r, r
-
-
-def cluster_mean(x: torch.Tensor, assignment: torch.Tensor, T: int) -> torch.Tensor:
-    """Mean of ``x [B, ...]`` over each cluster: ``[T, ...]``. Differentiable in ``x``; clusters must be non-empty."""
-    counts = torch.bincount(assignment, minlength=T).to(x.dtype)
-    sums = torch.zeros((T, *x.shape[1:]), dtype=x.dtype, device=x.device).index_add(0, assignment, x)
-    return sums / counts.view(T, *([1] * (x.dim() - 1)))
-
-
-def merge_and_select(
-    h: torch.Tensor,
-    cls_attn: torch.Tensor,
-    batch_ratio: float,
-    token_ratio: float,
-    feature: str = "attention",
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ADC's double compression of one batch (DESIGN.md, "ADC, exactly", steps 2-3).
-
-    Args:
-        h: activations ``[B, N, D]`` after the last client block, token 0 is CLS.
-        cls_attn: CLS attention row of that block, averaged over heads, ``[B, N]``.
-        batch_ratio: ``T = round(batch_ratio * B)`` merged samples, clamped to ``[1, B]``.
-        token_ratio: ``k = round(token_ratio * N)`` kept tokens (CLS included), clamped to ``[1, N]``.
-        feature: what K-means clusters: ``attention`` (the CLS attention row, the paper's best),
-            ``cls`` (the CLS token of ``h``) or ``mean`` (the mean token of ``h``).
-        generator: seeds K-means++.
-
-    Returns:
-        z: ``[T, k, D]``, ``z[t]`` = mean of the members' ``h`` at the cluster's kept tokens;
-            differentiable in ``h``.
-        assignment: ``[B]`` long, cluster of each sample; every id in ``[0, T)`` is used.
-        token_index: ``[T, k]`` long, kept token positions in increasing order; column 0 is CLS.
-            Scores are the cluster's mean CLS attention, whatever the clustering feature.
-    """
-    if h.dim() != 3:
-        raise ValueError(f"h must be [B, N, D], got shape {tuple(h.shape)}")
-    B, N, D = h.shape
-    if cls_attn.shape != (B, N):
-        raise ValueError(f"cls_attn must be [B, N] = [{B}, {N}] to match h, got {tuple(cls_attn.shape)}")
-    if feature not in FEATURES:
-        raise ValueError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
-    T, k = budgets(B, N, check_ratio("batch_ratio", batch_ratio), check_ratio("token_ratio", token_ratio))
-
-    attn = cls_attn.detach().float()
-    if feature == "attention":
-        x = attn
-    elif feature == "cls":
-        x = h.detach()[:, 0].float()
-    else:
-        x = h.detach().float().mean(1)
-    with torch.autocast(h.device.type, enabled=False):  # K-means in float32 even under bf16 autocast
-        assignment = kmeans(x, T, generator).assignment
-
-    # token scores: the cluster's centroid in attention space; CLS is always kept
-    scores = cluster_mean(attn, assignment, T)
-    patches = scores[:, 1:].topk(k - 1, dim=1).indices.sort(dim=1).values + 1
-    token_index = torch.cat([torch.zeros(T, 1, dtype=torch.long, device=h.device), patches], dim=1)
-
-    # gather each member's kept tokens first, then average: B*k*D work instead of B*N*D
-    kept = h.gather(1, token_index[assignment].unsqueeze(-1).expand(B, k, D))
-    return cluster_mean(kept, assignment, T), assignment, token_index
-
-
-def select_tokens(h: torch.Tensor, cls_attn: torch.Tensor, token_ratio: float) -> torch.Tensor:
-    """Token selection alone, per sample by its own CLS attention: ``[B, N, D] -> [B, k, D]``."""
-    z, _, _ = merge_and_select(h, cls_attn, 1.0, token_ratio)
-    return z
-
+__all__ = ["ADC", "FEATURES", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
 
 class ADC(Compressor):
     """ADC as a compressor: merged activations and merged soft labels up, ``dL/dz`` down.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..wire import Schema, TensorSpec
+from .merge import check_ratio, select_tokens
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,12 +40,6 @@ def on_device(generator: torch.Generator, device: torch.device) -> torch.Generat
 def bits_for(compression: float) -> int:
     """Bits per value that send about ``compression`` of float32: ``round(32 * compression)`` in [1, 8]."""
     return min(max(round(32 * check_ratio("method.compression", compression)), 1), 8)
-
-
-def check_ratio(name: str, value: float) -> float:
-    if value is None or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
-    return float(value)
 
 
 @dataclass
@@ -145,8 +140,6 @@ class Compressor(ABC):
         if mode == "uncompressed":
             return {"z": self.to_wire(h)}
         if mode == "tokens":
-            from .adc import select_tokens
-
             return {"z": self.to_wire(select_tokens(h, cls_attn, self.eval_token_ratio()))}
         if mode == "compressed":
             return self.compress(h, cls_attn, training=False)[0]

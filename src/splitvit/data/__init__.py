@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageSet, Splits, batches, default_workers, eval_subset, num_batches, prepare
-from .cifar import MissingDataset, load_cifar10, load_cifar100
+from .cifar import load_cifar10, load_cifar100
+from .download import MissingDataset
 from .digits import load_digits
 from .files import FileImageSet, load_flowers102, load_food101, load_image_folder, load_imagenette
 from .subsets import ClassSpecError, parse_classes, select_classes

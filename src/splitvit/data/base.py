@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .download import MissingDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what timm's DeiT weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +48,28 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+
+class Decoded(torch.utils.data.Dataset):
+    """``(uint8 [3, size, size], label)`` per file: decoded and resized to the model input (bilinear)."""
+
+    def __init__(self, ds: FileImageSet, size: int):
+        self.ds, self.size = ds, size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.ds.paths[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+                x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        except (OSError, UnidentifiedImageError) as e:
+            raise MissingDataset(f"{path} cannot be read as an image ({e}); replace or remove it") from None
+        return x, self.ds.labels[i]
 
 
 def prepare(images: torch.Tensor, ds, size: int, channels: int,
@@ -99,8 +124,6 @@ def batches(
     if hasattr(ds, "images"):
         source = ((ds.images[idx], ds.labels[idx]) for idx in order.split(batch_size))
     else:
-        from .files import Decoded
-
         source = torch.utils.data.DataLoader(
             Decoded(ds, size), batch_size=batch_size, sampler=order.tolist(), num_workers=workers, pin_memory=pin,
         )

@@ -4,20 +4,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .base import ImageSet, Splits
+from .download import MissingDataset, download_and_unpack
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +27,6 @@ CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-class MissingDataset(FileNotFoundError):
-    """A dataset that is not where the config says; the message says where and how to get it."""
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -57,40 +49,6 @@ def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
         d = _ArraysOnly(f, encoding="bytes").load()
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-
-
-def md5(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download_archive(url: str, dest: Path, checksum: str) -> None:
-    """Fetch ``url`` to ``dest`` through a temporary file; keep it only if its md5 is ``checksum``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
-        try:
-            log.info("downloading %s", url)
-            with urllib.request.urlopen(url, timeout=60) as r:
-                shutil.copyfileobj(r, tmp)
-            tmp.close()
-            got = md5(Path(tmp.name))
-            if got != checksum:
-                raise RuntimeError(f"{url} has md5 {got}, expected {checksum}: the download is corrupt, try again")
-            Path(tmp.name).replace(dest)
-        finally:
-            Path(tmp.name).unlink(missing_ok=True)
-
-
-def download_and_unpack(root: Path, url: str, checksum: str) -> None:
-    """Fetch and md5-check an archive into ``root`` (kept, so a second call only unpacks), then unpack it there."""
-    archive = root / url.rsplit("/", 1)[-1]
-    if not (archive.is_file() and md5(archive) == checksum):
-        download_archive(url, archive, checksum)
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")  # "data": no absolute paths, links out, or devices
 
 
 def download_cifar100(root: Path, url: str | None = None, checksum: str | None = None) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, Splits
-from .cifar import MissingDataset, download_and_unpack, download_archive
+from .base import IMAGENET_MEAN, IMAGENET_STD, Decoded, Splits  # noqa: F401 - Decoded: decodes these sets
+from .download import MissingDataset, download_and_unpack, download_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -56,28 +56,6 @@ class FileImageSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-class Decoded(torch.utils.data.Dataset):
-    """``(uint8 [3, size, size], label)`` per file: decoded and resized to the model input (bilinear)."""
-
-    def __init__(self, ds: FileImageSet, size: int):
-        self.ds, self.size = ds, size
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.ds.paths[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-                x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        except (OSError, UnidentifiedImageError) as e:
-            raise MissingDataset(f"{path} cannot be read as an image ({e}); replace or remove it") from None
-        return x, self.ds.labels[i]
 
 
 def _files(folder: Path) -> list[Path]:

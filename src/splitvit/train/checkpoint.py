@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, resume_mismatch
+from .state import Progress
 
 
 def atomic_save(state: dict, path: Path) -> None:
@@ -59,8 +60,6 @@ def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> No
 
 def load_client(path: Path, cfg: DictConfig, client, compressor):
     """Restore the client's half and return the run's :class:`Progress`; refuse another experiment's checkpoint."""
-    from .loop import Progress
-
     if not path.is_file():
         raise ConfigError(f"train.resume=true but {path} does not exist; pass the run_dir of the run to resume")
     state = load_checkpoint_file(path)

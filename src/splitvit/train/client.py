@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ..compression import Compressor
 from ..link import Link, LinkModel
 from ..models import ClientModel
-from ..wire import Schema, TensorSpec, WireError, decode, encode
+from ..wire import Header, Schema, TensorSpec, expect, pack, unpack
+from .precision import autocast
 
 
 @dataclass
@@ -33,8 +34,10 @@ class Traffic:
 
 class SplitClient:
     def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 link: Link | None, num_classes: int, shaping: LinkModel | None = None, bf16: bool = False):
+                 link: Link | None, num_classes: int, shaping: LinkModel | None = None, bf16: bool = False,
+                 client_id: int = 0):
         self.model = model
+        self.client_id = client_id
         self.compressor = compressor
         self.optimizer = optimizer
         self.link = link
@@ -49,17 +52,16 @@ class SplitClient:
         with autocast(images.device, self.bf16):
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
         packet = self.compressor.client_encode(h, cls_attn, labels)  # compress
-        up = encode(packet.message, {"kind": "train", "step": str(step)})
+        up = pack(Header("train", client=self.client_id, step=step), packet.message)
         down = self.link.request(up)  # the server's forward, loss, backward and step happen there
-        reply, meta = decode(down, self.compressor.grad_schema(packet.sent))
-        if meta.get("step") != str(step):
-            raise WireError(f"reply is for step {meta.get('step')!r}, not {step}")
+        reply, header = unpack(down, self.compressor.grad_schema(packet.sent))
+        expect(header, "grad", step)
         grad = self.compressor.client_decode_grad(reply, packet)  # gradient back
         self.optimizer.zero_grad(set_to_none=True)
         packet.sent.backward(grad.to(packet.sent.device))
         self.optimizer.step()  # client step
         self.train_traffic.add(up, down)
-        return _parse_loss(meta)
+        return header.loss
 
     @torch.no_grad()
     def evaluate(self, batches, mode: str) -> tuple[float, float]:
@@ -69,24 +71,14 @@ class SplitClient:
         for images, labels in batches:
             with autocast(images.device, self.bf16):
                 h, cls_attn = self.model(images)
-            up = encode(self.compressor.eval_encode(h, cls_attn, mode), {"kind": "eval", "mode": mode})
+            up = pack(Header("eval", client=self.client_id, mode=mode), self.compressor.eval_encode(h, cls_attn, mode))
             down = self.link.request(up)
             schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
-            logits = decode(down, schema)[0]["logits"].to(labels.device)
+            reply, header = unpack(down, schema)
+            expect(header, "logits")
+            logits = reply["logits"].to(labels.device)
             self.eval_traffic.add(up, down)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
             n += labels.shape[0]
         return loss_sum / n, correct / n
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bfloat16 autocast for the ViT's matmuls when asked (``train.precision=bf16``); a no-op otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def _parse_loss(meta: dict[str, str]) -> float:
-    try:
-        return float(meta["loss"])
-    except (KeyError, ValueError):
-        raise WireError(f"reply metadata carries no valid loss: {meta!r}") from None

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from ..link import InProcessLink
 from ..models import VisionTransformer
-from .client import Traffic, autocast
+from .client import Traffic
+from .precision import autocast
 
 
 def _no_messages(payload: bytes) -> bytes:

@@ -6,9 +6,6 @@ import json
 import logging
 import math
 import time
-import uuid
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -16,18 +13,19 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..compression import NoCompression, build_compressor
+from ..compression import NoCompression
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
 from ..link import InProcessLink, LinkModel
-from ..models import create_model, hub_checkpoint, load_checkpoint, split
-from ..wire import encode
+from ..wire import Header, pack
+from .build import build_halves, build_model, build_server, make_optimizer  # noqa: F401 - the loop's builders, also for callers
 from .checkpoint import load_client, save_client
 from .client import SplitClient
 from .config import ConfigError, method_options, resolve_device, validate
 from .local import LocalTrainer
+from .server import server_digest
+from .state import Progress
 from .tracking import make_tracker
-from .server import SplitServer, server_digest
 
 log = logging.getLogger(__name__)
 
@@ -70,75 +68,23 @@ class _StopBetweenSteps:
         return False
 
 
-@dataclass
-class Progress:
-    """Everything about where a run stands; saved with every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0  # completed epochs
-    batch_in_epoch: int = 0  # batches of the current epoch already trained on
-    bytes_up: int = 0  # bytes, training messages client -> server
-    bytes_down: int = 0  # bytes, server -> client
-    baseline_up: int = 0  # what uncompressed float32 split learning would have sent for the same steps
-    baseline_down: int = 0
-    eval_bytes_up: int = 0
-    eval_bytes_down: int = 0
-    wall_s: float = 0.0
-    link_s: float = 0.0  # seconds on the modelled link (link.bandwidth_mbps), both directions
-    framing_up: int = 0  # bytes the transport (gRPC) added around the messages
-    framing_down: int = 0
-    best_val_acc: float = 0.0
-    done: bool = False
-    history: list[dict] = field(default_factory=list)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run to a remote server
+_BASELINE: dict[tuple, tuple[int, int]] = {}
 
 
-@lru_cache(maxsize=64)
-def uncompressed_bytes(batch: int, tokens: int, dim: int, num_classes: int, step_digits: int) -> tuple[int, int]:
-    """Serialised sizes (up, down) of plain split learning's messages for a batch: measured, not computed."""
-    none = NoCompression(num_classes, tokens, dim)
-    h = torch.zeros(batch, tokens, dim)
-    step = "9" * step_digits
-    up = encode(none.client_encode(h, None, torch.zeros(batch, dtype=torch.long)).message, {"kind": "train", "step": step})
-    down = encode({"grad": h}, {"kind": "grad", "step": step, "loss": repr(2.302585092994046)})
-    return len(up), len(down)
+def uncompressed_bytes(batch: int, tokens: int, dim: int, num_classes: int, step: int, loss: float) -> tuple[int, int]:
+    """Serialised sizes (up, down) of plain split learning's messages for this step: measured, not computed.
 
-
-def build_model(cfg: DictConfig, num_classes: int):
-    m = cfg.model
-    model = create_model(
-        m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
-        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-    )
-    try:
-        if m.checkpoint:
-            load_checkpoint(model, m.checkpoint, new_head=bool(m.get("new_head", False)))
-        elif m.pretrained:
-            load_checkpoint(model, hub_checkpoint(m.name))
-    except (OSError, RuntimeError, ValueError) as e:  # a missing file, no hub access, another model's weights
-        raise ConfigError(f"cannot load the model's weights: {e}") from None
-    return model
-
-
-def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
-    """Both halves and the compressor, from the seed: a remote client and server each call this and
-    get the same initial weights as one process would. Returns (client_model, server_model, compressor, vit)."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, num_classes).to(device)
-    client_model, server_model = split(model, cfg.split.index)
-    compressor = build_compressor(
-        cfg.method.name, num_classes, model.cfg.num_tokens, model.cfg.embed_dim, seed=cfg.seed,
-        wire_dtype=cfg.wire.dtype, **method_options(cfg.method),
-    )
-    compressor.client_modules.to(device)
-    compressor.server_modules.to(device)
-    return client_model, server_model, compressor, model.cfg
-
-
-def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for m in modules for p in m.parameters()]
-    kind = torch.optim.AdamW if cfg.train.get("optimizer", "adam") == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    The two messages are built as the protocol builds them, with this step's id and loss. A header's
+    length, not its values, sets a message's size, so each size is measured once per batch size and
+    length of the step id and of the loss, with the first step and loss of those lengths."""
+    key = (batch, tokens, dim, num_classes, len(str(step)), len(repr(float(loss))))
+    if key not in _BASELINE:
+        none = NoCompression(num_classes, tokens, dim)
+        h = torch.zeros(batch, tokens, dim)
+        up = pack(Header("train", step=step), none.client_encode(h, None, torch.zeros(batch, dtype=torch.long)).message)
+        down = pack(Header("grad", step=step, loss=loss), {"grad": h})
+        _BASELINE[key] = len(up), len(down)
+    return _BASELINE[key]
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
@@ -155,14 +101,6 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 def workers(cfg: DictConfig) -> int:
     n = cfg.dataset.get("workers")
     return default_workers() if n is None else n
-
-
-def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir: Path) -> SplitServer:
-    return SplitServer(
-        server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
-        max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
-        max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir, bf16=cfg.train.precision == "bf16",
-    )
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -270,7 +208,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
     budget = None
     if cfg.train.budget_epochs is not None and split:
         sizes = [min(cfg.train.batch_size, len(data.train) - i * cfg.train.batch_size) for i in range(steps_per_epoch)]
-        per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 1)) for b in sizes)
+        per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 0, 2.302585092994046)) for b in sizes)
         budget = cfg.train.budget_epochs * per_epoch  # bytes, both directions
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -358,8 +296,8 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
             losses.append(client.train_step(images, labels, p.step))
             p.step += 1
             p.batch_in_epoch += 1
-            if split:
-                up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, data.num_classes, len(str(p.step - 1)))
+            if split:  # the baseline: plain split learning's messages for this step, as the protocol builds them
+                up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, data.num_classes, p.step - 1, losses[-1])
                 p.baseline_up += up
                 p.baseline_down += down
             p.bytes_up, p.bytes_down = client.train_traffic.up, client.train_traffic.down

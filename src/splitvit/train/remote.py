@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
 from .config import ConfigError, config_diff, resolve_device, shared_config, validate
+from .build import build_halves, build_server
 from .server import SplitServer, server_digest
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ class Sessions:
         self.shared = shared_config(cfg)
 
     def __call__(self, hello) -> SplitServer:
-        from .loop import build_halves, build_server
 
         if not RUN_ID.fullmatch(hello.run_id):
             raise Refused(f"run id {hello.run_id[:40]!r} is not 32 hex digits")

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
-from ..wire import MAX_HEADER_BYTES, Schema, WireError, decode, encode
+from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, unpack
 from .checkpoint import atomic_save, load_checkpoint_file
 from .config import ConfigError
-from .client import autocast
+from .precision import autocast
 
 KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
 
@@ -66,18 +66,16 @@ class SplitServer:
         """The largest message any served schema admits: tensor data plus the largest header."""
         return max(s.max_bytes() for s in self.schemas.values()) + 8 + MAX_HEADER_BYTES
 
-    def schema_for(self, meta: dict[str, str]) -> Schema:
-        kind = meta.get("kind")
-        if kind == "eval":
-            kind = f"eval/{meta.get('mode')}"
+    def schema_for(self, header: Header) -> Schema:
+        kind = header.kind if header.kind != "eval" else f"eval/{header.mode}"
         if kind not in self.schemas:
             raise WireError(f"message kind {kind!r} is not served; expected one of {sorted(self.schemas)}")
         return self.schemas[kind]
 
     def handle(self, payload: bytes) -> bytes:
-        message, meta = decode(payload, self.schema_for)
-        if meta["kind"] == "train":
-            step = _parse_step(meta)
+        message, header = unpack(payload, self.schema_for)
+        if header.kind == "train":
+            step = header.step
             if step == self.last_step and self._last_reply is not None:
                 return self._last_reply  # a retry: the step was applied already
             if step != self.last_step + 1:
@@ -86,13 +84,13 @@ class SplitServer:
                     "resume the client from its checkpoint (train.resume=true)"
                 )
         message = {k: v.to(self.device, non_blocking=True) for k, v in message.items()}
-        if meta["kind"] == "train":
-            reply = self.train_step(message, meta)
+        if header.kind == "train":
+            reply = self.train_step(message, header)
             self.last_step, self._last_reply = step, reply
             return reply
-        return self.eval_step(message, meta["mode"])
+        return self.eval_step(message, header)
 
-    def train_step(self, message: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    def train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.train()
         packet = self.compressor.server_decode(message)
         with autocast(self.device, self.bf16):
@@ -102,14 +100,14 @@ class SplitServer:
         loss.backward()
         self.optimizer.step()
         reply = self.compressor.server_encode_grad(packet)
-        return encode(reply, {"kind": "grad", "step": meta.get("step", ""), "loss": repr(loss.item())})
+        return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
 
     @torch.no_grad()
-    def eval_step(self, message: dict[str, torch.Tensor], mode: str) -> bytes:
+    def eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.eval()
         with autocast(self.device, self.bf16):
-            logits = self.model(self.compressor.eval_decode(message, mode))
-        return encode({"logits": logits.float()}, {"kind": "logits"})
+            logits = self.model(self.compressor.eval_decode(message, header.mode))
+        return pack(Header("logits", client=header.client), {"logits": logits.float()})
 
     # -- checkpoints of the server's own half -------------------------------------------------------
     def state_dict(self) -> dict:
@@ -151,13 +149,3 @@ class SplitServer:
             self.load_state_dict(load_checkpoint_file(path, map_location=self.device))
         except ConfigError as e:
             raise ValueError(str(e)) from None
-
-
-def _parse_step(meta: dict[str, str]) -> int:
-    try:
-        step = int(meta.get("step", ""))
-    except ValueError:
-        raise WireError(f"training message carries no valid step id: {meta.get('step')!r}") from None
-    if step < 0:
-        raise WireError(f"step id must be >= 0, got {step}")
-    return step

@@ -1,0 +1,61 @@
+"""Building a run's pieces from its config: the model and its halves, the compressor, the optimizers,
+the server half. A client and a server on different machines each call these and get the same
+initial weights as one process would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from ..compression import build_compressor
+from ..models import create_model, hub_checkpoint, load_checkpoint, split
+from .config import ConfigError, method_options
+from .server import SplitServer
+
+
+def build_model(cfg: DictConfig, num_classes: int):
+    m = cfg.model
+    model = create_model(
+        m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
+        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+    )
+    try:
+        if m.checkpoint:
+            load_checkpoint(model, m.checkpoint, new_head=bool(m.get("new_head", False)))
+        elif m.pretrained:
+            load_checkpoint(model, hub_checkpoint(m.name))
+    except (OSError, RuntimeError, ValueError) as e:  # a missing file, no hub access, another model's weights
+        raise ConfigError(f"cannot load the model's weights: {e}") from None
+    return model
+
+
+def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
+    """Both halves and the compressor, from the seed: a remote client and server each call this and
+    get the same initial weights as one process would. Returns (client_model, server_model, compressor, vit)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes).to(device)
+    client_model, server_model = split(model, cfg.split.index)
+    compressor = build_compressor(
+        cfg.method.name, num_classes, model.cfg.num_tokens, model.cfg.embed_dim, seed=cfg.seed,
+        wire_dtype=cfg.wire.dtype, **method_options(cfg.method),
+    )
+    compressor.client_modules.to(device)
+    compressor.server_modules.to(device)
+    return client_model, server_model, compressor, model.cfg
+
+
+def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for m in modules for p in m.parameters()]
+    kind = torch.optim.AdamW if cfg.train.get("optimizer", "adam") == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir: Path) -> SplitServer:
+    return SplitServer(
+        server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
+        max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
+        max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir, bf16=cfg.train.precision == "bf16",
+    )

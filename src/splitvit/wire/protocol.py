@@ -1,0 +1,125 @@
+"""The messages of a split-learning run, defined once: their kinds and their header.
+
+Every message is one safetensors buffer (:mod:`splitvit.wire.codec`): the tensors, and a header of
+strings in its metadata. The header says what the message is and where it belongs:
+
+========  ======================  ===============================================================
+kind      direction               header fields besides ``kind`` and ``client``
+========  ======================  ===============================================================
+train     client -> server        ``step``: the training step it is for (applied in order, once)
+grad      server -> client        ``step`` (the same), ``loss`` (the server's, as ``repr(float)``)
+eval      client -> server        ``mode``: ``uncompressed``, ``tokens`` or ``compressed``
+logits    server -> client        (nothing more)
+weights   either way              ``step``: a model half handed on or averaged (several clients)
+control   either way              (nothing more; the transport's own calls carry control today)
+========  ======================  ===============================================================
+
+``client`` numbers the client a message is from or for (0 with one client). The client, the server
+and the baseline byte count (what uncompressed split learning would send) all build their headers
+here, so what is counted is what is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from .codec import Schema, WireError, decode, encode
+
+KINDS = ("train", "grad", "eval", "logits", "weights", "control")
+MAX_CLIENT = 1 << 20  # client ids are small numbers; a larger one is a malformed header
+
+
+@dataclass(frozen=True)
+class Header:
+    kind: str
+    client: int = 0
+    step: int | None = None
+    mode: str | None = None
+    loss: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise WireError(f"message kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind in ("train", "grad", "weights") and self.step is None:
+            raise WireError(f"a {self.kind} message needs a step")
+        if self.kind == "eval" and not self.mode:
+            raise WireError("an eval message needs a mode")
+        if self.kind == "grad" and self.loss is None:
+            raise WireError("a grad message needs the server's loss")
+
+    def meta(self) -> dict[str, str]:
+        """The header as safetensors metadata (strings only)."""
+        out = {"kind": self.kind, "client": str(self.client)}
+        if self.step is not None:
+            out["step"] = str(self.step)
+        if self.mode is not None:
+            out["mode"] = self.mode
+        if self.loss is not None:
+            out["loss"] = repr(float(self.loss))
+        return out
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, str]) -> "Header":
+        """Parse and check a received header; :class:`WireError` when it is malformed."""
+        extra = set(meta) - {"kind", "client", "step", "mode", "loss"}
+        if extra:
+            raise WireError(f"message header has unknown fields {sorted(extra)}")
+        return cls(
+            kind=meta.get("kind", ""),
+            client=_integer(meta, "client", 0, MAX_CLIENT, default=0),
+            step=_integer(meta, "step", 0, 1 << 62) if "step" in meta else None,
+            mode=meta.get("mode"),
+            loss=_number(meta, "loss") if "loss" in meta else None,
+        )
+
+
+def _integer(meta: Mapping[str, str], key: str, low: int, high: int, default: int | None = None) -> int:
+    if key not in meta and default is not None:
+        return default
+    text = meta.get(key, "")
+    if not (text.isdigit() and len(text) <= 20):  # digits only: no sign, no spaces, no 4,000-digit numbers
+        raise WireError(f"message header field {key}={text[:40]!r} is not a whole number")
+    value = int(text)
+    if not low <= value <= high:
+        raise WireError(f"message header field {key}={value} is outside [{low}, {high}]")
+    return value
+
+
+def _number(meta: Mapping[str, str], key: str) -> float:
+    text = meta[key]
+    try:
+        if len(text) > 40:
+            raise ValueError
+        return float(text)
+    except ValueError:
+        raise WireError(f"message header field {key}={text[:40]!r} is not a number") from None
+
+
+def pack(header: Header, tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """One message: ``tensors`` with ``header``. Its length is what the link carries."""
+    return encode(tensors, header.meta())
+
+
+def unpack(data: bytes, schema: Schema | Callable[[Header], Schema]) -> tuple[dict[str, torch.Tensor], Header]:
+    """Bytes -> (tensors, header), checked: the header first, then the tensors against ``schema``
+    (which may depend on the header, as a server's does on the kind)."""
+    parsed: list[Header] = []
+
+    def schema_for(meta: dict[str, str]) -> Schema:
+        parsed.append(Header.from_meta(meta))
+        return schema(parsed[0]) if callable(schema) else schema
+
+    tensors, _ = decode(data, schema_for)
+    return tensors, parsed[0]
+
+
+def expect(header: Header, kind: str, step: int | None = None) -> Header:
+    """``header`` if it is a ``kind`` message (for ``step``, when given), else :class:`WireError`."""
+    if header.kind != kind:
+        raise WireError(f"expected a {kind} message, got {header.kind}")
+    if step is not None and header.step != step:
+        raise WireError(f"reply is for step {header.step}, not {step}")
+    return header
