@@ -21,11 +21,29 @@ from pathlib import Path
 
 from splitvit.plan import jobs
 
-# cheapest and most telling first: a session that ends early has the main curve
+# the order jobs are listed in; within a seed they run cheapest first (see cost), so that a run of the
+# script that is stopped early has a point of every method rather than every point of a few
 EXPERIMENTS = (
     "main_none", "main_adc", "main_c3sl", "main_topk", "main_randtopk", "main_bottlenet", "main_quant",
     "adc_merge_only", "adc_select_only", "adc_feature", "main_fedlite", "main_lowrank",
 )
+
+
+# what a step costs against plain split learning's: ADC and C3-SL shrink the server's batch, the
+# others run the full server half on every sample
+STEP_COST = {"adc": 0.35, "c3sl": 0.35, "fedlite": 1.2}
+
+
+def cost(job: list[str]) -> float:
+    """Relative cost of a job: the epochs its byte budget buys (about 1/compression) times its step cost."""
+    opts = dict(o.split("=", 1) for o in job if "=" in o)
+    method = next((n for n in STEP_COST if f"cpu/main_{n}" in opts.get("+experiment", "")), None)
+    if "adc_" in opts.get("+experiment", ""):
+        method = "adc"
+    ratio = float(opts.get("method.compression", opts.get("method.batch_ratio", opts.get("method.token_ratio", 1.0))))
+    if "method.q" in opts:
+        ratio = 0.03 * int(opts["method.q"]) / 8 + 0.03  # FedLite: codes plus the codebook, as measured
+    return STEP_COST.get(method, 1.0) / ratio
 
 
 def main() -> int:
@@ -47,6 +65,8 @@ def main() -> int:
                 tag = "_".join(o.removeprefix("method.").replace("=", "-") for o in job
                                if o not in fixed[:2] and o not in args.overrides)
                 queue.append((job, args.out / name / tag))
+    seeds = args.seeds.split(",")
+    queue.sort(key=lambda item: (seeds.index(dict(o.split("=", 1) for o in item[0] if "=" in o)["seed"]), cost(item[0])))
     todo = [(job, d) for job, d in queue if not (d / "summary.json").is_file()]
     print(f"{len(queue)} jobs, {len(queue) - len(todo)} done already, {len(todo)} to run", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -54,6 +74,8 @@ def main() -> int:
 
     def run(item) -> int:
         job, run_dir = item
+        if (run_dir / "summary.json").is_file():  # finished meanwhile (by another run of this script)
+            return 0
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(run_dir / "stdout.log", "w") as log:

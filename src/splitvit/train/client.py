@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..compression import Compressor
 from ..link import Link, LinkModel
 from ..models import ClientModel
 from ..wire import Header, Schema, TensorSpec, expect, pack, unpack
+from .evaluation import score
 from .precision import autocast
 
 
@@ -67,18 +67,15 @@ class SplitClient:
     def evaluate(self, batches, mode: str) -> tuple[float, float]:
         """Mean loss and accuracy over ``batches``; the server only runs its blocks and the head."""
         self.model.eval()
-        loss_sum, correct, n = 0.0, 0, 0
-        for images, labels in batches:
-            with autocast(images.device, self.bf16):
-                h, cls_attn = self.model(images)
-            up = pack(Header("eval", client=self.client_id, mode=mode), self.compressor.eval_encode(h, cls_attn, mode))
-            down = self.link.request(up)
-            schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
-            reply, header = unpack(down, schema)
-            expect(header, "logits")
-            logits = reply["logits"].to(labels.device)
-            self.eval_traffic.add(up, down)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
-            n += labels.shape[0]
-        return loss_sum / n, correct / n
+        return score(self._logits(images, labels, mode) for images, labels in batches)
+
+    def _logits(self, images: torch.Tensor, labels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(images.device, self.bf16):
+            h, cls_attn = self.model(images)
+        up = pack(Header("eval", client=self.client_id, mode=mode), self.compressor.eval_encode(h, cls_attn, mode))
+        down = self.link.request(up)
+        schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
+        reply, header = unpack(down, schema)
+        expect(header, "logits")
+        self.eval_traffic.add(up, down)
+        return reply["logits"].to(labels.device), labels

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..link import InProcessLink
 from ..models import VisionTransformer
 from .client import Traffic
+from .evaluation import score
 from .precision import autocast
 
 
@@ -43,11 +44,8 @@ class LocalTrainer:
     def evaluate(self, batches, mode: str) -> tuple[float, float]:
         """Mean loss and accuracy over ``batches`` (``mode`` does not apply: nothing is compressed)."""
         self.model.eval()
-        loss_sum, correct, n = 0.0, 0, 0
-        for images, labels in batches:
-            with autocast(images.device, self.bf16):
-                logits = self.model(images).float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
-            n += labels.shape[0]
-        return loss_sum / n, correct / n
+        return score((self._logits(images), labels) for images, labels in batches)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, self.bf16):
+            return self.model(images)
