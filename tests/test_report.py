@@ -121,3 +121,23 @@ def test_report_shows_the_paper_beside_ours(tmp_path):
 
     assert "| 0.772 |" in markdown(rows)
     assert (tmp_path / "accuracy_vs_compression.png") in plots(rows, tmp_path)
+
+
+def test_many_settings_get_one_panel_per_method(tmp_path):
+    from splitvit.report import aggregate, find_runs, plots
+
+    for method, ratios in (("adc", (0.05, 0.1, 0.2, 0.5)), ("topk", (0.05, 0.1, 0.2, 0.5)), ("c3sl", (0.1, 0.2, 0.5)),
+                           ("quant", (0.125, 0.25)), ("none", (None,))):
+        for ratio in ratios:
+            name = f"{method}{ratio}"
+            fake_run(tmp_path / "runs", name, method=method, **({"method.compression": ratio} if ratio else {}))
+            curve = [{"bytes_up": b, "bytes_down": b, "val_acc": a} for b, a in ((1e6, 0.1), (2e6, 0.2))]
+            (tmp_path / "runs" / name / "metrics.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curve))
+    rows = aggregate(find_runs([str(tmp_path / "runs")]))
+    assert len(rows) == 14
+    written = plots(rows, tmp_path)
+    assert (tmp_path / "accuracy_vs_bytes.png") in written
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "accuracy_vs_bytes.png").size
+    assert h > 500  # two rows of panels (four methods, three to a row), not one crowded axis

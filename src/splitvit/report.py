@@ -336,30 +336,52 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     curve_style = {id(r): dict(color=METHOD_COLORS.get(m, "C0"), marker=MARKERS[i % len(MARKERS)],
                                ls=LINESTYLES[(i // len(MARKERS) + i) % len(LINESTYLES)])
                    for m, rs in order.items() for i, r in enumerate(rs)}
-    fig, ax = plt.subplots(figsize=(8, 4.6))
+    # many settings: one panel per method (the uncompressed baseline drawn in each), else one panel
+    methods = [m for m in order if m not in ("none", "whole")]
+    panels = methods if len(rows) > 12 and len(methods) > 1 else [None]
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols + (2.5 if panels == [None] else 0), 3.3 * nrows + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
     all_x = []
-    for r in rows:
-        curves = [run["curve"] for run in r["runs"] if run["curve"]]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        x = [statistics.fmean((c[i]["bytes_up"] + c[i]["bytes_down"]) / 1e6 for c in curves) for i in range(n)]
-        ys = [[c[i]["val_acc"] for c in curves] for i in range(n)]
-        if min(x) <= 0:
-            continue  # nothing sent (a model trained in one piece): no place on a log axis of bytes
-        st = curve_style[id(r)]
-        ax.plot(x, [statistics.fmean(y) for y in ys], color=st["color"], ls=st["ls"], marker=st["marker"], ms=3,
-                label=f"{r['method']} {r['options']}".strip())
-        if len(curves) > 1:
-            ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=st["color"], alpha=0.15, lw=0)
-        all_x += x
+    for k, method in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        shown_rows = rows if method is None else [r for r in rows if r["method"] in (method, "none")]
+        for r in shown_rows:
+            curves = [run["curve"] for run in r["runs"] if run["curve"]]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            x = [statistics.fmean((c[i]["bytes_up"] + c[i]["bytes_down"]) / 1e6 for c in curves) for i in range(n)]
+            ys = [[c[i]["val_acc"] for c in curves] for i in range(n)]
+            if min(x) <= 0:
+                continue  # nothing sent (a model trained in one piece): no place on a log axis of bytes
+            st = curve_style[id(r)]
+            label = f"{r['method']} {r['options']}".strip() if method is None else (r["options"] or r["method"])
+            ax.plot(x, [statistics.fmean(y) for y in ys], color=st["color"], ls=st["ls"], marker=st["marker"], ms=3,
+                    label=label)
+            if len(curves) > 1:
+                ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=st["color"], alpha=0.15, lw=0)
+            all_x += x
+        ax.grid(True, alpha=0.3)
+        if method is not None:
+            ax.set_title(method, fontsize=9, color=METHOD_COLORS.get(method, "k"))
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="lower right", framealpha=0.8)
+        if k % cols == 0:
+            ax.set_ylabel("test accuracy")
+        if k // cols == nrows - 1 or k + cols >= len(panels):
+            ax.set_xlabel("MB sent, both directions")
+            ax.xaxis.set_tick_params(labelbottom=True)
+    for k in range(len(panels), nrows * cols):
+        axes[k // cols][k % cols].set_visible(False)
     if all_x:
-        _log_axis(ax, all_x)
-    ax.set_xlabel("MB sent, both directions")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    _legend_outside(fig, ax)
+        _log_axis(axes[0][0], all_x)
+    if panels == [None]:
+        axes[0][0].set_title(title, fontsize=9)
+        _legend_outside(fig, axes[0][0])
+    else:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     written.append(out / "accuracy_vs_bytes.png")
     fig.savefig(written[-1], dpi=130, bbox_inches="tight")
