@@ -155,3 +155,39 @@ def test_a_malformed_reply_is_a_link_error_with_exit_3(tmp_path, monkeypatch, ca
     assert e.value.code == 3
     err = capsys.readouterr().err
     assert "link error" in err and "grad" in err and "train.resume=true" not in err
+
+
+def test_checkpoints_are_fsynced_file_and_directory(tmp_path, monkeypatch):
+    from splitvit.train.checkpoint import atomic_save
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_mode) or real(fd))
+    atomic_save({"x": torch.ones(2)}, tmp_path / "c" / "client.pt")
+    import stat
+
+    assert [stat.S_ISREG(m) for m in synced] == [True, False]  # the file's bytes, then the rename in its directory
+    assert torch.load(tmp_path / "c" / "client.pt", weights_only=True)["x"].sum() == 2
+    assert not list((tmp_path / "c").glob("*.tmp"))
+
+
+def test_a_modelled_link_shows_its_time_in_the_final_lines(tmp_path):
+    from splitvit.cli import format_summary
+    from splitvit.train import fit
+
+    from conftest import make_cfg
+
+    s = fit(make_cfg(*SMALL, "train.max_steps=2", "link.bandwidth_mbps=1", "link.latency_ms=20"), tmp_path)
+    text = format_summary(s, tmp_path)
+    assert f"{s['link_s']:.1f} s on the link" in text and "best accuracy reached at" in text and s["link_s"] > 1
+
+
+def test_license_and_citation_are_shipped():
+    import yaml
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert "Permission is hereby granted" in (root / "LICENSE").read_text()
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    titles = " ".join(r["title"] for r in cff["references"])
+    assert cff["cff-version"] and "Attention-based Double Compression" in titles and "Token Selection" in titles
