@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--jobs", type=int, default=2, help="jobs at a time (one PyTorch thread each)")
     ap.add_argument("--only", default=None, help="comma-separated experiment names (default: all)")
+    ap.add_argument("--measure", action="store_true", help="only measure finished runs that lack the final "
+                    "evaluation through the method (eval.also=[compressed]), from their last checkpoint, no training")
     ap.add_argument("overrides", nargs="*", help="more overrides for every job (a quick check: train.max_steps=3)")
     args = ap.parse_args()
     names = args.only.split(",") if args.only else EXPERIMENTS
@@ -67,18 +69,23 @@ def main() -> int:
                 queue.append((job, args.out / name / tag))
     seeds = args.seeds.split(",")
     queue.sort(key=lambda item: (seeds.index(dict(o.split("=", 1) for o in item[0] if "=" in o)["seed"]), cost(item[0])))
-    todo = [(job, d) for job, d in queue if not (d / "summary.json").is_file()]
+    if args.measure:
+        queue = [(job + ["train.resume=true", "eval.also=[compressed]"], d) for job, d in queue
+                 if (d / "summary.json").is_file() and "final_val_acc_compressed" not in (d / "summary.json").read_text()]
+        todo = queue
+    else:
+        todo = [(job, d) for job, d in queue if not (d / "summary.json").is_file()]
     print(f"{len(queue)} jobs, {len(queue) - len(todo)} done already, {len(todo)} to run", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     splitvit = str(Path(sys.executable).with_name("splitvit"))
 
     def run(item) -> int:
         job, run_dir = item
-        if (run_dir / "summary.json").is_file():  # finished meanwhile (by another run of this script)
+        if (run_dir / "summary.json").is_file() and not args.measure:  # finished meanwhile (by another run of this script)
             return 0
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        with open(run_dir / "stdout.log", "w") as log:
+        with open(run_dir / "stdout.log", "a" if args.measure else "w") as log:
             rc = subprocess.call([splitvit, "train", *job, f"run_dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT, env=env)
         print(f"{'ok ' if rc == 0 else f'rc={rc}'} {time.time() - t0:7.0f} s  {run_dir}", flush=True)
         return rc

@@ -23,7 +23,7 @@ PAPER_CSV = Path(__file__).parent / "reference" / "paper_2509.15058.csv"
 PAPER_SETTING = ("deit_tiny_patch16_224", "cifar100")  # the paper's panel when our runs are on something else
 
 # keys that cannot change what a run computes: where it is, how it shows progress, where its data lie
-IGNORED = ("seed", "run_dir", "train.progress", "train.resume", "train.checkpoint", "dataset.root",
+IGNORED = ("seed", "run_dir", "train.progress", "train.resume", "train.checkpoint", "eval.also", "dataset.root",
            "dataset.download", "dataset.workers", "link.token_file", "link.tls", "link.server", "link.listen",
            "link.insecure", "link.once")
 # the knobs that place a run along the compression axis, not on a line of its own
@@ -106,10 +106,23 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _also(rs: list[dict]) -> dict:
+    """The final model's accuracy in more evaluation modes (``eval.also``), where every run of the row has it."""
+    out = {}
+    for mode in ("uncompressed", "tokens", "compressed"):
+        values = [r.get(f"final_val_acc_{mode}") for r in rs]
+        if values and all(v is not None for v in values):
+            out[f"acc_{mode}"], out[f"acc_{mode}_sd"] = _mean_sd(values)
+    return out
+
+
 def _label(key: tuple, varying: set[str]) -> str:
     """The keys that tell this setting from the others, ``method.`` dropped: ``compression=0.1 train.batch_size=16``."""
     parts = []
+    parts_set = any(k in ("method.batch_ratio", "method.token_ratio") and v != "None" for k, v in key)
     for k, v in key:
+        if parts_set and k == "method.compression":
+            continue  # ADC: batch_ratio / token_ratio, when set, replace the balanced target
         if k in varying and k != "method.name" and not (k.startswith("method.") and v == "None"):
             parts.append(f"{k.removeprefix('method.')}={v}")
     return " ".join(parts)
@@ -154,6 +167,7 @@ def aggregate(runs: list[dict], warn=None) -> list[dict]:
             "final_acc_sd": final_sd,
             "best_acc": best,
             "best_acc_sd": best_sd,
+            **_also(rs),
             "key": key,
             "runs": rs,
         })
@@ -165,18 +179,22 @@ def aggregate(runs: list[dict], warn=None) -> list[dict]:
 
 
 COLUMNS = ["method", "options", "dataset", "model", "seeds", "target", "nominal", "measured", "bytes_up",
-           "bytes_down", "steps", "wall_s", "final_acc", "final_acc_sd", "best_acc", "best_acc_sd", "paper_acc"]
+           "bytes_down", "steps", "wall_s", "final_acc", "final_acc_sd", "best_acc", "best_acc_sd", "acc_compressed",
+           "acc_compressed_sd", "paper_acc"]
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| method | options | target | measured | MB up | MB down | steps | final acc | best acc | paper | seeds |"
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    modes = [m for m in ("uncompressed", "tokens", "compressed") if any(f"acc_{m}" in r for r in rows)]
+    head = ("| method | options | target | measured | MB up | MB down | steps | final acc | best acc | "
+            + "".join(f"final acc, {m} eval | " for m in modes) + "paper | seeds |")
+    lines = [head, "|---|---|" + "--:|" * (9 + len(modes))]
     for r in rows:
         paper = "-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}"
+        also = "".join(f"{r[f'acc_{m}']:.4f} ± {r[f'acc_{m}_sd']:.4f} | " if f"acc_{m}" in r else "- | " for m in modes)
         lines.append(
             f"| {r['method']} | {r['options'] or '-'} | {r['target']:.3f} | {r['measured']:.3f} | "
             f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | "
-            f"{r['final_acc']:.4f} ± {r['final_acc_sd']:.4f} | {r['best_acc']:.4f} ± {r['best_acc_sd']:.4f} | {paper} | {r['seeds']} |"
+            f"{r['final_acc']:.4f} ± {r['final_acc_sd']:.4f} | {r['best_acc']:.4f} ± {r['best_acc_sd']:.4f} | {also}{paper} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -186,7 +204,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in COLUMNS})
+            w.writerow({k: r.get(k) for k in COLUMNS})
 
 
 def variants(rows: list[dict]) -> dict[int, str]:

@@ -97,3 +97,16 @@ def test_tensorboard_logger_writes_live_curves(tmp_path):
     assert {"train/loss", "eval/val_acc", "eval/MB_sent"} <= set(tags)
     assert [e.step for e in events.Scalars("eval/val_acc")] == [2, 4]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_resuming_a_finished_run_measures_it_without_training(tmp_path):
+    import json
+
+    s = fit(make_cfg(*SMALL, "train.max_steps=3", "train.eval_every=2"), tmp_path)
+    again = fit(make_cfg(*SMALL, "train.max_steps=3", "train.eval_every=2", "train.resume=true", "eval.also=[compressed]"), tmp_path)
+    assert again["steps"] == s["steps"] == 3 and again["stopped_by"] == "max_steps"
+    assert again["final_val_acc"] == s["final_val_acc"] and "final_val_acc_compressed" in again
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # no new evaluation, no new step
+    # a raised cap does continue it
+    more = fit(make_cfg(*SMALL, "train.max_steps=5", "train.eval_every=2", "train.resume=true"), tmp_path)
+    assert more["steps"] == 5

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, resume_mismatch
-from .state import Progress
+from .state import CAPS, Progress
 
 
 def atomic_save(state: dict, path: Path) -> None:
@@ -71,6 +71,8 @@ def load_client(path: Path, cfg: DictConfig, client, compressor):
     compressor.load_state_dict(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
     progress = Progress(**state["progress"])
+    if not progress.caps:  # a checkpoint from before caps were recorded: its config has them
+        progress.caps = {k: state["config"].get("train", {}).get(k) for k in CAPS}
     client.train_traffic.up, client.train_traffic.down = progress.bytes_up, progress.bytes_down
     client.eval_traffic.up, client.eval_traffic.down = progress.eval_bytes_up, progress.eval_bytes_down
     return progress

@@ -162,7 +162,9 @@ def validate(cfg: DictConfig) -> None:
                           "use train.schedule=constant, or link=inprocess")
     if cfg.split.index is not None and cfg.split.index > vit.depth:
         raise ConfigError(f"split.index={cfg.split.index} must be in [1, {vit.depth}] for a model of depth {vit.depth}")
-    if cfg.eval.mode == "tokens":
+    for mode in cfg.eval.get("also") or []:
+        _choice("eval.also", mode, EVAL_MODES)
+    if "tokens" in [cfg.eval.mode, *(cfg.eval.get("also") or [])]:
         try:
             compressor.eval_token_ratio()
         except ValueError as e:

@@ -24,7 +24,7 @@ from .client import SplitClient
 from .config import ConfigError, method_options, resolve_device, validate
 from .local import LocalTrainer
 from .server import server_digest
-from .state import Progress
+from .state import CAPS, Progress
 from .tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,15 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
         total = min(total, cfg.train.max_steps)
     bar = tqdm(total=total, initial=p.step, disable=None if cfg.train.progress else True, desc="train", unit="step", dynamic_ncols=True)
     reason = stop_reason()  # a resumed run may already be done, or have new caps
+    caps = {k: cfg.train.get(k) for k in CAPS}
+    if p.done and reason is None and p.caps == caps:
+        # finished under these very caps (a budget measured by another version may differ by a few
+        # bytes): resuming it measures it again (eval.also), it does not train on
+        reason = p.stopped_by or "budget"
+        log.info(f"the run finished at step {p.step} under these caps; nothing to train")
     p.done = reason is not None
+    p.stopped_by = reason
+    p.caps = caps
     losses: list[float] = []
 
     tracker = make_tracker(cfg, run_dir)
@@ -269,6 +277,11 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
     bar.close()
 
     summary = make_summary(cfg, compressor, vit, p, reason, data)
+    if split:  # the final model measured in more ways than eval.mode (eval.also): the run is unchanged
+        for mode in cfg.eval.get("also") or []:
+            loss, acc = client.evaluate(_test_batches(cfg, data, vit, device), mode)
+            summary[f"final_val_acc_{mode}"], summary[f"final_val_loss_{mode}"] = acc, loss
+            log.info(f"final model, eval.mode={mode}: val_loss {loss:.4f} val_acc {acc:.4f}")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -280,7 +293,7 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
     warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_epoch)
     eval_every = cfg.train.get("eval_every")
     split = cfg.split.index is not None
-    reason = stop_reason()
+    reason = p.stopped_by
     while not p.done:
         t0 = time.perf_counter()
         epoch_batches = batches(
@@ -317,19 +330,24 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
                 t0 = time.perf_counter()
         reason = stop_reason()
         p.done = reason is not None
+        p.stopped_by = reason
         p.wall_s += time.perf_counter() - t0
         if p.done or not eval_every:
             evaluate_and_save()
     return reason
 
 
-def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:
-    t0 = time.perf_counter()
+def _test_batches(cfg, data, vit, device):
     subset = None
     if cfg.eval.get("max_batches") is not None:  # a quick look: a fixed random subset, the same in every run
         subset = eval_subset(data.test, cfg.eval.max_batches * cfg.eval.batch_size)
-    test = batches(data.test, cfg.eval.batch_size, vit.img_size, vit.in_chans, device=device,
+    return batches(data.test, cfg.eval.batch_size, vit.img_size, vit.in_chans, device=device,
                    workers=workers(cfg), indices=subset)
+
+
+def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:
+    t0 = time.perf_counter()
+    test = _test_batches(cfg, data, vit, device)
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
     p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+CAPS = ("epochs", "max_steps", "budget_epochs")  # train.* keys that end a run
+
 
 @dataclass
 class Progress:
@@ -26,5 +28,7 @@ class Progress:
     framing_down: int = 0
     best_val_acc: float = 0.0
     done: bool = False
+    stopped_by: str | None = None  # epochs, max_steps or budget, once done
+    caps: dict = field(default_factory=dict)  # the train.* caps the run was stopped under
     history: list[dict] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run to a remote server
