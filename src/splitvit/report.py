@@ -190,11 +190,14 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, "|---|---|" + "--:|" * (9 + len(modes))]
     for r in rows:
         paper = "-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}"
-        also = "".join(f"{r[f'acc_{m}']:.4f} ± {r[f'acc_{m}_sd']:.4f} | " if f"acc_{m}" in r else "- | " for m in modes)
+        def acc(v, sd):  # the spread over seeds, where there are seeds to spread over
+            return f"{v:.4f} ± {sd:.4f}" if r["runs_n"] > 1 else f"{v:.4f}"
+
+        also = "".join(f"{acc(r[f'acc_{m}'], r[f'acc_{m}_sd'])} | " if f"acc_{m}" in r else "- | " for m in modes)
         lines.append(
             f"| {r['method']} | {r['options'] or '-'} | {r['target']:.3f} | {r['measured']:.3f} | "
             f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | "
-            f"{r['final_acc']:.4f} ± {r['final_acc_sd']:.4f} | {r['best_acc']:.4f} ± {r['best_acc_sd']:.4f} | {also}{paper} | {r['seeds']} |"
+            f"{acc(r['final_acc'], r['final_acc_sd'])} | {acc(r['best_acc'], r['best_acc_sd'])} | {also}{paper} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -228,6 +231,14 @@ def styles_for(rows: list[dict], variant: dict[int, str]) -> dict[tuple[str, str
             styles[(method, v)] = dict(color=METHOD_COLORS.get(method, f"C{len(styles) % 10}"),
                                        marker=MARKERS[i % len(MARKERS)], ls=LINESTYLES[i % len(LINESTYLES)])
     return styles
+
+
+def _shade(color: str, i: int, n: int) -> str:
+    """The ``i``-th of ``n`` shades of a method's colour, from the colour itself towards white."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    t = 0.55 * i / max(1, n - 1) if n > 1 else 0.0
+    return to_hex(tuple(c + (1 - c) * t for c in to_rgb(color)))
 
 
 def _title(rows: list[dict]) -> str:
@@ -351,11 +362,11 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     order: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: (variant[id(r)], -r["measured"], r["options"])):
         order[r["method"]].append(r)
-    curve_style = {id(r): dict(color=METHOD_COLORS.get(m, "C0"), marker=MARKERS[i % len(MARKERS)],
+    curve_style = {id(r): dict(color=_shade(METHOD_COLORS.get(m, "#1f77b4"), i, len(rs)), marker=MARKERS[i % len(MARKERS)],
                                ls=LINESTYLES[(i // len(MARKERS) + i) % len(LINESTYLES)])
                    for m, rs in order.items() for i, r in enumerate(rs)}
     # many settings: one panel per method (the uncompressed baseline drawn in each), else one panel
-    methods = [m for m in order if m not in ("none", "whole")]
+    methods = sorted((m for m in order if m not in ("none", "whole")), key=lambda m: (m != "adc", m))
     panels = methods if len(rows) > 12 and len(methods) > 1 else [None]
     cols = min(3, len(panels))
     nrows = -(-len(panels) // cols)
@@ -385,7 +396,7 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
         if method is not None:
             ax.set_title(method, fontsize=9, color=METHOD_COLORS.get(method, "k"))
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6, loc="lower right", framealpha=0.8)
+                ax.legend(fontsize=6, loc="upper left", framealpha=0.8)  # curves rise to the right
         if k % cols == 0:
             ax.set_ylabel("test accuracy")
         if k // cols == nrows - 1 or k + cols >= len(panels):
