@@ -11,7 +11,7 @@ from splitvit.cli import main as cli
 from splitvit.export import ExportError, export
 from splitvit.models import create_model, load_checkpoint, read_metadata
 from splitvit.train import ConfigError, fit
-from splitvit.train.loop import build_halves
+from splitvit.train.build import build_halves
 
 GEOMETRY = ["model.embed_dim=64", "model.depth=3", "model.num_heads=2"]
 

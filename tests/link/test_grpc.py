@@ -19,7 +19,7 @@ import torch
 from splitvit.link.grpc import PROTOCOL, GrpcLink, LinkError, LinkServer, Security
 from splitvit.train import ConfigError, fit
 from splitvit.train.config import shared_config
-from splitvit.train.loop import build_halves
+from splitvit.train.build import build_halves
 from splitvit.train.remote import Sessions
 from splitvit.train.server import server_digest
 from splitvit.wire import encode

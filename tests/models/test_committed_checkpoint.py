@@ -31,7 +31,7 @@ def test_the_file_is_what_its_note_says():
 def test_it_loads_and_every_fine_tuning_experiment_builds_from_it():
     from hydra import compose, initialize_config_module
 
-    from splitvit.train.loop import build_halves
+    from splitvit.train.build import build_halves
 
     model = create_model("vit_nano_patch8_32", num_classes=50)
     load_checkpoint(model, FILE)

@@ -71,9 +71,9 @@ def check_keys(cfg: DictConfig) -> None:
     top, groups = known_keys()
     known = dict(top)
     for group in GROUPS:
-        option = str(OmegaConf.select(cfg, f"{group}.name" if group != "link" else "link.kind", default=""))
         if group not in cfg:
             continue
+        option = str(OmegaConf.select(cfg, f"{group}.name" if group != "link" else "link.kind", default=""))
         known.update(groups[group].get(option) or {k: v for opts in groups[group].values() for k, v in opts.items()})
     tree = OmegaConf.to_container(cfg, resolve=False)
     tree.pop("hydra", None)
@@ -81,8 +81,11 @@ def check_keys(cfg: DictConfig) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            where = ("the method's options: " + ", ".join(k.removeprefix("method.") for k in known if k.startswith("method.")
-                                                           and k != "method.name")) if key.startswith("method.") else                 "splitvit train --help lists every key"
+            if key.startswith("method."):
+                options = [k.removeprefix("method.") for k in known if k.startswith("method.") and k != "method.name"]
+                where = "the method's options: " + ", ".join(options)
+            else:
+                where = "splitvit train --help lists every key"
             raise ConfigError(f"unknown key {key}{hint} ({where})")
         default = known[key]
         want = OPTIONAL_TYPES.get(key) if default is None else type(default)
@@ -91,8 +94,6 @@ def check_keys(cfg: DictConfig) -> None:
         ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
-        if key == "dataset.classes":
-            ok = isinstance(value, (str, int, list))
         if not ok:
             raise ConfigError(f"{key}={value!r} must be {_kind(want()) if want is not None else 'set'}")
 

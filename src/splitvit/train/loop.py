@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from ..data import ClassSpecError, batches, default_workers, eval_subset, load_d
 from ..data.augment import build_augment
 from ..link import InProcessLink, LinkModel
 from ..wire import Header, pack
-from .build import build_halves, build_model, build_server, make_optimizer  # noqa: F401 - the loop's builders, also for callers
+from .build import build_halves, build_model, build_server, make_optimizer
 from .checkpoint import load_client, save_client
 from .client import SplitClient
 from .config import ConfigError, method_options, resolve_device, validate
@@ -53,16 +55,11 @@ class _StopBetweenSteps:
         log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
 
     def __enter__(self):
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc):
-        import signal
-
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
