@@ -185,9 +185,9 @@ COLUMNS = ["method", "options", "dataset", "model", "seeds", "target", "nominal"
 
 def markdown(rows: list[dict]) -> str:
     modes = [m for m in ("uncompressed", "tokens", "compressed") if any(f"acc_{m}" in r for r in rows)]
-    head = ("| method | options | target | measured | MB up | MB down | steps | final acc | best acc | "
+    head = ("| method | options | target | measured | MB up | MB down | steps | wall s | final acc | best acc | "
             + "".join(f"final acc, {m} eval | " for m in modes) + "paper | seeds |")
-    lines = [head, "|---|---|" + "--:|" * (9 + len(modes))]
+    lines = [head, "|---|---|" + "--:|" * (10 + len(modes))]
     for r in rows:
         paper = "-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}"
         def acc(v, sd):  # the spread over seeds, where there are seeds to spread over
@@ -196,7 +196,7 @@ def markdown(rows: list[dict]) -> str:
         also = "".join(f"{acc(r[f'acc_{m}'], r[f'acc_{m}_sd'])} | " if f"acc_{m}" in r else "- | " for m in modes)
         lines.append(
             f"| {r['method']} | {r['options'] or '-'} | {r['target']:.3f} | {r['measured']:.3f} | "
-            f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | "
+            f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | {r['wall_s']:,.0f} | "
             f"{acc(r['final_acc'], r['final_acc_sd'])} | {acc(r['best_acc'], r['best_acc_sd'])} | {also}{paper} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"

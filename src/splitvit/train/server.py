@@ -33,62 +33,18 @@ def server_digest(model: ServerModel, compressor: Compressor) -> str:
     return h.hexdigest()
 
 
-class SplitServer:
-    """Answers the bytes of one message with the bytes of the reply.
-
-    Training messages (``kind=train``) get one optimizer step and ``dL/d(received)`` back with the
-    loss in the metadata; evaluation messages (``kind=eval``) get logits back and change nothing.
-    A message that fails its schema raises :class:`~splitvit.wire.WireError` before any use.
-
-    Training steps are numbered from 0 and applied in order, each once: the same step sent again
-    (a client retrying after a lost reply) gets the reply it already produced, nothing is applied
-    twice, and a step out of order is refused.
+class ServerHalf:
+    """What every client of a server shares: the server blocks, their optimizer and the method's
+    server side. It turns a decoded training message into an optimizer step and the gradient back,
+    and an evaluation message into logits; it knows nothing of clients, step order or bytes.
     """
 
-    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None, bf16: bool = False):
+    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer, bf16: bool = False):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
-        eval_batch = max_eval_batch or max_batch
-        self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
-        for mode in EVAL_MODES:
-            self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
         self.device = next(model.parameters()).device
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.bf16 = bf16
-        self.last_step = -1  # the last training step applied
-        self._last_reply: bytes | None = None
-
-    @property
-    def max_message_bytes(self) -> int:
-        """The largest message any served schema admits: tensor data plus the largest header."""
-        return max(s.max_bytes() for s in self.schemas.values()) + 8 + MAX_HEADER_BYTES
-
-    def schema_for(self, header: Header) -> Schema:
-        kind = header.kind if header.kind != "eval" else f"eval/{header.mode}"
-        if kind not in self.schemas:
-            raise WireError(f"message kind {kind!r} is not served; expected one of {sorted(self.schemas)}")
-        return self.schemas[kind]
-
-    def handle(self, payload: bytes) -> bytes:
-        message, header = unpack(payload, self.schema_for)
-        if header.kind == "train":
-            step = header.step
-            if step == self.last_step and self._last_reply is not None:
-                return self._last_reply  # a retry: the step was applied already
-            if step != self.last_step + 1:
-                raise WireError(
-                    f"training step {step} is out of order: the server applied step {self.last_step} last; "
-                    "resume the client from its checkpoint (train.resume=true)"
-                )
-        message = {k: v.to(self.device, non_blocking=True) for k, v in message.items()}
-        if header.kind == "train":
-            reply = self.train_step(message, header)
-            self.last_step, self._last_reply = step, reply
-            return reply
-        return self.eval_step(message, header)
 
     def train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.train()
@@ -109,19 +65,79 @@ class SplitServer:
             logits = self.model(self.compressor.eval_decode(message, header.mode))
         return pack(Header("logits", client=header.client), {"logits": logits.float()})
 
-    # -- checkpoints of the server's own half -------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "compressor": self.compressor.state_dict(),
-            "last_step": self.last_step,
-        }
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "compressor": self.compressor.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.compressor.load_state_dict(state["compressor"])
+
+
+class Session:
+    """One client's session with a server half: what is per client. It checks each message against
+    the session's schemas, applies training steps in order and once (the same step sent again, a
+    client retrying after a lost reply, gets the reply it already produced; a step out of order is
+    refused), and names and keeps the checkpoints. A message that fails its schema raises
+    :class:`~splitvit.wire.WireError` before any use. Several sessions may share one half.
+    """
+
+    def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
+                 checkpoint_dir: str | Path | None = None, client: int = 0):
+        self.half = half
+        self.client = client
+        eval_batch = max_eval_batch or max_batch
+        compressor = half.compressor
+        self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
+        for mode in EVAL_MODES:
+            self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.last_step = -1  # the last training step applied
+        self._last_reply: bytes | None = None
+
+    # the shared half's parts, for callers that set its learning rate or read its weights
+    model = property(lambda self: self.half.model)
+    optimizer = property(lambda self: self.half.optimizer)
+    compressor = property(lambda self: self.half.compressor)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message any served schema admits: tensor data plus the largest header."""
+        return max(s.max_bytes() for s in self.schemas.values()) + 8 + MAX_HEADER_BYTES
+
+    def schema_for(self, header: Header) -> Schema:
+        kind = header.kind if header.kind != "eval" else f"eval/{header.mode}"
+        if kind not in self.schemas:
+            raise WireError(f"message kind {kind!r} is not served; expected one of {sorted(self.schemas)}")
+        if header.client != self.client:
+            raise WireError(f"message from client {header.client} reached the session of client {self.client}")
+        return self.schemas[kind]
+
+    def handle(self, payload: bytes) -> bytes:
+        message, header = unpack(payload, self.schema_for)
+        if header.kind == "train":
+            step = header.step
+            if step == self.last_step and self._last_reply is not None:
+                return self._last_reply  # a retry: the step was applied already
+            if step != self.last_step + 1:
+                raise WireError(
+                    f"training step {step} is out of order: the server applied step {self.last_step} last; "
+                    "resume the client from its checkpoint (train.resume=true)"
+                )
+        message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
+        if header.kind == "train":
+            reply = self.half.train_step(message, header)
+            self.last_step, self._last_reply = step, reply
+            return reply
+        return self.half.eval_step(message, header)
+
+    # -- checkpoints of the server's own half -------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {**self.half.state_dict(), "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.half.load_state_dict(state)
         self.last_step, self._last_reply = state["last_step"], None
 
     def _path(self, steps: int) -> Path:
@@ -146,6 +162,16 @@ class SplitServer:
             have = sorted(p.name for p in self.checkpoint_dir.glob("server-*.pt"))
             raise ValueError(f"the server has no checkpoint after {steps} steps in {self.checkpoint_dir} (it has: {have or 'none'})")
         try:
-            self.load_state_dict(load_checkpoint_file(path, map_location=self.device))
+            self.load_state_dict(load_checkpoint_file(path, map_location=self.half.device))
         except ConfigError as e:
             raise ValueError(str(e)) from None
+
+
+class SplitServer(Session):
+    """A server half with its one client's session: the single-client server, as one call."""
+
+    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
+                 max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
+                 checkpoint_dir: str | Path | None = None, bf16: bool = False):
+        super().__init__(ServerHalf(model, compressor, optimizer, bf16), max_batch, num_tokens, dim,
+                         max_eval_batch=max_eval_batch, checkpoint_dir=checkpoint_dir)
