@@ -46,3 +46,12 @@ def test_a_session_refuses_another_clients_messages():
     with pytest.raises(WireError, match="client 1 reached the session of client 0"):
         s0.handle(train_message(client, none, 1, 0, seed=1))
     assert s0.last_step == -1
+
+
+def test_a_step_sent_again_with_other_content_is_refused():
+    client, none, half, (s0, _) = setup()
+    s0.handle(train_message(client, none, 0, 0, seed=1))
+    weights = half.model.head.weight.clone()
+    with pytest.raises(WireError, match="sent again with different content"):
+        s0.handle(train_message(client, none, 0, 0, seed=9))
+    assert torch.equal(half.model.head.weight, weights) and s0.last_step == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 from pathlib import Path
 
 import torch
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
-from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, unpack
+from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
 from .checkpoint import atomic_save, load_checkpoint_file
 from .config import ConfigError
 from .precision import autocast
@@ -31,6 +33,16 @@ def server_digest(model: ServerModel, compressor: Compressor) -> str:
             h.update(name.encode())
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def content_digest(payload: bytes) -> bytes:
+    """SHA-256 of what a message says: its header in a canonical order, then its tensor bytes.
+    (safetensors writes the metadata in no fixed order, so the same message can differ in its bytes.)"""
+    header, meta = read_header(payload)
+    (n,) = struct.unpack("<Q", payload[:8])
+    h = hashlib.sha256(json.dumps([header, meta], sort_keys=True).encode())
+    h.update(memoryview(payload)[8 + n:])
+    return h.digest()
 
 
 class ServerHalf:
@@ -95,6 +107,7 @@ class Session:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.last_step = -1  # the last training step applied
         self._last_reply: bytes | None = None
+        self._last_digest: bytes | None = None  # of the message that step came in: a retry must be the same
 
     # the shared half's parts, for callers that set its learning rate or read its weights
     model = property(lambda self: self.half.model)
@@ -118,7 +131,11 @@ class Session:
         message, header = unpack(payload, self.schema_for)
         if header.kind == "train":
             step = header.step
+            digest = content_digest(payload)
             if step == self.last_step and self._last_reply is not None:
+                if digest != self._last_digest:
+                    raise WireError(f"training step {step} was sent again with different content; a retry must "
+                                    "resend the same message (a second client with this client's id?)")
                 return self._last_reply  # a retry: the step was applied already
             if step != self.last_step + 1:
                 raise WireError(
@@ -128,7 +145,7 @@ class Session:
         message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
         if header.kind == "train":
             reply = self.half.train_step(message, header)
-            self.last_step, self._last_reply = step, reply
+            self.last_step, self._last_reply, self._last_digest = step, reply, digest
             return reply
         return self.half.eval_step(message, header)
 
