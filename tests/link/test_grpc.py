@@ -335,3 +335,28 @@ def test_listen_address_is_checked_and_a_taken_port_refused(tmp_path):
             LinkServer(Sessions(cfg, tmp_path), first.address, security)
     finally:
         first.stop()
+
+
+def test_the_client_refuses_an_oversized_reply_as_it_arrives():
+    """A hostile server streams chunk after chunk: the client stops at its own bound, not the server's."""
+    from splitvit.link.grpc import GrpcLink, LinkError, Security
+
+    link = GrpcLink("127.0.0.1:9", Security(insecure=True), max_reply_bytes=3 * 1024, retries=0)
+    sent = []
+
+    class Endless:
+        cancelled = False
+
+        def __iter__(self):
+            for i in range(600):
+                sent.append(i)
+                yield type("Chunk", (), {"data": b"x" * 1024, "ByteSize": lambda self: 1024})()
+
+        def cancel(self):
+            Endless.cancelled = True
+
+    link._exchange = lambda *a, **kw: Endless()
+    with pytest.raises(LinkError, match="exceeds 3072 bytes"):
+        link.request(b"hello")
+    assert len(sent) == 4 and Endless.cancelled  # the fourth kilobyte was the last one read
+    link.close()

@@ -297,7 +297,8 @@ class GrpcLink:
     """
 
     def __init__(self, target: str, security: Security, *, chunk_bytes: int = CHUNK_BYTES, timeout_s: float = 120.0,
-                 retries: int = 5, backoff_s: float = 0.5, connect_timeout_s: float = 60.0):
+                 retries: int = 5, backoff_s: float = 0.5, connect_timeout_s: float = 60.0,
+                 max_reply_bytes: int | None = None):
         security.check("client")
         options = _options(chunk_bytes)
         if security.server_name:
@@ -310,6 +311,8 @@ class GrpcLink:
         self.timeout_s, self.retries, self.backoff_s, self.connect_timeout_s = timeout_s, retries, backoff_s, connect_timeout_s
         self.session_id = ""
         self.max_message_bytes = 0
+        # the largest reply this client will take, from its own schemas: a server's word is not enough
+        self.max_reply_bytes = max_reply_bytes
         self.framing_up = self.framing_down = 0  # bytes, gRPC and protobuf framing around the wire messages
         self.retried = 0
         m = f"/{SERVICE}/"
@@ -364,7 +367,16 @@ class GrpcLink:
 
         def once() -> tuple[bytes, int, int]:
             up = list(_chunks(payload, self.chunk_bytes))
-            down = list(self._exchange(iter(up), timeout=self.timeout_s, metadata=self._metadata()))
+            stream = self._exchange(iter(up), timeout=self.timeout_s, metadata=self._metadata())
+            down, size = [], 0
+            for chunk in stream:  # the bound is enforced as the chunks arrive, not after buffering them all
+                size += len(chunk.data)
+                if self.max_reply_bytes is not None and size > self.max_reply_bytes:
+                    if hasattr(stream, "cancel"):
+                        stream.cancel()
+                    raise LinkError(f"the server's reply exceeds {self.max_reply_bytes} bytes, more than any reply "
+                                    "this client's config admits; refused (a misconfigured or hostile server)")
+                down.append(chunk)
             return b"".join(c.data for c in down), sum(map(_overhead, up)), sum(map(_overhead, down))
 
         reply, framing_up, framing_down = self._call("step", once)

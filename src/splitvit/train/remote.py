@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -178,6 +179,7 @@ def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: 
         link = ClientLink(
             target, security, chunk_bytes=chunk_bytes(link_cfg), timeout_s=float(link_cfg.timeout_s),
             retries=int(link_cfg.retries), connect_timeout_s=float(link_cfg.connect_timeout_s),
+            max_reply_bytes=max_reply_bytes(cfg, num_classes),
         )
     except ValueError as e:
         if local is not None:
@@ -192,6 +194,21 @@ def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: 
         raise
     log.info("connected to %s (session %s; %s)", target, welcome.session_id, welcome.note)
     return link
+
+
+def max_reply_bytes(cfg: DictConfig, num_classes: int) -> int:
+    """The largest reply a server can owe this client: a float32 gradient as large as uncompressed
+    activations of a training batch (no method sends back more), or the logits of an evaluation
+    batch, plus the largest header."""
+    from ..models import PRESETS
+    from ..wire import MAX_HEADER_BYTES
+
+    m = cfg.model
+    geometry = {k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m.get(k) is not None}
+    vit = replace(PRESETS[m.name], **geometry)
+    grad = cfg.train.batch_size * vit.num_tokens * vit.embed_dim * 4
+    logits = cfg.eval.batch_size * num_classes * 4
+    return max(grad, logits) + 8 + MAX_HEADER_BYTES
 
 
 def _exit_with_parent(parent: int) -> None:
