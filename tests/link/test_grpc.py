@@ -360,3 +360,30 @@ def test_the_client_refuses_an_oversized_reply_as_it_arrives():
         link.request(b"hello")
     assert len(sent) == 4 and Endless.cancelled  # the fourth kilobyte was the last one read
     link.close()
+
+
+@pytest.mark.parametrize("config_json, num_classes, words", [
+    ("[" * 5000 + "]" * 5000, 10, "not valid JSON"),                            # deep nesting
+    ("{" + '"a":{' * 3000 + "}" * 3001, 10, "not valid JSON|characters"),
+    (json.dumps({f"k{i}": i for i in range(30_000)}), 10, "larger than max|characters"),  # 30,000 keys
+    ('{"a": {"b": 1}}', 10, "flat JSON object"),
+    ("{}", 10_000_000, "num_classes"),                                           # a head of ten million classes
+    (json.dumps({f"k{i}": i for i in range(1500)}), 10, "characters"),           # under gRPC's limit, over ours
+])
+def test_hostile_handshakes_are_refused_cheaply_and_clearly(served, config_json, num_classes, words):
+    from splitvit.link import splitvit_pb2 as pb
+    from splitvit.link.grpc import PROTOCOL
+
+    cfg, server, digest, *_ = served
+    link = GrpcLink(server.address, Security(insecure=True, token=TOKEN), retries=0, connect_timeout_s=1)
+    if words == "num_classes":
+        from splitvit.train.config import shared_config
+
+        config_json = json.dumps(shared_config(cfg))
+    hello = pb.Hello(protocol=PROTOCOL, run_id="b" * 32, config_json=config_json, num_classes=num_classes,
+                     init_digest=digest)
+    t0 = time.perf_counter()
+    with pytest.raises(Exception, match=words) as e:
+        link._handshake(hello, timeout=10, metadata=[("authorization", f"Bearer {TOKEN}")])
+    assert time.perf_counter() - t0 < 2 and len(str(e.value)) < 2000
+    link.close()

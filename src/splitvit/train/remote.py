@@ -28,6 +28,8 @@ from .server import SplitServer, server_digest
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # names a directory on the server: nothing else is accepted
+MAX_CONFIG_CHARS = 16_384  # a handshake's shared config is a few hundred characters
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a head for more is memory a client could make the server spend
 
 
 def security_from(link: DictConfig) -> Security:
@@ -64,18 +66,24 @@ class Sessions:
 
         if not RUN_ID.fullmatch(hello.run_id):
             raise Refused(f"run id {hello.run_id[:40]!r} is not 32 hex digits")
+        # the cheap checks first: nothing is built for a client that is refused
+        if len(hello.config_json) > MAX_CONFIG_CHARS:
+            raise Refused(f"the client's config is {len(hello.config_json)} characters; a config of shared keys "
+                          f"is a few hundred (limit {MAX_CONFIG_CHARS})")
         try:
             theirs = json.loads(hello.config_json)
-        except ValueError:
-            raise Refused("the client's config is not valid JSON") from None
-        if not isinstance(theirs, dict):
-            raise Refused("the client's config must be a JSON object of shared keys")
+        except (ValueError, RecursionError):
+            raise Refused("the client's config is not valid JSON of shared keys") from None
+        if not isinstance(theirs, dict) or not all(isinstance(v, (str, int, float, bool, type(None), list))
+                                                   for v in theirs.values()):
+            raise Refused("the client's config must be a flat JSON object of shared keys")
         diff = config_diff(self.shared, theirs)
         if diff:
+            shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise Refused("the client's config differs from the server's; start both with the same overrides. "
-                          "Differing keys: " + "; ".join(diff))
-        if not 2 <= hello.num_classes <= 1_000_000:
-            raise Refused(f"num_classes={hello.num_classes} is not in [2, 1000000]")
+                          "Differing keys: " + shown)
+        if not 2 <= hello.num_classes <= MAX_CLASSES:
+            raise Refused(f"num_classes={hello.num_classes} is not in [2, {MAX_CLASSES}]")
         _, server_model, compressor, vit = build_halves(self.cfg, hello.num_classes, self.device)
         if server_digest(server_model, compressor) != hello.init_digest:
             raise Refused("the client's initial weights of the server half differ from the server's: give both sides "
