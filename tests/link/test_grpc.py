@@ -387,3 +387,35 @@ def test_hostile_handshakes_are_refused_cheaply_and_clearly(served, config_json,
         link._handshake(hello, timeout=10, metadata=[("authorization", f"Bearer {TOKEN}")])
     assert time.perf_counter() - t0 < 2 and len(str(e.value)) < 2000
     link.close()
+
+
+def test_calls_without_the_token_are_refused_before_their_body_and_hold_no_worker(served):
+    """Held-open calls without the token (headers sent, body never) must not take the server's workers."""
+    import threading
+
+    import grpc
+
+    from splitvit.link import splitvit_pb2 as pb
+
+    cfg, server, digest, compressor, vit = served
+    link = GrpcLink(server.address, Security(insecure=True, token="wrong"), retries=0, connect_timeout_s=1)
+    release = threading.Event()
+
+    def never():  # a request stream that sends nothing until released
+        release.wait(20)
+        yield pb.Chunk(data=b"x")
+
+    from splitvit.link.grpc import SERVICE
+
+    # half-open handshakes: headers sent, the request body never (as a peer without the token can do)
+    handshake = link.channel.stream_unary(f"/{SERVICE}/Handshake", request_serializer=pb.Chunk.SerializeToString,
+                                          response_deserializer=pb.Welcome.FromString)
+    calls = [handshake.future(never(), timeout=20, metadata=[("authorization", "Bearer wrong")]) for _ in range(8)]
+    codes = [c.exception(timeout=5).code() for c in calls]  # refused at once, not after the body or the timeout
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 8
+    t0 = time.perf_counter()
+    good = client(served)  # a real client still gets in and trains, at once
+    good.request(train_message(compressor, vit, 0))
+    assert time.perf_counter() - t0 < 5
+    release.set()
+    link.close()

@@ -248,6 +248,25 @@ def _handler(service: _Service) -> grpc.GenericRpcHandler:
     })
 
 
+class _TokenFirst(grpc.ServerInterceptor):
+    """Refuse a call without the token from its headers alone, before its body is read: a peer without
+    the token cannot hold a worker thread by sending headers and then nothing."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        got = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(got.encode(), self.expected):
+            return continuation(handler_call_details)
+
+        def refuse(request_iterator, context):  # a streaming handler: called at once, the body never read
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "wrong or missing token: set SPLITVIT_TOKEN (or link.token_file) to the server's token")
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
 class LinkServer:
     """A gRPC server for split-learning sessions. ``open_session(hello)`` builds the server half.
 
@@ -265,7 +284,9 @@ class LinkServer:
         self.service = _Service(open_session, security, chunk_bytes, idle_timeout_s, once, self.stop_event)
         # no SO_REUSEPORT: a second server on a taken port must fail, not silently share the clients
         options = [*_options(chunk_bytes), ("grpc.so_reuseport", 0)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        interceptors = [_TokenFirst(security.token)] if security.token else []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                                  interceptors=interceptors)
         self.server.add_generic_rpc_handlers((_handler(self.service),))
         creds = security.server_credentials()
         try:
