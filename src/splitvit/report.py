@@ -348,8 +348,8 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
         pax.set_title("the paper: ImageNet DeiT-Tiny on CIFAR-100, 10 epochs of bytes", fontsize=9)
         pax.grid(True, alpha=0.3)
         _legend_outside(fig, pax)
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, labels, fontsize=6.5, loc="lower right", ncol=1, framealpha=0.85)
+        handles, labels = ax.get_legend_handles_labels()  # below the axes: no point hidden under it
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, frameon=False)
     else:
         _legend_outside(fig, ax)
     fig.tight_layout()
