@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from splitvit.compression import METHODS, build_compressor
-from splitvit.link import InProcessLink
+from splitvit.link import CountBytes, Exchange, InProcessLink
 from splitvit.models import create_model, split
 from splitvit.train import SplitClient, SplitServer
+from splitvit.train.state import Progress
 from splitvit.wire import WireError, encode
 
 
@@ -28,7 +29,9 @@ def build(method, B=16, **opts):
     c = build_compressor(method, 10, 65, 32, **opts)
     server = SplitServer(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-3), B, 65, 32)
     link = RecordingLink(server.handle)
-    client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-3), link, 10)
+    client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-3), None, 10)
+    client.progress = Progress()
+    client.exchange = Exchange(link, [CountBytes(client.progress)])
     return model, client, server, link
 
 
@@ -41,8 +44,8 @@ def test_bytes_counted_are_the_serialised_sizes(method, opts):
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
     for step in range(3):
         client.train_step(x, y, step)
-    assert client.train_traffic.up == sum(u for u, _ in link.sizes)
-    assert client.train_traffic.down == sum(d for _, d in link.sizes)
+    assert client.progress.bytes_up == sum(u for u, _ in link.sizes)
+    assert client.progress.bytes_down == sum(d for _, d in link.sizes)
     # and a message is its tensors' raw bytes plus a small JSON header, nothing more
     h, a = client.model(x)
     packet = client.compressor.client_encode(h, a, y)
@@ -57,11 +60,11 @@ def test_adc_sends_about_xi_of_plain_split_learning():
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
     none_client.train_step(x, y, 0)
     adc_client.train_step(x, y, 0)
-    ratio = adc_client.train_traffic.up / none_client.train_traffic.up
+    ratio = adc_client.progress.bytes_up / none_client.progress.bytes_up
     nominal = adc_client.compressor.nominal_ratio(16, 65, 32)  # T=5 of 16, k=21 of 65
     assert nominal == pytest.approx(5 / 16 * 21 / 65)
     assert nominal < ratio < nominal * 1.1  # the labels and headers cost a little
-    down = adc_client.train_traffic.down / none_client.train_traffic.down
+    down = adc_client.progress.bytes_down / none_client.progress.bytes_down
     assert nominal < down < nominal * 1.1  # the gradient comes back compressed too
 
 

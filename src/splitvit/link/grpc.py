@@ -334,7 +334,7 @@ class GrpcLink:
         self.max_message_bytes = 0
         # the largest reply this client will take, from its own schemas: a server's word is not enough
         self.max_reply_bytes = max_reply_bytes
-        self.framing_up = self.framing_down = 0  # bytes, gRPC and protobuf framing around the wire messages
+        self.last_framing = (0, 0)  # bytes, gRPC and protobuf framing around the last request and its reply
         self.retried = 0
         m = f"/{SERVICE}/"
         self._handshake = self.channel.unary_unary(m + "Handshake", request_serializer=pb.Hello.SerializeToString,
@@ -401,8 +401,7 @@ class GrpcLink:
             return b"".join(c.data for c in down), sum(map(_overhead, up)), sum(map(_overhead, down))
 
         reply, framing_up, framing_down = self._call("step", once)
-        self.framing_up += framing_up
-        self.framing_down += framing_down
+        self.last_framing = (framing_up, framing_down)
         return reply
 
     def checkpoint(self, steps: int) -> None:

@@ -6,8 +6,7 @@ from typing import Callable, Protocol
 
 
 class Link(Protocol):
-    framing_up: int  # bytes the transport adds around the wire messages (0 in process)
-    framing_down: int
+    last_framing: tuple[int, int]  # bytes the transport added around the last request and its reply
 
     def request(self, payload: bytes) -> bytes:
         """Send one message to the server, return its reply."""
@@ -26,7 +25,7 @@ class InProcessLink:
     would carry, and the server decodes (and checks) exactly what it would decode remotely.
     """
 
-    framing_up = framing_down = 0
+    last_framing = (0, 0)
 
     def __init__(self, handler: Callable[[bytes], bytes], checkpoint: Callable[[int], object] | None = None):
         self.handler = handler

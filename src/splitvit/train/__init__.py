@@ -1,8 +1,8 @@
 """The training loop, the two halves of a step, checkpoints and config checks."""
 
-from .client import SplitClient, Traffic
+from .client import SplitClient
 from .config import ConfigError, validate
 from .loop import fit
 from .server import SplitServer, soft_cross_entropy
 
-__all__ = ["ConfigError", "SplitClient", "SplitServer", "Traffic", "fit", "soft_cross_entropy", "validate"]
+__all__ = ["ConfigError", "SplitClient", "SplitServer", "fit", "soft_cross_entropy", "validate"]

@@ -70,9 +70,7 @@ def load_client(path: Path, cfg: DictConfig, client, compressor):
     client.optimizer.load_state_dict(state["client_optimizer"])
     compressor.load_state_dict(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
-    progress = Progress(**state["progress"])
+    progress = Progress.from_state(state["progress"])
     if not progress.caps:  # a checkpoint from before caps were recorded: its config has them
         progress.caps = {k: state["config"].get("train", {}).get(k) for k in CAPS}
-    client.train_traffic.up, client.train_traffic.down = progress.bytes_up, progress.bytes_down
-    client.eval_traffic.up, client.eval_traffic.down = progress.eval_bytes_up, progress.eval_bytes_down
     return progress

@@ -1,7 +1,7 @@
 """The whole model in one piece (``split.index=null``): pretraining, or fine-tuning without a split.
 
 :class:`LocalTrainer` has the interface of :class:`~splitvit.train.client.SplitClient` (``train_step``,
-``evaluate``, the traffic counters, a link), so the loop, the checkpoints and the run files are the
+``evaluate``, an exchange path), so the loop, the checkpoints and the run files are the
 same for both; nothing crosses a link, so every byte count stays 0.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..link import InProcessLink
+from ..link import Exchange, InProcessLink
 from ..models import VisionTransformer
-from .client import Traffic
 from .evaluation import score
 from .precision import autocast
 
@@ -26,9 +25,7 @@ class LocalTrainer:
         self.model = model
         self.optimizer = optimizer
         self.bf16 = bf16
-        self.train_traffic = Traffic()
-        self.eval_traffic = Traffic()
-        self.link = InProcessLink(_no_messages)
+        self.exchange = Exchange(InProcessLink(_no_messages))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         self.model.train()

@@ -18,7 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..compression import NoCompression
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
-from ..link import InProcessLink, LinkModel
+from ..link import Exchange, InProcessLink, LinkModel, standard_mods
 from ..wire import Header, pack
 from .build import build_halves, build_model, build_server, make_optimizer
 from .checkpoint import load_client, save_client
@@ -133,13 +133,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         log.warning(f"warning: {w}")
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
-        None, data.num_classes, shaping, bf16=cfg.train.precision == "bf16",
+        None, data.num_classes, bf16=cfg.train.precision == "bf16",
     )
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
     if cfg.train.resume:
         p = load_client(ckpt, cfg, client, compressor)
-        client.train_traffic.link_s = p.link_s
         log.info("resumed from %s at step %d", ckpt, p.step)
     if cfg.link.kind == "inprocess":
         server = build_server(cfg, server_model, compressor, vit, run_dir / "checkpoints")
@@ -154,13 +153,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
 
         link = connect(cfg, run_dir, p, data.num_classes, server_digest(server_model, compressor))
         del server_model  # it lives on the server; this copy only proved both sides start alike
-    link.framing_up, link.framing_down = p.framing_up, p.framing_down  # a resumed run's count goes on
-    client.link = link
+    client.exchange = Exchange(link, standard_mods(p, shaping))  # the mods count into the run's ledger, p
     optimizers = [client.optimizer] + ([server.optimizer] if cfg.link.kind == "inprocess" else [])
     try:
         summary = _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
     finally:
-        link.close()
+        client.exchange.close()
     if warnings:
         summary["warnings"] = warnings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -249,7 +247,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
             f.write(json.dumps(record) + "\n")
         keep = cfg.train.get("checkpoint", "every_eval")
         if keep == "every_eval" or (keep == "last" and stop_reason() is not None):
-            client.link.checkpoint(p.step)  # the server saves its half first: it keeps the one before too
+            client.exchange.checkpoint(p.step)  # the server saves its half first: it keeps the one before too
             save_client(ckpt, cfg, client, compressor, p)
         train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         with logging_redirect_tqdm():  # the line above the progress bar, and in splitvit.log
@@ -265,7 +263,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
                            stop_reason, evaluate_and_save, interrupt, bar, tracker)
         except Interrupted:
             if cfg.train.get("checkpoint", "every_eval") != "none":
-                client.link.checkpoint(p.step)
+                client.exchange.checkpoint(p.step)
                 save_client(ckpt, cfg, client, compressor, p)
             bar.close()
             raise Interrupted(p.step, cfg.train.get("checkpoint", "every_eval") != "none") from None
@@ -310,7 +308,6 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
                 up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, data.num_classes, p.step - 1, losses[-1])
                 p.baseline_up += up
                 p.baseline_down += down
-            p.bytes_up, p.bytes_down = client.train_traffic.up, client.train_traffic.down
             if p.batch_in_epoch == steps_per_epoch:
                 p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             tracker.step(p.step, losses[-1], p.bytes_up + p.bytes_down)
@@ -347,9 +344,6 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
     test = _test_batches(cfg, data, vit, device)
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
-    p.eval_bytes_up, p.eval_bytes_down = client.eval_traffic.up, client.eval_traffic.down
-    p.link_s = client.train_traffic.link_s
-    p.framing_up, p.framing_down = client.link.framing_up, client.link.framing_down
     p.best_val_acc = max(p.best_val_acc, val_acc)
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
     return {
