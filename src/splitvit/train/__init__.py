@@ -2,7 +2,7 @@
 
 from .client import SplitClient
 from .config import ConfigError, validate
-from .loop import fit
+from .run import fit
 from .server import SplitServer, soft_cross_entropy
 
 __all__ = ["ConfigError", "SplitClient", "SplitServer", "fit", "soft_cross_entropy", "validate"]

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_compressor
 from ..data import DATASETS, NORMALIZATIONS
+from ..data.partition import PARTITIONS
 from ..data.augment import AUGMENTATIONS
 from ..models import PRESETS
 
@@ -22,6 +23,7 @@ PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("every_eval", "last", "none")
+SCHEMES = ("sequential", "splitfed_v1", "splitfed_v2")
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,7 @@ OPTIONAL_TYPES = {
     "dataset.workers": int, "method.batch_ratio": float, "method.token_ratio": float, "method.R": int,
     "method.bits": int, "method.rank": int, "model.img_size": int, "model.patch_size": int, "model.embed_dim": int,
     "model.depth": int, "model.num_heads": int, "link.bandwidth_mbps": float, "link.downlink_mbps": float,
+    "clients.rounds": int, "clients.local_steps": int,
 }
 
 
@@ -170,8 +173,29 @@ def validate(cfg: DictConfig) -> None:
             compressor.eval_token_ratio()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    _check_clients(cfg)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+
+
+def _check_clients(cfg: DictConfig) -> None:
+    c = cfg.get("clients")
+    if c is None:
+        return
+    _at_least("clients.num", c.num, 1)
+    _choice("clients.scheme", c.scheme, SCHEMES)
+    _choice("clients.partition", c.partition, PARTITIONS)
+    _at_least("clients.alpha", c.alpha, 1e-9)
+    _at_least("clients.shards_per_client", c.shards_per_client, 1)
+    _at_least("clients.min_samples", c.min_samples, 1)
+    _at_least("clients.rounds", c.rounds, 1, optional=True)
+    _at_least("clients.local_steps", c.local_steps, 1, optional=True)
+    if not 0 < c.fraction <= 1:
+        raise ConfigError(f"clients.fraction={c.fraction!r} must be in (0, 1]: the share of clients in each round")
+    if not 0 <= c.id < c.num:
+        raise ConfigError(f"clients.id={c.id!r} must be in [0, {c.num - 1}] for clients.num={c.num}")
+    if c.num > 1 and cfg.split.index is None:
+        raise ConfigError("several clients need a split model; set split.index (or clients.num=1)")
 
 
 def _full_key(message: str) -> str:
@@ -190,14 +214,17 @@ def resolve_device(name: str) -> torch.device:
 
 # keys whose change would make a resumed run a different experiment
 RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
-               "train.optimizer", "train.schedule", "train.warmup_epochs", "wire")
+               "train.optimizer", "train.schedule", "train.warmup_epochs", "wire", "clients.num", "clients.scheme",
+               "clients.partition", "clients.alpha", "clients.shards_per_client", "clients.min_samples",
+               "clients.local_steps", "clients.fraction")
 # keys client and server must agree on: what each half is, and how the messages between them look
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
     "seed", "method", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
     "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay", "train.optimizer",
     "train.schedule", "train.precision",
-    "eval.batch_size", "wire",
+    "eval.batch_size", "wire", "clients.num", "clients.scheme", "clients.partition", "clients.alpha",
+    "clients.shards_per_client", "clients.min_samples", "clients.rounds", "clients.local_steps", "clients.fraction",
 )
 
 
@@ -233,5 +260,10 @@ def config_diff(ours: dict, theirs: dict, names=("server", "client")) -> list[st
 
 def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     now = OmegaConf.to_container(cfg, resolve=True)
+    defaults = known_keys()[0]
     flat = lambda tree: {k: _get(tree, k) for k in RESUME_KEYS}  # noqa: E731
-    return config_diff(flat(saved), flat(now), ("checkpoint", "now"))
+    theirs = flat(saved)
+    for key in theirs:  # a checkpoint older than a key ran with the key's default
+        if _get(saved, key.split(".")[0]) is None and key in defaults:
+            theirs[key] = defaults[key]
+    return config_diff(theirs, flat(now), ("checkpoint", "now"))

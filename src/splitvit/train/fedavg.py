@@ -21,7 +21,7 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
         raise ValueError(f"fedavg weights must be >= 0 with a positive sum, got {weights}")
     keys = list(states[0])
     for i, s in enumerate(states[1:], 1):
-        if list(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
+        if set(s) != set(keys) or any(s[k].shape != states[0][k].shape for k in keys):
             raise ValueError(f"state {i} does not have the keys and shapes of state 0: not copies of one model")
     total = float(sum(weights))
     out = {}

@@ -95,36 +95,41 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def num_clients(cfg: DictConfig) -> int:
+    return OmegaConf.select(cfg, "clients.num", default=1)
+
+
 def workers(cfg: DictConfig) -> int:
     n = cfg.dataset.get("workers")
     return default_workers() if n is None else n
 
 
-def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``.
-
-    ``link=inprocess`` (default) serves the server half in this process; ``link=grpc`` talks to
-    ``link.server`` (``splitvit serve``), or starts a local server process when that is null.
-    """
+def prepare(cfg: DictConfig, run_dir: str | Path):
+    """What every run does first: check the config, make the run directory, say what runs, load the
+    data. Returns ``(run_dir, device, link model or None, data)``."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     split = "in one piece" if cfg.split.index is None else f"{cfg.method.name}, split after block {cfg.split.index}"
     classes = "" if cfg.dataset.get("classes") is None else f" classes {cfg.dataset.classes}"
+    clients = "" if num_clients(cfg) == 1 else f", {cfg.clients.num} clients ({cfg.clients.scheme}, {cfg.clients.partition})"
     log.info(f"splitvit: {'resuming' if cfg.train.resume else 'starting'} {cfg.model.name} ({split}) on "
-             f"{cfg.dataset.name}{classes}, seed {cfg.seed}, device {device}, link {cfg.link.kind}; run dir {run_dir}")
+             f"{cfg.dataset.name}{classes}{clients}, seed {cfg.seed}, device {device}, link {cfg.link.kind}; run dir {run_dir}")
     try:
         shaping = LinkModel.from_config(cfg.link)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return run_dir, device, shaping, load_data(cfg)
 
-    d = cfg.dataset
-    try:
-        data = load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"),
-                            classes=_classes(d.get("classes")))
-    except ClassSpecError as e:
-        raise ConfigError(str(e)) from None
+
+def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
+    """Run the experiment ``cfg`` (one client) into ``run_dir``; returns the summary also written to ``summary.json``.
+
+    ``link=inprocess`` (default) serves the server half in this process; ``link=grpc`` talks to
+    ``link.server`` (``splitvit serve``), or starts a local server process when that is null.
+    """
+    run_dir, device, shaping, data = prepared or prepare(cfg, run_dir)
     if cfg.split.index is None:
         return _fit_whole(cfg, run_dir, data, device)
     client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
@@ -163,6 +168,15 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
         summary["warnings"] = warnings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def load_data(cfg: DictConfig):
+    d = cfg.dataset
+    try:
+        return load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"),
+                            classes=_classes(d.get("classes")))
+    except ClassSpecError as e:
+        raise ConfigError(str(e)) from None
 
 
 def reachability(compressor, batch_size: int, vit) -> list[str]:
@@ -339,16 +353,19 @@ def _test_batches(cfg, data, vit, device):
                    workers=workers(cfg), indices=subset)
 
 
-def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float]) -> dict:
+def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: list[float], epoch: float | None = None) -> dict:
+    """Evaluate ``client``'s model (with the server's half) and return the metrics record. ``epoch``:
+    where the run stands in epochs (default: from the progress's epoch and batch)."""
     t0 = time.perf_counter()
     test = _test_batches(cfg, data, vit, device)
     val_loss, val_acc = client.evaluate(test, cfg.eval.mode)
     p.wall_s += time.perf_counter() - t0
     p.best_val_acc = max(p.best_val_acc, val_acc)
-    steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
+    if epoch is None:
+        epoch = p.epoch + p.batch_in_epoch / num_batches(data.train, cfg.train.batch_size)
     return {
         "step": p.step,
-        "epoch": round(p.epoch + p.batch_in_epoch / steps_per_epoch, 4),
+        "epoch": round(epoch, 4),
         "bytes_up": p.bytes_up,
         "bytes_down": p.bytes_down,
         "baseline_bytes": p.baseline_up + p.baseline_down,

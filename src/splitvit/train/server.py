@@ -15,6 +15,7 @@ from ..models import ServerModel
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
 from .checkpoint import atomic_save, load_checkpoint_file
 from .config import ConfigError
+from .federation import Federation
 from .precision import autocast
 
 KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
@@ -96,14 +97,18 @@ class Session:
     """
 
     def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None, client: int = 0):
+                 checkpoint_dir: str | Path | None = None, client: int = 0, federation: Federation | None = None):
         self.half = half
         self.client = client
+        self.federation = federation  # several clients: where client halves are handed on or averaged
         eval_batch = max_eval_batch or max_batch
         compressor = half.compressor
         self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
         for mode in EVAL_MODES:
             self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
+        if federation is not None:
+            self.schemas["weights"] = federation.schema  # a client half up
+            self.schemas["control"] = Schema({})  # a client asks for the current half
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.last_step = -1  # the last training step applied
         self._last_reply: bytes | None = None
@@ -147,6 +152,12 @@ class Session:
             reply = self.half.train_step(message, header)
             self.last_step, self._last_reply, self._last_payload = step, reply, payload
             return reply
+        if header.kind == "weights":
+            self.federation.upload(self.client, message)
+            return pack(Header("control", client=self.client, step=self.federation.version), {})
+        if header.kind == "control":
+            f = self.federation
+            return pack(Header("weights", client=self.client, step=f.version), f.current)
         return self.half.eval_step(message, header)
 
     # -- checkpoints of the server's own half -------------------------------------------------------

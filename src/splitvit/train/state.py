@@ -35,6 +35,7 @@ class Progress:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run to a remote server
     traffic: dict[str, dict] = field(default_factory=dict)
     round: int = 0  # completed rounds (several clients)
+    samples: int = 0  # training samples seen, all clients (several clients: the epochs are samples / set size)
 
     def record(self, client: int, kind: str, counts: Counts) -> None:
         key = f"{client}/{kind}"
