@@ -221,7 +221,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    caps = {k: cfg.train.get(k) for k in CAPS}
+    caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
     reason = stop_reason()
     if p.done and reason is None and p.caps == caps:
         reason = p.stopped_by
