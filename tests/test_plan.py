@@ -15,7 +15,7 @@ PAPER = ["main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk"
 
 
 CPU = ["pretrain", "main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk", "main_c3sl", "main_quant",
-       "main_fedlite", "main_lowrank", "adc_merge_only", "adc_select_only", "adc_feature"]
+       "main_fedlite", "main_lowrank", "adc_merge_only", "adc_select_only", "adc_feature", "clients"]
 
 
 def test_every_paper_and_cpu_experiment_is_shipped():
@@ -28,6 +28,7 @@ def test_every_paper_and_cpu_experiment_is_shipped():
     ("main_fedlite", 3 * 2, "method.q=32"),
     ("adc_feature", 2 * 2, "method.feature=mean"),
     ("pretrain", 1, None),
+    ("clients", 1, None),
 ])
 def test_cpu_protocol_jobs(name, count, must):
     listed = jobs([f"+experiment=cpu/{name}"])
