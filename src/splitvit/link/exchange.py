@@ -73,12 +73,14 @@ class Exchange:
 
         return call(0, request)
 
-    def __call__(self, header: Header, tensors: dict[str, torch.Tensor], reply_schema: Schema,
-                 reply_kind: str) -> tuple[dict[str, torch.Tensor], Header]:
-        """Send ``tensors`` under ``header``; the reply's tensors (checked against ``reply_schema``) and header."""
+    def __call__(self, header: Header, tensors: dict[str, torch.Tensor], reply_schema: Schema | Callable[[Header], Schema],
+                 reply_kind: str | tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Header]:
+        """Send ``tensors`` under ``header``; the reply's tensors (checked against ``reply_schema``, which
+        may depend on the reply's header) and header, which must be of ``reply_kind`` (or one of them)."""
         reply = self.send(Request(header, pack(header, tensors)))
         tensors, got = unpack(reply.payload, reply_schema)
-        expect(got, reply_kind, header.step if reply_kind == "grad" else None)
+        kinds = (reply_kind,) if isinstance(reply_kind, str) else reply_kind
+        expect(got, got.kind if got.kind in kinds else kinds[0], header.step if got.kind == "grad" else None)
         if got.client != header.client:
             raise WireError(f"a reply for client {got.client} reached client {header.client}")
         return tensors, got

@@ -25,13 +25,12 @@ from ..data import batches
 from ..data.augment import build_augment
 from ..data.partition import histograms, partition
 from ..link import Exchange, InProcessLink, standard_mods
-from ..wire import Header, Schema
+from ..wire import Header, Schema, TensorSpec
 from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_checkpoint_file
 from .client import SplitClient
 from .config import ConfigError, resume_mismatch
-from .federation import SAMPLES, Federation, half_state, load_half_state, local_steps, participants, step_order
-from .fedavg import fedavg
+from .federation import SAMPLES, Federation, RoundPlan, batch_sizes, close_round, half_state, load_half_state
 from .loop import (Interrupted, _StopBetweenSteps, _test_batches, evaluate, lr_factor, make_summary, reachability,
                    uncompressed_bytes, workers)
 from .server import ServerHalf, Session
@@ -68,46 +67,63 @@ class Member:
         self.client.compressor.load_state_dict(s["compressor"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
 
+    # -- what a client sends besides its training steps (see splitvit.wire.protocol) ----------------
+    def upload(self, round_: int, scheme: str) -> bool:
+        """Its half to the server (``weights`` up). Returns whether the reply says the run is over."""
+        tensors = {**half_state(self.client), SAMPLES: torch.tensor(self.trained, dtype=torch.int64)}
+        _, ack = self.client.exchange(Header("weights", client=self.id, step=round_), tensors, Schema({}), "control")
+        if scheme == "sequential":
+            self.version = ack.step  # the server's current half is now this one
+        return ack.mode == "stop"
 
-class Simulation:
-    """The clients, the server's half (or halves) and sessions, and the federation of one run."""
+    def fetch(self, half_schema: Schema) -> bool:
+        """The current half, when the member's is older (``control`` ``fetch`` up; ``weights`` down, or
+        ``control`` when it is current). Returns whether the reply says the run is over."""
+        state, header = self.client.exchange(Header("control", client=self.id, step=self.version, mode="fetch"), {},
+                                             lambda h: half_schema if h.kind == "weights" else Schema({}), ("weights", "control"))
+        if header.kind == "weights":
+            load_half_state(self.client, state)
+        self.version = header.step
+        return header.mode == "stop"
 
-    def __init__(self, cfg: DictConfig, data, device, shaping, progress: Progress):
+    def done(self, round_: int) -> bool:
+        """As the round's evaluator: evaluated, the next round may start."""
+        _, reply = self.client.exchange(Header("control", client=self.id, step=round_, mode="done"), {}, Schema({}), "control")
+        return reply.mode == "stop"
+
+
+class Clients:
+    """The clients a process runs (all of them in a simulation, one in a ``splitvit client``): the
+    split of the training set, each local client's half, method and optimizer, and its batches."""
+
+    def __init__(self, cfg: DictConfig, data, device, progress: Progress, local: list[int]):
         c = cfg.clients
         self.cfg, self.data, self.device, self.p = cfg, data, device, progress
         self.scheme = c.scheme
-        try:
+        try:  # every process computes the whole split from the seed: the server plans from its sizes
             self.parts = partition(data.train.labels, c.num, c.partition, alpha=c.alpha,
                                    shards_per_client=c.shards_per_client, min_samples=c.min_samples, seed=cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        client_model, server_model, compressor, self.vit = build_halves(cfg, data.num_classes, device)
+        self.sizes = [len(x) for x in self.parts]
+        client_model, self.server_model, compressor, self.vit = build_halves(cfg, data.num_classes, device)
         self.compressor = compressor
-        bf16 = cfg.train.precision == "bf16"
+        self.bf16 = cfg.train.precision == "bf16"
         # every client starts from the same half (the seed's), with its own copy of it and of the method
-        self.members = []
-        for i in range(c.num):
+        self.members: dict[int, Member] = {}
+        for i in local:
             model, method = copy.deepcopy(client_model), copy.deepcopy(compressor)
             client = SplitClient(model, method, make_optimizer(cfg, model, method.client_modules), None,
-                                 data.num_classes, bf16=bf16, client_id=i)
-            self.members.append(Member(i, self.parts[i], client))
-        copies = c.num if self.scheme == "splitfed_v1" else 1  # SplitFed-V1: a server half per client
-        self.halves = []
-        for _ in range(copies):
-            model, method = copy.deepcopy(server_model), copy.deepcopy(compressor)
-            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16))
-        self.federation = Federation(self.scheme, half_state(self.members[0].client))
-        self.sessions = [
-            Session(self.halves[i % copies], cfg.train.batch_size, self.vit.num_tokens, self.vit.embed_dim,
-                    max_eval_batch=cfg.eval.batch_size, client=i, federation=self.federation)
-            for i in range(c.num)
-        ]
-        for m, session in zip(self.members, self.sessions):
-            m.client.exchange = Exchange(InProcessLink(session.handle), standard_mods(progress, shaping))
+                                 data.num_classes, bf16=self.bf16, client_id=i)
+            self.members[i] = Member(i, self.parts[i], client)
+        self.template = half_state(SplitClient(client_model, compressor, None, None, data.num_classes))
+        self.half_schema = Schema({k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in self.template.items()})
         self.augment = build_augment(cfg.dataset.get("augment", "none"))
-        self._half_schema = Schema({k: v for k, v in self.federation.schema.tensors.items() if k != SAMPLES})
 
-    # -- the pieces of a round ----------------------------------------------------------------------
+    def plan(self, round_: int) -> RoundPlan:
+        c = self.cfg.clients
+        return RoundPlan.make(self.cfg.seed, round_, self.sizes, c.scheme, c.fraction, self.cfg.train.batch_size, c.local_steps)
+
     def next_batch(self, m: Member) -> tuple[torch.Tensor, torch.Tensor]:
         """The member's next batch of its own samples, in a seeded order per client and pass."""
         cfg = self.cfg
@@ -124,66 +140,88 @@ class Simulation:
                 return batch
             m.epoch, m.batch_in_epoch, m._batches = m.epoch + 1, 0, None
 
-    def upload(self, m: Member, round_: int) -> None:
-        """The member's half to the server (a weights message up; the server acks with a control message)."""
-        tensors = {**half_state(m.client), SAMPLES: torch.tensor(m.trained, dtype=torch.int64)}
-        _, ack = m.client.exchange(Header("weights", client=m.id, step=round_), tensors, Schema({}), "control")
-        m.version = ack.step
-
-    def fetch(self, m: Member) -> None:
-        """The current half from the server, if the member's is older (a control message up, weights down)."""
-        if m.version == self.federation.version:
-            return
-        state, header = m.client.exchange(Header("control", client=m.id, step=m.version), {}, self._half_schema, "weights")
-        load_half_state(m.client, state)
-        m.version = header.step
-
-    def average_server_halves(self, weights: dict[int, float]) -> None:
-        """SplitFed-V1: the server-half copies of this round's clients, averaged into every copy (on the
-        server: nothing crosses the link)."""
-        ids = sorted(weights)
-        for part in ("model", "compressor"):
-            get = (lambda h: h.model.state_dict()) if part == "model" else (lambda h: h.compressor.server_modules.state_dict())
-            avg = fedavg([get(self.halves[i]) for i in ids], [weights[i] for i in ids])
-            for h in self.halves:
-                (h.model if part == "model" else h.compressor.server_modules).load_state_dict(avg)
+    def global_samples(self) -> int:
+        """Samples trained on by all clients, from their steps (each client's batches are its own passes)."""
+        B, total = self.cfg.train.batch_size, 0
+        for c, n in enumerate(self.sizes):
+            steps, per_pass = self.p.client_steps.get(str(c), 0), -(-n // B)
+            total += steps // per_pass * n + min(steps % per_pass * B, n)
+        return total
 
     def set_lr(self, lr: float) -> None:
-        for opt in [m.client.optimizer for m in self.members] + [h.optimizer for h in self.halves]:
+        for opt in [m.client.optimizer for m in self.members.values()] + self.server_optimizers():
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    def holder(self) -> Member:
-        """A member that holds the current half (after a round, the one the run has learned)."""
-        return next(m for m in self.members if m.version == self.federation.version)
+    def server_optimizers(self) -> list:
+        return []
 
-    # -- checkpoints --------------------------------------------------------------------------------
+    def close(self, plan: RoundPlan, reason: str | None) -> None:
+        """The server's end of a round; over gRPC the server does it itself."""
+
     def state_dict(self) -> dict:
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "progress": asdict(self.p),
-                "members": [m.state_dict() for m in self.members], "halves": [h.state_dict() for h in self.halves],
-                "sessions": [s.last_step for s in self.sessions], "federation": self.federation.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+                "members": {i: m.state_dict() for i, m in self.members.items()}, "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        for m, s in zip(self.members, state["members"]):
-            m.load_state_dict(s)
+        for i, s in state["members"].items():
+            self.members[int(i)].load_state_dict(s)
+        torch.set_rng_state(state["torch_rng"])
+
+    def close_link(self) -> None:
+        pass
+
+
+class Simulation(Clients):
+    """Every client, the server's half (or halves), a session per client and the federation, in one
+    process; each client's messages reach its session as bytes through its own exchange path."""
+
+    def __init__(self, cfg: DictConfig, data, device, shaping, progress: Progress):
+        super().__init__(cfg, data, device, progress, list(range(cfg.clients.num)))
+        copies = cfg.clients.num if self.scheme == "splitfed_v1" else 1  # SplitFed-V1: a server half per client
+        self.halves = []
+        for _ in range(copies):
+            model, method = copy.deepcopy(self.server_model), copy.deepcopy(self.compressor)
+            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), self.bf16))
+        self.federation = Federation(self.scheme, self.template)
+        self.sessions = [
+            Session(self.halves[i % copies], cfg.train.batch_size, self.vit.num_tokens, self.vit.embed_dim,
+                    max_eval_batch=cfg.eval.batch_size, client=i, federation=self.federation)
+            for i in range(cfg.clients.num)
+        ]
+        for m, session in zip(self.members.values(), self.sessions):
+            m.client.exchange = Exchange(InProcessLink(session.handle), standard_mods(progress, shaping))
+
+    def server_optimizers(self) -> list:
+        return [h.optimizer for h in self.halves]
+
+    def close(self, plan: RoundPlan, reason: str | None) -> None:
+        close_round(self.federation, self.halves, self.scheme, plan)
+        self.federation.stopped = reason is not None
+        self.p.stopped_by = reason
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "halves": [h.state_dict() for h in self.halves],
+                "sessions": [s.last_step for s in self.sessions], "federation": self.federation.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         for h, s in zip(self.halves, state["halves"]):
             h.load_state_dict(s)
         for session, last in zip(self.sessions, state["sessions"]):
             session.last_step = last
         self.federation.load_state_dict(state["federation"])
-        torch.set_rng_state(state["torch_rng"])
 
 
 def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
     """Train ``clients.num`` clients under ``clients.scheme`` round by round until a cap, the byte
-    budget or ``clients.rounds`` ends the run; evaluate the current half with the server's after rounds."""
-    if cfg.link.kind != "inprocess":
-        raise ConfigError("several clients over gRPC run as `splitvit serve` and one `splitvit client clients.id=<i>` "
-                          "per client; `splitvit train` simulates them in one process (link=inprocess)")
+    budget or ``clients.rounds`` ends the run (checked at the end of each round: a round is never cut);
+    the round's evaluator evaluates its half with the server's when due. With ``link=grpc`` this
+    process is client ``clients.id`` of a ``splitvit serve``, and the server decides when the run ends."""
+    remote = cfg.link.kind != "inprocess"
     p = Progress()
-    sim = Simulation(cfg, data, device, shaping, p)
     ckpt = run_dir / "checkpoints" / "clients.pt"
+    state = None
     if cfg.train.resume:
         if not ckpt.is_file():
             raise ConfigError(f"train.resume=true but {ckpt} does not exist; pass the run_dir of the run to resume")
@@ -192,135 +230,156 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
         if diff:
             raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))
         p = Progress.from_state(state["progress"])
-        sim = Simulation(cfg, data, device, shaping, p)  # its mods count into the restored ledger
-        sim.load_state_dict(state)
-        log.info("resumed from %s after round %d (step %d)", ckpt, p.round, p.step)
-    for w in reachability(sim.compressor, cfg.train.batch_size, sim.vit):
-        log.warning(f"warning: {w}")
-    _save_partition(run_dir, sim, data)
+    if remote:
+        from .remote import RemoteClient
 
-    B, n_train = cfg.train.batch_size, len(data.train)
-    vit = sim.vit
+        clients = RemoteClient(cfg, run_dir, data, device, shaping, p)
+    else:
+        clients = Simulation(cfg, data, device, shaping, p)
+    if state is not None:
+        clients.load_state_dict(state)
+        log.info("resumed from %s after round %d (step %d)", ckpt, p.round, p.step)
+    for w in reachability(clients.compressor, cfg.train.batch_size, clients.vit):
+        log.warning(f"warning: {w}")
+    _save_partition(run_dir, clients, data)
+
+    B, n_train, vit = cfg.train.batch_size, len(data.train), clients.vit
     budget = None
     if cfg.train.budget_epochs is not None:
-        sizes = [min(B, n_train - i * B) for i in range(-(-n_train // B))]
-        per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 0, 2.302585092994046)) for b in sizes)
-        budget = cfg.train.budget_epochs * per_epoch  # bytes of training messages, all clients, both directions
+        budget = cfg.train.budget_epochs * epoch_bytes(n_train, B, vit, data.num_classes)
 
-    def stop_reason() -> str | None:
-        if cfg.train.max_steps is not None and p.step >= cfg.train.max_steps:
-            return "max_steps"
-        if budget is not None and p.bytes_up + p.bytes_down >= budget:
-            return "budget"
-        if p.samples >= cfg.train.epochs * n_train:
-            return "epochs"
-        if cfg.clients.rounds is not None and p.round >= cfg.clients.rounds:
-            return "rounds"
-        return None
+    def stop_reason(rounds: int) -> str | None:  # the simulation's; a server checks the same (remote.Hub)
+        return caps_reached(cfg, p.step, p.samples, p.bytes_up + p.bytes_down, rounds, n_train, budget)
 
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
-    reason = stop_reason()
-    if p.done and reason is None and p.caps == caps:
-        reason = p.stopped_by
-    p.caps = caps
     tracker = make_tracker(cfg, run_dir)
-    total_steps = cfg.train.max_steps or cfg.train.epochs * sum(-(-len(x) // B) for x in sim.parts)
-    warmup = round(cfg.train.get("warmup_epochs", 0) * sum(-(-len(x) // B) for x in sim.parts))
+    steps_per_pass = sum(-(-n // B) for n in clients.sizes)  # all clients' steps in one pass over the set
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_pass
+    warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_pass)
     losses: list[float] = []
-    last_eval = p.step
     keep = cfg.train.get("checkpoint", "every_eval")
+
+    def evaluate_and_save(m: Member, plan: RoundPlan, before: int, final: bool) -> None:
+        every = cfg.train.get("eval_every")
+        after = p.global_steps
+        if not (final or not every or after // every > before // every):
+            return
+        record = evaluate(cfg, m.client, data, vit, device, p, losses, epoch=clients.global_samples() / n_train)
+        record.update(round=plan.round + 1, step=after, client=m.id)
+        losses.clear()
+        tracker.evaluation(record)
+        p.history.append(record)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        weights = p.counts("weights").up + p.counts("weights").down + p.counts("control").up + p.counts("control").down
+        log.info(f"round {plan.round + 1} step {after} epoch {record['epoch']:.2f}: val_loss {record['val_loss']:.4f} "
+                 f"val_acc {record['val_acc']:.4f} sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB "
+                 f"(+{weights / 1e6:.2f} MB weights and control)")
+
+    caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
+    if p.done and p.caps != caps:  # resumed under other caps: it may train on
+        p.done, p.stopped_by = False, None
+        if isinstance(clients, Simulation):
+            clients.federation.stopped = False
+    p.caps = caps
+    over = p.done
     with _StopBetweenSteps() as interrupt:
         try:
-            while reason is None:
+            while not over:
                 t0 = time.perf_counter()
-                _round(cfg, sim, p, losses, stop_reason, interrupt, tracker, total_steps, warmup)
+                plan = clients.plan(p.round)
+                over = _round(cfg, clients, plan, p, losses, stop_reason, interrupt, tracker, total_steps, warmup,
+                              evaluate_and_save)
+                p.round += 1
                 p.wall_s += time.perf_counter() - t0
-                reason = stop_reason()
-                p.done, p.stopped_by = reason is not None, reason
-                every = cfg.train.get("eval_every")
-                if reason is not None or not every or p.step // every > last_eval // every:
-                    record = evaluate(cfg, sim.holder().client, data, vit, device, p, losses, epoch=p.samples / n_train)
-                    record["round"] = p.round
-                    losses.clear()
-                    last_eval = p.step
-                    tracker.evaluation(record)
-                    p.history.append(record)
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    if keep == "every_eval" or (keep == "last" and reason is not None):
-                        atomic_save(sim.state_dict(), ckpt)
-                    log.info(f"round {p.round} step {p.step} epoch {record['epoch']:.2f}: val_loss {record['val_loss']:.4f} "
-                             f"val_acc {record['val_acc']:.4f} sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB "
-                             f"(+{sum(p.counts('weights', c).up + p.counts('weights', c).down for c in p.clients()) / 1e6:.2f} MB weights)")
+                if over or keep == "every_eval":
+                    p.done = over
+                    if keep != "none":
+                        atomic_save(clients.state_dict(), ckpt)
         except Interrupted:
             raise Interrupted(p.step, False) from None  # the run resumes from the last round it saved
         finally:
             tracker.close()
-
-    summary = make_summary(cfg, sim.compressor, vit, p, reason, data)
-    summary.update(clients_summary(cfg, sim, p))
-    holder = sim.holder().client
-    for mode in cfg.eval.get("also") or []:
-        loss, acc = holder.evaluate(_test_batches(cfg, data, vit, device), mode)
+            clients.close_link()
+    reason = p.stopped_by
+    summary = make_summary(cfg, clients.compressor, vit, p, reason, data)
+    summary.update(clients_summary(cfg, clients, p))
+    evaluator = clients.members.get(p.history[-1]["client"]) if p.history else None
+    for mode in (cfg.eval.get("also") or []) if evaluator is not None and not remote else []:
+        loss, acc = evaluator.client.evaluate(_test_batches(cfg, data, vit, device), mode)
         summary[f"final_val_acc_{mode}"], summary[f"final_val_loss_{mode}"] = acc, loss
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _round(cfg, sim: Simulation, p: Progress, losses: list[float], stop_reason, interrupt, tracker, total: int, warmup: int) -> None:
-    """One round: who takes part, their steps in the scheme's order, then the hand-off or the average."""
-    r, scheme = p.round, sim.scheme
-    ids = participants(cfg.seed, r, cfg.clients.num, cfg.clients.fraction)
-    steps = {c: local_steps(cfg.clients.local_steps, len(sim.parts[c]), cfg.train.batch_size) for c in ids}
-    order = step_order(cfg.seed, r, steps, scheme)
-    for c in ids:
-        sim.members[c].trained = 0
-    if scheme != "sequential":
-        for c in ids:
-            sim.fetch(sim.members[c])  # the last average, where a client missed it
-    turn = None
-    for c in order:
-        m = sim.members[c]
-        if scheme == "sequential" and c != turn:  # the half is handed on through the server
-            if turn is not None:
-                sim.upload(sim.members[turn], r)
-            sim.fetch(m)
-            turn = c
-        images, labels = sim.next_batch(m)
-        sim.set_lr(cfg.train.lr * lr_factor(cfg.train.get("schedule", "constant"), p.step, total, warmup))
-        losses.append(m.client.train_step(images, labels, m.steps))
-        m.steps += 1
-        m.trained += labels.shape[0]
-        p.step += 1
-        p.samples += labels.shape[0]
-        vit = sim.vit
-        up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, sim.data.num_classes, m.steps - 1, losses[-1])
-        p.baseline_up += up
-        p.baseline_down += down
-        tracker.step(p.step, losses[-1], p.bytes_up + p.bytes_down)
-        if interrupt.requested:
-            raise Interrupted(p.step, False)
-        if stop_reason() in ("max_steps", "budget"):
-            break
-    if scheme == "sequential":
-        if turn is not None:
-            sim.upload(sim.members[turn], r)  # the server holds the latest half for the next round
-    else:
-        trained = [c for c in ids if sim.members[c].trained > 0]
-        for c in trained:
-            sim.upload(sim.members[c], r)
-        weights = sim.federation.average()
-        if scheme == "splitfed_v1" and trained:
-            sim.average_server_halves({c: w for c, w in zip(trained, weights)})
-        for c in trained:
-            sim.fetch(sim.members[c])  # the average back to the round's clients
-    p.round += 1
+def epoch_bytes(n_train: int, batch_size: int, vit, num_classes: int) -> int:
+    """Bytes plain split learning sends in one pass over ``n_train`` samples, both directions."""
+    sizes = batch_sizes(n_train, batch_size)
+    return sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, num_classes, 0, 2.302585092994046)) for b in sizes)
 
 
-def _save_partition(run_dir: Path, sim: Simulation, data) -> None:
+def caps_reached(cfg, steps: int, samples: int, sent: int, rounds: int, n_train: int, budget: float | None) -> str | None:
+    """Which cap ends a run of several clients after a round: ``steps``, ``samples`` and ``sent`` (bytes of
+    training messages) over all clients; ``rounds`` completed."""
+    if cfg.train.max_steps is not None and steps >= cfg.train.max_steps:
+        return "max_steps"
+    if budget is not None and sent >= budget:
+        return "budget"
+    if samples >= cfg.train.epochs * n_train:
+        return "epochs"
+    if cfg.clients.rounds is not None and rounds >= cfg.clients.rounds:
+        return "rounds"
+    return None
+
+
+def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[float], stop_reason, interrupt, tracker,
+           total: int, warmup: int, evaluate_and_save) -> bool:
+    """One round, top to bottom, as its plan scripts it: each local client's events in the plan's order.
+    Returns whether the run is over."""
+    over, before, trained = False, p.global_steps, 0
+    for m in clients.members.values():
+        m.trained = 0
+    for i, stage in enumerate(plan.stages):
+        for c, what in stage:
+            if what == "train":
+                trained += 1
+            m = clients.members.get(c)
+            if m is None:
+                continue
+            if what == "fetch":
+                over |= m.fetch(clients.half_schema)
+            elif what == "upload":
+                over |= m.upload(plan.round, clients.scheme)
+            elif what == "done":
+                evaluate_and_save(m, plan, before, final=over)
+                over |= m.done(plan.round)
+            else:
+                images, labels = clients.next_batch(m)
+                clients.set_lr(cfg.train.lr * lr_factor(cfg.train.get("schedule", "constant"), before + trained - 1, total, warmup))
+                losses.append(m.client.train_step(images, labels, m.steps))
+                m.steps += 1
+                m.trained += labels.shape[0]
+                p.step += 1
+                p.samples += labels.shape[0]
+                vit = clients.vit
+                up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, clients.data.num_classes,
+                                              m.steps - 1, losses[-1])
+                p.baseline_up += up
+                p.baseline_down += down
+                tracker.step(p.step, losses[-1], p.bytes_up + p.bytes_down)
+                if interrupt.requested:
+                    raise Interrupted(p.step, False)
+        if i == plan.closing:  # every step of the round is taken
+            for c, k in plan.steps.items():
+                p.client_steps[str(c)] = p.client_steps.get(str(c), 0) + k
+            p.global_steps = before + sum(plan.steps.values())
+            clients.close(plan, stop_reason(plan.round + 1))
+    return over
+
+
+def _save_partition(run_dir: Path, sim: Clients, data) -> None:
     """``clients.json``: each client's size and class histogram (how the training set was split)."""
     hist = histograms(data.train.labels, sim.parts, data.num_classes)
     (run_dir / "clients.json").write_text(json.dumps(
@@ -329,10 +388,11 @@ def _save_partition(run_dir: Path, sim: Simulation, data) -> None:
     ) + "\n")
 
 
-def clients_summary(cfg, sim: Simulation, p: Progress) -> dict:
-    """summary.json's figures for several clients: per client, and the weights messages in total."""
+def clients_summary(cfg, sim: Clients, p: Progress) -> dict:
+    """summary.json's figures for several clients: per client (those this process ran), and the weights
+    and control messages in total."""
     per_client = []
-    for m in sim.members:
+    for m in sim.members.values():
         t, w, e = p.counts("train", m.id), p.counts("weights", m.id), p.counts("control", m.id)
         per_client.append({
             "id": m.id, "samples": len(m.indices), "steps": m.steps,
@@ -346,7 +406,7 @@ def clients_summary(cfg, sim: Simulation, p: Progress) -> dict:
     return {
         "clients": cfg.clients.num, "scheme": cfg.clients.scheme, "partition": cfg.clients.partition,
         "alpha": cfg.clients.alpha if cfg.clients.partition == "dirichlet" else None,
-        "rounds": p.round, "budget_counts": BUDGET_COUNTS,
+        "rounds": p.round, "budget_counts": BUDGET_COUNTS, "steps_all_clients": p.global_steps,
         "eval_model": ("the current client half (the last one handed on) with the server half" if cfg.clients.scheme == "sequential"
                        else "the averaged client half with the " + ("averaged server-half copies" if cfg.clients.scheme == "splitfed_v1"
                                                                     else "server half")),

@@ -21,6 +21,8 @@ one handed on, or the last average) and a version number that says which round m
 from __future__ import annotations
 
 import math
+import threading
+from dataclasses import dataclass
 
 import torch
 
@@ -59,6 +61,39 @@ def step_order(seed: int, round_: int, steps: dict[int, int], scheme: str) -> li
     return [pool[i] for i in torch.randperm(len(pool), generator=g).tolist()]
 
 
+@dataclass
+class RoundPlan:
+    """A round as a script: ``stages`` run one after another; the events of a stage, ``(client, what)``
+    with ``what`` one of ``fetch``, ``train``, ``upload``, ``done``, may come in any order. The round
+    closes (SplitFed: the average; the run's caps checked) when stage ``closing`` is complete; the
+    ``evaluator`` then holds the round's half, evaluates it when due, and says ``done``."""
+
+    round: int
+    participants: list[int]
+    steps: dict[int, int]
+    stages: list[list[tuple[int, str]]]
+    closing: int
+    evaluator: int
+
+    @classmethod
+    def make(cls, seed: int, round_: int, sizes: list[int], scheme: str, fraction: float, batch_size: int,
+             configured_steps: int | None) -> "RoundPlan":
+        ids = participants(seed, round_, len(sizes), fraction)
+        steps = {c: local_steps(configured_steps, sizes[c], batch_size) for c in ids}
+        order = step_order(seed, round_, steps, scheme)
+        if scheme == "sequential":  # a turn: fetch the half, train, hand it on
+            stages, turns = [], [c for i, c in enumerate(order) if i == 0 or order[i - 1] != c]
+            for c in turns:
+                stages += [[(c, "fetch")]] + [[(c, "train")]] * steps[c] + [[(c, "upload")]]
+            evaluator = turns[-1]
+        else:  # all fetch, the messages in the seeded order, all upload, the average back to all
+            stages = [[(c, "fetch") for c in ids]] + [[(c, "train")] for c in order] + [[(c, "upload") for c in ids]]
+            stages.append([(c, "fetch") for c in ids])
+            evaluator = ids[0]
+        closing = len(stages) - (1 if scheme == "sequential" else 2)
+        return cls(round_, ids, steps, stages + [[(evaluator, "done")]], closing, evaluator)
+
+
 def local_steps(configured: int | None, samples: int, batch_size: int) -> int:
     """A client's steps per round: ``clients.local_steps``, or one pass over its own samples."""
     return configured if configured is not None else math.ceil(samples / batch_size)
@@ -83,6 +118,11 @@ def weights_schema(template: dict[str, torch.Tensor]) -> Schema:
     return Schema({**specs, SAMPLES: TensorSpec(torch.int64, (), low=0, high=1 << 40)})
 
 
+def batch_sizes(samples: int, batch_size: int) -> list[int]:
+    """The sizes of the batches of one pass over ``samples`` samples (the last may be smaller)."""
+    return [min(batch_size, samples - i) for i in range(0, samples, batch_size)]
+
+
 class Federation:
     """The server's side of sharing the client half: the current half and its version.
 
@@ -97,6 +137,7 @@ class Federation:
         self.version = 0  # how many times the current half changed
         self.schema = weights_schema(template)
         self.pending: dict[int, tuple[dict[str, torch.Tensor], int]] = {}  # client -> (half, samples), this round
+        self.stopped = False  # the run is over: replies at a round's end say stop
 
     def upload(self, client: int, tensors: dict[str, torch.Tensor]) -> None:
         samples = int(tensors[SAMPLES])
@@ -120,8 +161,92 @@ class Federation:
         return weights
 
     def state_dict(self) -> dict:
-        return {"current": self.current, "version": self.version}
+        return {"current": self.current, "version": self.version, "stopped": self.stopped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.current, self.version = state["current"], state["version"]
+        self.current, self.version, self.stopped = state["current"], state["version"], state.get("stopped", False)
         self.pending.clear()
+
+
+def half_schema(federation: "Federation") -> Schema:
+    """A client half as it comes down: the server's template, without the samples count."""
+    return Schema({k: v for k, v in federation.schema.tensors.items() if k != SAMPLES})
+
+
+def close_round(federation: "Federation", halves: list, scheme: str, plan: RoundPlan) -> None:
+    """The server's end of a round. SplitFed: the halves the round's clients uploaded are averaged
+    (FedAvg by their samples); SplitFed-V1 also averages the round's server-half copies, on the server
+    (``halves[c]`` is client ``c``'s copy), into every copy. Sequential: nothing (each upload was a hand-on)."""
+    if scheme == "sequential":
+        return
+    ids = sorted(federation.pending)
+    weights = federation.average()
+    if scheme == "splitfed_v1" and ids:
+        for part in ("model", "compressor"):
+            pick = (lambda h: h.model) if part == "model" else (lambda h: h.compressor.server_modules)  # noqa: E731
+            avg = fedavg([pick(halves[c]).state_dict() for c in ids], weights)
+            for h in halves:
+                pick(h).load_state_dict(avg)
+
+
+class Coordinator:
+    """The server's referee of a round over gRPC: a message waits until its event is due in the
+    round's :class:`RoundPlan`, so clients that run in parallel are applied in the seed's order, as in
+    the simulation. ``close(plan)`` is called when the round's closing stage completes (average the
+    halves, check the caps); it returns whether the run is over.
+
+    Client processes send when they are ready; the referee blocks a handler thread per waiting client,
+    so the server needs a worker per client and a few more (see ``LinkServer(workers=...)``).
+    """
+
+    def __init__(self, num: int, plan_round, close, timeout_s: float = 600.0):
+        self.num = num
+        self.plan_round = plan_round  # round -> RoundPlan, once every client has said hello
+        self.close = close
+        self.timeout_s = timeout_s
+        self.cond = threading.Condition()
+        self.samples: dict[int, int] = {}
+        self.plan: RoundPlan | None = None
+        self.stage = 0
+        self.left: list[tuple[int, str]] = []
+        self.stopped = False  # the last round closed with the run over
+        self.finished = False  # and its last event is done
+
+    def register(self, client: int, samples: int) -> None:
+        with self.cond:
+            if self.samples.get(client, samples) != samples:
+                raise ValueError(f"client {client} said it holds {samples} samples, before {self.samples[client]}")
+            self.samples[client] = samples
+            if self.plan is None and len(self.samples) == self.num:
+                self._start(0)
+            self.cond.notify_all()
+
+    def _start(self, round_: int) -> None:
+        self.plan, self.stage = self.plan_round(round_, [self.samples[c] for c in range(self.num)]), 0
+        self.left = list(self.plan.stages[0])
+
+    def wait(self, client: int, what: str) -> bool:
+        """Block until ``(client, what)`` is due; False when the run is over and it never will be."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: self.finished or (client, what) in self.left, timeout=self.timeout_s)
+            if not ok:
+                raise TimeoutError(f"client {client}'s {what} waited {self.timeout_s:.0f} s for its turn")
+            return not self.finished or (client, what) in self.left
+
+    def complete(self, client: int, what: str) -> None:
+        """``(client, what)`` was applied: move the round on; close it and start the next as they come."""
+        with self.cond:
+            self.left.remove((client, what))
+            while not self.left:
+                plan = self.plan
+                if self.stage == plan.closing:
+                    self.stopped = self.close(plan)
+                self.stage += 1
+                if self.stage < len(plan.stages):
+                    self.left = list(plan.stages[self.stage])
+                elif self.stopped:
+                    self.finished = True
+                    break
+                else:
+                    self._start(plan.round + 1)
+            self.cond.notify_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from ..models import ServerModel
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
 from .checkpoint import atomic_save, load_checkpoint_file
 from .config import ConfigError
-from .federation import Federation
+from .federation import Coordinator, Federation
 from .precision import autocast
 
 KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
@@ -58,8 +59,17 @@ class ServerHalf:
         self.optimizer = optimizer
         self.device = next(model.parameters()).device
         self.bf16 = bf16
+        self.lock = threading.Lock()  # sessions of several clients share the half: one step at a time
 
     def train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        with self.lock:
+            return self._train_step(message, header)
+
+    def eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        with self.lock:
+            return self._eval_step(message, header)
+
+    def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.train()
         packet = self.compressor.server_decode(message)
         with autocast(self.device, self.bf16):
@@ -72,7 +82,7 @@ class ServerHalf:
         return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
 
     @torch.no_grad()
-    def eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+    def _eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.eval()
         with autocast(self.device, self.bf16):
             logits = self.model(self.compressor.eval_decode(message, header.mode))
@@ -97,10 +107,13 @@ class Session:
     """
 
     def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None, client: int = 0, federation: Federation | None = None):
+                 checkpoint_dir: str | Path | None = None, client: int = 0, federation: Federation | None = None,
+                 coordinator: Coordinator | None = None, on_train=None):
         self.half = half
         self.client = client
         self.federation = federation  # several clients: where client halves are handed on or averaged
+        self.coordinator = coordinator  # over gRPC: holds each message until the round's plan says it is due
+        self.on_train = on_train  # on_train(client, request bytes, reply bytes, step): the server's own count
         eval_batch = max_eval_batch or max_batch
         compressor = half.compressor
         self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
@@ -149,16 +162,42 @@ class Session:
                 )
         message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
         if header.kind == "train":
+            if not self._due("train"):
+                raise WireError("the run is over: no more training steps are taken")
             reply = self.half.train_step(message, header)
             self.last_step, self._last_reply, self._last_payload = step, reply, payload
+            if self.on_train is not None:
+                self.on_train(self.client, len(payload), len(reply), step)
+            self._complete("train")
             return reply
-        if header.kind == "weights":
-            self.federation.upload(self.client, message)
-            return pack(Header("control", client=self.client, step=self.federation.version), {})
-        if header.kind == "control":
-            f = self.federation
-            return pack(Header("weights", client=self.client, step=f.version), f.current)
+        if header.kind in ("weights", "control"):
+            return self._federate(message, header)
         return self.half.eval_step(message, header)
+
+    def _due(self, what: str) -> bool:
+        return self.coordinator is None or self.coordinator.wait(self.client, what)
+
+    def _complete(self, what: str) -> None:
+        if self.coordinator is not None:
+            self.coordinator.complete(self.client, what)
+
+    def _federate(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        """A client half up (``weights``), a request for the current one (``control`` ``fetch``), or the
+        round's evaluator saying it is done (``control`` ``done``); see :mod:`splitvit.wire.protocol`."""
+        f, c = self.federation, self.client
+        what = {"weights": "upload"}.get(header.kind) or header.mode
+        if what not in ("upload", "fetch", "done"):
+            raise WireError(f"a control message with mode {header.mode!r} is not for the server")
+        if not self._due(what):  # the run ended without this event
+            return pack(Header("control", client=c, step=f.version, mode="stop"), {})
+        if what == "upload":
+            f.upload(c, message)
+        reply_weights = what == "fetch" and header.step != f.version
+        self._complete(what)  # may close the round: the reply then says whether the run is over
+        mode = "stop" if f.stopped else "ack"
+        if reply_weights:
+            return pack(Header("weights", client=c, step=f.version, mode=mode), f.current)
+        return pack(Header("control", client=c, step=f.version, mode=mode), {})
 
     # -- checkpoints of the server's own half -------------------------------------------------------
     def state_dict(self) -> dict:

@@ -35,7 +35,9 @@ class Progress:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run to a remote server
     traffic: dict[str, dict] = field(default_factory=dict)
     round: int = 0  # completed rounds (several clients)
-    samples: int = 0  # training samples seen, all clients (several clients: the epochs are samples / set size)
+    samples: int = 0  # training samples seen by this process's clients
+    global_steps: int = 0  # several clients: steps of all clients, after the last round
+    client_steps: dict[str, int] = field(default_factory=dict)  # several clients: each one's steps, after the last round
 
     def record(self, client: int, kind: str, counts: Counts) -> None:
         key = f"{client}/{kind}"

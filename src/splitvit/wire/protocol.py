@@ -10,9 +10,17 @@ train     client -> server        ``step``: the training step it is for (applied
 grad      server -> client        ``step`` (the same), ``loss`` (the server's, as ``repr(float)``)
 eval      client -> server        ``mode``: ``uncompressed``, ``tokens`` or ``compressed``
 logits    server -> client        (nothing more)
-weights   either way              ``step``: a model half handed on or averaged (several clients)
-control   either way              (nothing more; the transport's own calls carry control today)
+weights   either way              ``step``: up, the round; down, the version of the half it is
+control   either way              ``mode`` (below), ``step``
 ========  ======================  ===============================================================
+
+With several clients the client halves travel as ``weights`` messages, and ``control`` messages
+(no tensors) coordinate the rounds. Their ``mode``:
+
+- ``fetch`` (up, ``step``: the version of the half the client holds): the reply is the current half
+  (``weights``) or, when the client's is current, ``control`` ``ack``;
+- ``done`` (up, ``step``: the round): the client that evaluates a round has done so;
+- ``ack`` (down): received; ``stop`` (down, on any reply at a round's end): the run is over.
 
 ``client`` numbers the client a message is from or for (0 with one client). The client, the server
 and the baseline byte count (what uncompressed split learning would send) all build their headers
@@ -29,6 +37,7 @@ import torch
 from .codec import Schema, WireError, decode, encode
 
 KINDS = ("train", "grad", "eval", "logits", "weights", "control")
+CONTROL_MODES = ("fetch", "done", "ack", "stop")
 MAX_CLIENT = 1 << 20  # client ids are small numbers; a larger one is a malformed header
 
 
@@ -47,6 +56,8 @@ class Header:
             raise WireError(f"a {self.kind} message needs a step")
         if self.kind == "eval" and not self.mode:
             raise WireError("an eval message needs a mode")
+        if self.kind == "control" and self.mode not in CONTROL_MODES:
+            raise WireError(f"a control message needs a mode, one of {', '.join(CONTROL_MODES)}; got {self.mode!r}")
         if self.kind == "grad" and self.loss is None:
             raise WireError("a grad message needs the server's loss")
 
