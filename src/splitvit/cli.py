@@ -46,12 +46,20 @@ def format_summary(s: dict, run_dir: Path) -> str:
             f"  test accuracy, val_acc: final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
             f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json, checkpoints/)",
         ])
+    several = s.get("per_client") is not None
+    who = "" if not several else f", {s['clients']} clients ({s['scheme']}, {s['partition']}), {s['rounds']} rounds"
+    if s["final_val_acc"] is None:  # one client of several over gRPC: the round's evaluator is another
+        accuracy = "measured by another client (each round's evaluator; see its run directory)"
+    else:
+        accuracy = f"final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}"
     lines = [
-        f"splitvit: {s['method']} on {s['dataset']} ({s['model']}, split after block {s['split_index']}), "
+        f"splitvit: {s['method']} on {s['dataset']} ({s['model']}, split after block {s['split_index']}){who}, "
         f"{s['steps']} steps, {s['epochs']} epochs, stopped by {s['stopped_by']}",
-        f"  test accuracy, val_acc ({s['eval_mode']}): final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
+        f"  test accuracy, val_acc ({s['eval_mode']}): {accuracy}",
         f"  sent:  up {_mb(s['bytes_up'])}, down {_mb(s['bytes_down'])}, total {_mb(s['bytes_up'] + s['bytes_down'])}",
         f"  uncompressed split learning would have sent {_mb(base)} for the same steps",
+        *([f"  weights and control messages (client halves handed on or averaged): up {_mb(s['weights_bytes_up'])}, "
+           f"down {_mb(s['weights_bytes_down'])}; in all {_mb(s['total_bytes'])}"] if several else []),
         f"  compression: measured {s['compression_measured']:.4f} (bytes on the wire), nominal {s['compression_nominal']:.4f}, "
         f"target {s['compression_target']:.4f}",
         f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json)",

@@ -218,11 +218,16 @@ def test_bad_messages_are_refused_and_the_server_keeps_serving(served):
     link.close()
 
 
+def only_session(server):
+    (entry,) = server.service.entries.values()
+    return entry.session
+
+
 def test_message_size_limits(served):
     cfg, server, digest, compressor, vit = served
     link = client(served)
     limit = link.max_message_bytes
-    assert limit == server.service.session.max_message_bytes
+    assert limit == only_session(server).max_message_bytes
     link.max_message_bytes = 0  # skip the client's own check: the server must refuse by itself
     with pytest.raises(LinkError, match="RESOURCE_EXHAUSTED.*exceeds"):
         link.request(b"\0" * (limit + 1))  # one byte over, in many chunks
@@ -237,14 +242,14 @@ def test_message_size_limits(served):
     reply = link.request(encode({"z": z}, {"kind": "eval", "mode": "uncompressed"}))
     assert len(encode({"z": z})) > 4 * link.chunk_bytes and len(reply) > 16 * 10 * 4
     link.request(train_message(compressor, vit, 0))
-    assert server.service.session.last_step == 0
+    assert only_session(server).last_step == 0
     link.close()
 
 
 def test_retried_step_is_applied_once_and_out_of_order_refused(served):
     cfg, server, digest, compressor, vit = served
     link = client(served)
-    session = server.service.session
+    session = only_session(server)
     msg = train_message(compressor, vit, 0)
     first = link.request(msg)
     params = [p.detach().clone() for p in session.model.parameters()]
@@ -303,7 +308,7 @@ def test_a_client_that_disappears_mid_upload_leaves_nothing_applied(served):
 
     cfg, server, digest, compressor, vit = served
     link = client(served)
-    session = server.service.session
+    session = only_session(server)
     before = [p.detach().clone() for p in session.model.parameters()]
     message = train_message(compressor, vit, 0)
     hold = threading.Event()

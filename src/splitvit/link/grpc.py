@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -135,22 +135,35 @@ def _overhead(chunk: pb.Chunk) -> int:
 
 
 # -- server ----------------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    """A client's session on the server."""
+
+    session: Session
+    run_id: str
+    client: int
+    last_seen: float
+    lock: threading.Lock = field(default_factory=threading.Lock)  # a session's messages one at a time
+    failed: bool = False  # a call of it failed: another run may take its place at once
+
+
 class _Service:
-    """One training session at a time; every call authenticated; bad messages refused, server kept up."""
+    """Sessions, one per client (``capacity`` of them); every call authenticated; bad messages refused,
+    the server kept up. Calls of different sessions run in parallel: each waits only for its own
+    session and for what the session itself waits for (its turn on a shared half)."""
 
     def __init__(self, open_session: Callable[[pb.Hello], Session], security: Security, chunk_bytes: int,
-                 idle_timeout_s: float, once: bool, stop: threading.Event):
+                 idle_timeout_s: float, once: bool, stop: threading.Event, capacity: int = 1):
         self.open_session = open_session
         self.token = security.token
         self.chunk_bytes = chunk_bytes
         self.idle_timeout_s = idle_timeout_s
         self.once = once
         self.stop = stop
-        self.lock = threading.Lock()  # steps of a session are applied one at a time
-        self.session: Session | None = None
-        self.session_id = ""
-        self.run_id = ""
-        self.last_seen = 0.0
+        self.capacity = capacity
+        self.lock = threading.Lock()  # guards the table of sessions
+        self.entries: dict[str, _Entry] = {}
+        self.served = 0  # sessions closed
 
     def _auth(self, context) -> None:
         if self.token is None:
@@ -160,14 +173,16 @@ class _Service:
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "wrong or missing token: set SPLITVIT_TOKEN (or link.token_file) to the server's token")
 
-    def _current(self, context) -> Session:
+    def _current(self, context) -> tuple[str, _Entry]:
         self._auth(context)
         sid = dict(context.invocation_metadata()).get(SESSION_HEADER, "")
-        if self.session is None or not hmac.compare_digest(sid.encode(), self.session_id.encode()):
+        with self.lock:
+            entry = next((e for k, e in self.entries.items() if hmac.compare_digest(sid.encode(), k.encode())), None)
+        if entry is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "no such session on this server (it restarted, or another run took over): "
                           "restart the client (with train.resume=true if it has saved a checkpoint)")
-        return self.session
+        return sid, entry
 
     def Handshake(self, hello: pb.Hello, context) -> pb.Welcome:
         self._auth(context)
@@ -175,61 +190,83 @@ class _Service:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"protocol {hello.protocol!r} is not served; this server speaks {PROTOCOL!r}: use the same splitvit version")
         with self.lock:
-            idle = time.monotonic() - self.last_seen
-            if self.session is not None and hello.run_id != self.run_id and idle < self.idle_timeout_s:
+            now = time.monotonic()
+            for sid, e in list(self.entries.items()):
+                if e.client == hello.client and (e.run_id == hello.run_id or e.failed or now - e.last_seen > self.idle_timeout_s):
+                    del self.entries[sid]  # the same run again (a restarted client), or a dead one: it gives way
+            taken = next((e for e in self.entries.values() if e.client == hello.client), None)
+        if taken is not None:
+            if self.capacity == 1:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"the server is training run {self.run_id} with another client; until multi-client "
-                              "training exists it serves one client at a time. Retry when that run ends")
-            try:
-                session = self.open_session(hello)
-            except Refused as e:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-            self.session, self.session_id, self.run_id = session, uuid.uuid4().hex, hello.run_id
-            self.last_seen = time.monotonic()
-            log.info("client run %s connected (session %s%s)", hello.run_id, self.session_id,
-                     f", resuming after {hello.resume_step} steps" if hello.resume else "")
-            return pb.Welcome(session_id=self.session_id, max_message_bytes=session.max_message_bytes,
-                              chunk_bytes=self.chunk_bytes, note="one client at a time")
+                              f"the server is training run {taken.run_id} with another client and serves one client "
+                              "at a time (clients.num=1). Retry when that run ends")
+            context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                          f"client id {hello.client} is taken by run {taken.run_id}: a second run with the same id is "
+                          "refused; give each client its own clients.id")
+        try:
+            session = self.open_session(hello)
+        except Refused as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        sid = uuid.uuid4().hex
+        with self.lock:
+            self.entries[sid] = _Entry(session, hello.run_id, hello.client, time.monotonic())
+        log.info("client %d, run %s, connected (session %s%s)", hello.client, hello.run_id, sid,
+                 f", resuming after {hello.resume_step} steps" if hello.resume else "")
+        note = "one client at a time" if self.capacity == 1 else f"client {hello.client} of {self.capacity}"
+        return pb.Welcome(session_id=sid, max_message_bytes=session.max_message_bytes, chunk_bytes=self.chunk_bytes,
+                          note=note)
 
     def Exchange(self, chunks: Iterator[pb.Chunk], context) -> Iterator[pb.Chunk]:
-        session = self._current(context)
-        limit = session.max_message_bytes
+        sid, entry = self._current(context)
+        limit = entry.session.max_message_bytes
         buf = bytearray()
         for chunk in chunks:  # a client that disappears mid-upload ends here: nothing was applied
             if len(buf) + len(chunk.data) > limit:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"message exceeds the {limit} bytes this session's schemas admit")
             buf += chunk.data
-        with self.lock:
-            if session is not self.session:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the session ended while the message was uploading")
+        if not context.is_active():  # the client went away mid-message: its session gives way at once
+            entry.failed = True
+            return
+        with entry.lock:
+            with self.lock:
+                if self.entries.get(sid) is not entry:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the session ended while the message was uploading")
             try:
-                reply = session.handle(bytes(buf))
+                reply = entry.session.handle(bytes(buf))
             except ValueError as e:  # WireError and friends: the message is refused, nothing applied
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message refused: {e}")
+            except TimeoutError as e:  # waited too long for its turn: another client is gone
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
             except Exception as e:  # noqa: BLE001 - one bad step must not take the server down
                 log.exception("step failed")
                 context.abort(grpc.StatusCode.INTERNAL, f"the server failed on this message: {type(e).__name__}: {e}")
-            self.last_seen = time.monotonic()
+            entry.last_seen = time.monotonic()
         del buf
-        yield from _chunks(reply, self.chunk_bytes)
+        try:
+            yield from _chunks(reply, self.chunk_bytes)
+        except GeneratorExit:  # the call was cancelled while the reply streamed: the client is gone or retries
+            entry.failed = True
+            raise
 
     def Checkpoint(self, control: pb.Control, context) -> pb.Ack:
-        session = self._current(context)
-        with self.lock:
+        _, entry = self._current(context)
+        with entry.lock:
             try:
-                path = session.checkpoint(control.step)
+                path = entry.session.checkpoint(control.step)
             except ValueError as e:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-            self.last_seen = time.monotonic()
+            entry.last_seen = time.monotonic()
         return pb.Ack(detail=str(path))
 
     def Close(self, control: pb.Control, context) -> pb.Ack:
-        self._current(context)
+        sid, entry = self._current(context)
         with self.lock:
-            log.info("client run %s closed its session", self.run_id)
-            self.session, self.session_id, self.run_id = None, "", ""
-        if control.shutdown or self.once:
+            self.entries.pop(sid, None)
+            self.served += 1
+            last = not self.entries and self.served >= self.capacity
+        log.info("client %d, run %s, closed its session", entry.client, entry.run_id)
+        if control.shutdown or (self.once and last):
             self.stop.set()
         return pb.Ack(detail="closed")
 
@@ -275,13 +312,17 @@ class LinkServer:
     """
 
     def __init__(self, open_session: Callable[[pb.Hello], Session], listen: str, security: Security, *,
-                 chunk_bytes: int = CHUNK_BYTES, idle_timeout_s: float = 600.0, once: bool = False, workers: int = 4):
+                 chunk_bytes: int = CHUNK_BYTES, idle_timeout_s: float = 600.0, once: bool = False, clients: int = 1,
+                 workers: int | None = None):
         security.check("server")
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"link.listen={listen!r} must be HOST:PORT with a port in [0, 65535] (0: any free one)")
         self.stop_event = threading.Event()
-        self.service = _Service(open_session, security, chunk_bytes, idle_timeout_s, once, self.stop_event)
+        self.service = _Service(open_session, security, chunk_bytes, idle_timeout_s, once, self.stop_event, clients)
+        # a worker per client, which may wait in a call for its turn, and as many again for handshakes,
+        # uploads and closes (a peer without the token takes none: it is refused from its headers)
+        workers = workers or 2 * clients + 2
         # no SO_REUSEPORT: a second server on a taken port must fail, not silently share the clients
         options = [*_options(chunk_bytes), ("grpc.so_reuseport", 0)]
         interceptors = [_TokenFirst(security.token)] if security.token else []
@@ -369,10 +410,11 @@ class GrpcLink:
                 time.sleep(wait)
 
     def connect(self, run_id: str, shared_config_json: str, num_classes: int, digest: str,
-                resume_steps: int | None = None) -> pb.Welcome:
+                resume_steps: int | None = None, client: int = 0, samples: int = 0) -> pb.Welcome:
         """Handshake; waits (with backoff, up to ``connect_timeout_s``) for a server that is starting or busy."""
         hello = pb.Hello(protocol=PROTOCOL, run_id=run_id, config_json=shared_config_json, num_classes=num_classes,
-                         resume=resume_steps is not None, resume_step=resume_steps or 0, init_digest=digest)
+                         resume=resume_steps is not None, resume_step=resume_steps or 0, init_digest=digest,
+                         client=client, samples=samples)
         welcome = self._call(
             "handshake", lambda: self._handshake(hello, timeout=self.timeout_s, metadata=self._metadata()),
             retry_on=(*RETRYABLE, grpc.StatusCode.RESOURCE_EXHAUSTED), deadline=time.monotonic() + self.connect_timeout_s,

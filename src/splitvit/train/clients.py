@@ -30,9 +30,10 @@ from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_checkpoint_file
 from .client import SplitClient
 from .config import ConfigError, resume_mismatch
-from .federation import SAMPLES, Federation, RoundPlan, batch_sizes, close_round, half_state, load_half_state
-from .loop import (Interrupted, _StopBetweenSteps, _test_batches, evaluate, lr_factor, make_summary, reachability,
-                   uncompressed_bytes, workers)
+from .baseline import epoch_bytes, uncompressed_bytes
+from .federation import (SAMPLES, Coordinator, Federation, RoundPlan, caps_reached, close_round, half_state,
+                         load_half_state)
+from .loop import Interrupted, _StopBetweenSteps, _test_batches, evaluate, lr_factor, make_summary, reachability, workers
 from .server import ServerHalf, Session
 from .state import CAPS, Progress
 from .tracking import make_tracker
@@ -54,18 +55,21 @@ class Member:
     steps: int = 0  # its training steps: the step ids of its messages
     version: int = 0  # the federation version of the half it holds
     trained: int = 0  # samples trained on this round (its FedAvg weight)
+    told_stop: bool = False  # a reply has said the run is over
     _batches: Iterator | None = field(default=None, repr=False)
 
     def state_dict(self) -> dict:
         return {"model": self.client.model.state_dict(), "optimizer": self.client.optimizer.state_dict(),
                 "compressor": self.client.compressor.state_dict(), "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version}
+                "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version,
+                "told_stop": self.told_stop}
 
     def load_state_dict(self, s: dict) -> None:
         self.client.model.load_state_dict(s["model"])
         self.client.optimizer.load_state_dict(s["optimizer"])
         self.client.compressor.load_state_dict(s["compressor"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
+        self.told_stop = s.get("told_stop", False)
 
     # -- what a client sends besides its training steps (see splitvit.wire.protocol) ----------------
     def upload(self, round_: int, scheme: str) -> bool:
@@ -74,6 +78,7 @@ class Member:
         _, ack = self.client.exchange(Header("weights", client=self.id, step=round_), tensors, Schema({}), "control")
         if scheme == "sequential":
             self.version = ack.step  # the server's current half is now this one
+        self.told_stop |= ack.mode == "stop"
         return ack.mode == "stop"
 
     def fetch(self, half_schema: Schema) -> bool:
@@ -84,11 +89,13 @@ class Member:
         if header.kind == "weights":
             load_half_state(self.client, state)
         self.version = header.step
+        self.told_stop |= header.mode == "stop"
         return header.mode == "stop"
 
     def done(self, round_: int) -> bool:
         """As the round's evaluator: evaluated, the next round may start."""
         _, reply = self.client.exchange(Header("control", client=self.id, step=round_, mode="done"), {}, Schema({}), "control")
+        self.told_stop |= reply.mode == "stop"
         return reply.mode == "stop"
 
 
@@ -156,9 +163,6 @@ class Clients:
     def server_optimizers(self) -> list:
         return []
 
-    def close(self, plan: RoundPlan, reason: str | None) -> None:
-        """The server's end of a round; over gRPC the server does it itself."""
-
     def state_dict(self) -> dict:
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "progress": asdict(self.p),
                 "members": {i: m.state_dict() for i, m in self.members.items()}, "torch_rng": torch.get_rng_state()}
@@ -176,7 +180,7 @@ class Simulation(Clients):
     """Every client, the server's half (or halves), a session per client and the federation, in one
     process; each client's messages reach its session as bytes through its own exchange path."""
 
-    def __init__(self, cfg: DictConfig, data, device, shaping, progress: Progress):
+    def __init__(self, cfg: DictConfig, run_dir: Path, data, device, shaping, progress: Progress):
         super().__init__(cfg, data, device, progress, list(range(cfg.clients.num)))
         copies = cfg.clients.num if self.scheme == "splitfed_v1" else 1  # SplitFed-V1: a server half per client
         self.halves = []
@@ -184,21 +188,30 @@ class Simulation(Clients):
             model, method = copy.deepcopy(self.server_model), copy.deepcopy(self.compressor)
             self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), self.bf16))
         self.federation = Federation(self.scheme, self.template)
+        # the referee a server uses: here every event comes when it is due, so it never waits, but the
+        # round closes at the very event it closes at on a server, before that event's reply is made
+        self.coordinator = Coordinator(cfg.clients.num, lambda r, sizes: self.plan(r), self._close)
+        self.stop_reason = lambda rounds: None  # the run's caps; fit_clients sets it
         self.sessions = [
             Session(self.halves[i % copies], cfg.train.batch_size, self.vit.num_tokens, self.vit.embed_dim,
-                    max_eval_batch=cfg.eval.batch_size, client=i, federation=self.federation)
+                    max_eval_batch=cfg.eval.batch_size, client=i, federation=self.federation,
+                    coordinator=self.coordinator)
             for i in range(cfg.clients.num)
         ]
+        for i, n in enumerate(self.sizes):
+            self.coordinator.register(i, n)
         for m, session in zip(self.members.values(), self.sessions):
             m.client.exchange = Exchange(InProcessLink(session.handle), standard_mods(progress, shaping))
 
     def server_optimizers(self) -> list:
         return [h.optimizer for h in self.halves]
 
-    def close(self, plan: RoundPlan, reason: str | None) -> None:
+    def _close(self, plan: RoundPlan) -> bool:
         close_round(self.federation, self.halves, self.scheme, plan)
+        reason = self.stop_reason(plan.round + 1)
         self.federation.stopped = reason is not None
         self.p.stopped_by = reason
+        return reason is not None
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "halves": [h.state_dict() for h in self.halves],
@@ -211,13 +224,15 @@ class Simulation(Clients):
         for session, last in zip(self.sessions, state["sessions"]):
             session.last_step = last
         self.federation.load_state_dict(state["federation"])
+        self.coordinator.restart(self.p.round)
 
 
-def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
+def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clients=None) -> dict:
     """Train ``clients.num`` clients under ``clients.scheme`` round by round until a cap, the byte
     budget or ``clients.rounds`` ends the run (checked at the end of each round: a round is never cut);
     the round's evaluator evaluates its half with the server's when due. With ``link=grpc`` this
-    process is client ``clients.id`` of a ``splitvit serve``, and the server decides when the run ends."""
+    process is client ``clients.id`` of a ``splitvit serve`` (``make_clients``: :class:`~.remote.RemoteClient`),
+    and the server decides when the run ends."""
     remote = cfg.link.kind != "inprocess"
     p = Progress()
     ckpt = run_dir / "checkpoints" / "clients.pt"
@@ -230,12 +245,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
         if diff:
             raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))
         p = Progress.from_state(state["progress"])
-    if remote:
-        from .remote import RemoteClient
-
-        clients = RemoteClient(cfg, run_dir, data, device, shaping, p)
-    else:
-        clients = Simulation(cfg, data, device, shaping, p)
+    clients = (make_clients or Simulation)(cfg, run_dir, data, device, shaping, p)
     if state is not None:
         clients.load_state_dict(state)
         log.info("resumed from %s after round %d (step %d)", ckpt, p.round, p.step)
@@ -246,10 +256,12 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
     B, n_train, vit = cfg.train.batch_size, len(data.train), clients.vit
     budget = None
     if cfg.train.budget_epochs is not None:
-        budget = cfg.train.budget_epochs * epoch_bytes(n_train, B, vit, data.num_classes)
+        budget = cfg.train.budget_epochs * epoch_bytes(n_train, B, vit.num_tokens, vit.embed_dim, data.num_classes)
 
     def stop_reason(rounds: int) -> str | None:  # the simulation's; a server checks the same (remote.Hub)
         return caps_reached(cfg, p.step, p.samples, p.bytes_up + p.bytes_down, rounds, n_train, budget)
+
+    clients.stop_reason = stop_reason
 
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
@@ -283,6 +295,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
         p.done, p.stopped_by = False, None
         if isinstance(clients, Simulation):
             clients.federation.stopped = False
+            clients.coordinator.restart(p.round)
     p.caps = caps
     over = p.done
     with _StopBetweenSteps() as interrupt:
@@ -292,18 +305,25 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
                 plan = clients.plan(p.round)
                 over = _round(cfg, clients, plan, p, losses, stop_reason, interrupt, tracker, total_steps, warmup,
                               evaluate_and_save)
+                if over is None:
+                    break
                 p.round += 1
                 p.wall_s += time.perf_counter() - t0
-                if over or keep == "every_eval":
-                    p.done = over
-                    if keep != "none":
-                        atomic_save(clients.state_dict(), ckpt)
+                if keep == "every_eval" and not over:
+                    atomic_save(clients.state_dict(), ckpt)
+            p.done = True
+            if not remote:  # a client not yet told asks at its next round, and hears the run is over
+                for m in clients.members.values():
+                    if not m.told_stop:
+                        m.fetch(clients.half_schema)
+            if keep != "none":
+                atomic_save(clients.state_dict(), ckpt)
         except Interrupted:
             raise Interrupted(p.step, False) from None  # the run resumes from the last round it saved
         finally:
             tracker.close()
             clients.close_link()
-    reason = p.stopped_by
+    reason = p.stopped_by or ("server" if remote else None)  # over gRPC the server says stop, and why in its log
     summary = make_summary(cfg, clients.compressor, vit, p, reason, data)
     summary.update(clients_summary(cfg, clients, p))
     evaluator = clients.members.get(p.history[-1]["client"]) if p.history else None
@@ -314,30 +334,10 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data) -> dict:
     return summary
 
 
-def epoch_bytes(n_train: int, batch_size: int, vit, num_classes: int) -> int:
-    """Bytes plain split learning sends in one pass over ``n_train`` samples, both directions."""
-    sizes = batch_sizes(n_train, batch_size)
-    return sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, num_classes, 0, 2.302585092994046)) for b in sizes)
-
-
-def caps_reached(cfg, steps: int, samples: int, sent: int, rounds: int, n_train: int, budget: float | None) -> str | None:
-    """Which cap ends a run of several clients after a round: ``steps``, ``samples`` and ``sent`` (bytes of
-    training messages) over all clients; ``rounds`` completed."""
-    if cfg.train.max_steps is not None and steps >= cfg.train.max_steps:
-        return "max_steps"
-    if budget is not None and sent >= budget:
-        return "budget"
-    if samples >= cfg.train.epochs * n_train:
-        return "epochs"
-    if cfg.clients.rounds is not None and rounds >= cfg.clients.rounds:
-        return "rounds"
-    return None
-
-
 def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[float], stop_reason, interrupt, tracker,
-           total: int, warmup: int, evaluate_and_save) -> bool:
+           total: int, warmup: int, evaluate_and_save) -> bool | None:
     """One round, top to bottom, as its plan scripts it: each local client's events in the plan's order.
-    Returns whether the run is over."""
+    Returns whether the run is over after it, or None when it never started (the run was over)."""
     over, before, trained = False, p.global_steps, 0
     for m in clients.members.values():
         m.trained = 0
@@ -349,7 +349,10 @@ def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[flo
             if m is None:
                 continue
             if what == "fetch":
-                over |= m.fetch(clients.half_schema)
+                if m.fetch(clients.half_schema):
+                    if i < plan.closing:  # the run ended in an earlier round: this one never starts
+                        return None
+                    over = True
             elif what == "upload":
                 over |= m.upload(plan.round, clients.scheme)
             elif what == "done":
@@ -375,7 +378,6 @@ def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[flo
             for c, k in plan.steps.items():
                 p.client_steps[str(c)] = p.client_steps.get(str(c), 0) + k
             p.global_steps = before + sum(plan.steps.values())
-            clients.close(plan, stop_reason(plan.round + 1))
     return over
 
 

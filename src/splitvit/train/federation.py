@@ -123,6 +123,20 @@ def batch_sizes(samples: int, batch_size: int) -> list[int]:
     return [min(batch_size, samples - i) for i in range(0, samples, batch_size)]
 
 
+def caps_reached(cfg, steps: int, samples: int, sent: int, rounds: int, n_train: int, budget: float | None) -> str | None:
+    """Which cap ends a run of several clients after a round: ``steps``, ``samples`` and ``sent`` (bytes of
+    training messages) over all clients; ``rounds`` completed."""
+    if cfg.train.max_steps is not None and steps >= cfg.train.max_steps:
+        return "max_steps"
+    if budget is not None and sent >= budget:
+        return "budget"
+    if samples >= cfg.train.epochs * n_train:
+        return "epochs"
+    if cfg.clients.rounds is not None and rounds >= cfg.clients.rounds:
+        return "rounds"
+    return None
+
+
 class Federation:
     """The server's side of sharing the client half: the current half and its version.
 
@@ -219,6 +233,13 @@ class Coordinator:
             self.samples[client] = samples
             if self.plan is None and len(self.samples) == self.num:
                 self._start(0)
+            self.cond.notify_all()
+
+    def restart(self, round_: int) -> None:
+        """Go on from the start of round ``round_`` (a resumed run)."""
+        with self.cond:
+            self.stopped = self.finished = False
+            self._start(round_)
             self.cond.notify_all()
 
     def _start(self, round_: int) -> None:

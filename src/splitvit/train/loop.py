@@ -19,7 +19,7 @@ from ..compression import NoCompression
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
 from ..link import Exchange, InProcessLink, LinkModel, standard_mods
-from ..wire import Header, pack
+from .baseline import epoch_bytes, uncompressed_bytes
 from .build import build_halves, build_model, build_server, make_optimizer
 from .checkpoint import load_client, save_client
 from .client import SplitClient
@@ -63,25 +63,6 @@ class _StopBetweenSteps:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
-_BASELINE: dict[tuple, tuple[int, int]] = {}
-
-
-def uncompressed_bytes(batch: int, tokens: int, dim: int, num_classes: int, step: int, loss: float) -> tuple[int, int]:
-    """Serialised sizes (up, down) of plain split learning's messages for this step: measured, not computed.
-
-    The two messages are built as the protocol builds them, with this step's id and loss. A header's
-    length, not its values, sets a message's size, so each size is measured once per batch size and
-    length of the step id and of the loss, with the first step and loss of those lengths."""
-    key = (batch, tokens, dim, num_classes, len(str(step)), len(repr(float(loss))))
-    if key not in _BASELINE:
-        none = NoCompression(num_classes, tokens, dim)
-        h = torch.zeros(batch, tokens, dim)
-        up = pack(Header("train", step=step), none.client_encode(h, None, torch.zeros(batch, dtype=torch.long)).message)
-        down = pack(Header("grad", step=step, loss=loss), {"grad": h})
-        _BASELINE[key] = len(up), len(down)
-    return _BASELINE[key]
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
@@ -216,8 +197,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
     split = cfg.split.index is not None
     budget = None
     if cfg.train.budget_epochs is not None and split:
-        sizes = [min(cfg.train.batch_size, len(data.train) - i * cfg.train.batch_size) for i in range(steps_per_epoch)]
-        per_epoch = sum(sum(uncompressed_bytes(b, vit.num_tokens, vit.embed_dim, data.num_classes, 0, 2.302585092994046)) for b in sizes)
+        per_epoch = epoch_bytes(len(data.train), cfg.train.batch_size, vit.num_tokens, vit.embed_dim, data.num_classes)
         budget = cfg.train.budget_epochs * per_epoch  # bytes, both directions
 
     metrics_path = run_dir / "metrics.jsonl"

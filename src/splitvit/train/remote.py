@@ -20,10 +20,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+import copy
+import threading
+
+from ..link import Counts, Exchange, standard_mods
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
+from .baseline import epoch_bytes
+from .build import build_halves, build_server, make_optimizer
+from .checkpoint import atomic_save
+from .client import SplitClient
+from .clients import Clients
 from .config import ConfigError, config_diff, resolve_device, shared_config, validate
-from .build import build_halves, build_server
-from .server import SplitServer, server_digest
+from .federation import Coordinator, Federation, RoundPlan, caps_reached, close_round, half_state
+from .server import ServerHalf, Session, SplitServer, server_digest
+from .state import Progress
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,8 @@ class Sessions:
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.shared = shared_config(cfg)
+        self.hub: Hub | None = None  # several clients: the run they share
+        self.lock = threading.Lock()
 
     def __call__(self, hello) -> SplitServer:
 
@@ -84,10 +96,11 @@ class Sessions:
                           "Differing keys: " + shown)
         if not 2 <= hello.num_classes <= MAX_CLASSES:
             raise Refused(f"num_classes={hello.num_classes} is not in [2, {MAX_CLASSES}]")
+        if self.cfg.clients.num > 1:
+            return self._join(hello)
         _, server_model, compressor, vit = build_halves(self.cfg, hello.num_classes, self.device)
         if server_digest(server_model, compressor) != hello.init_digest:
-            raise Refused("the client's initial weights of the server half differ from the server's: give both sides "
-                          "the same model.checkpoint file (or model.pretrained)")
+            raise Refused(DIGEST_DIFFERS)
         server = build_server(self.cfg, server_model, compressor, vit, self.run_dir / "clients" / hello.run_id / "checkpoints")
         if hello.resume:
             try:
@@ -96,9 +109,128 @@ class Sessions:
                 raise Refused(f"cannot resume run {hello.run_id}: {e}") from None
         return server
 
+    def _join(self, hello) -> Session:
+        """Several clients: the first hello builds the run's :class:`Hub`; each client gets its session."""
+        num = self.cfg.clients.num
+        if not 0 <= hello.client < num:
+            raise Refused(f"client id {hello.client} is not in [0, {num - 1}] (clients.num={num})")
+        if hello.samples < 1:
+            raise Refused("the client says it holds no training samples")
+        with self.lock:
+            if self.hub is None:
+                self.hub = Hub(self.cfg, self.run_dir, hello.num_classes, self.device)
+            hub = self.hub
+        if hello.num_classes != hub.num_classes:
+            raise Refused(f"the client has {hello.num_classes} classes; this run's other clients have {hub.num_classes}")
+        if hello.init_digest != hub.digest:
+            raise Refused(DIGEST_DIFFERS)
+        if hello.resume:
+            raise Refused("resuming a client of several is not supported by this server; start the run again")
+        try:
+            return hub.session(hello.client, hello.samples)
+        except ValueError as e:
+            raise Refused(str(e)) from None
+
+
+DIGEST_DIFFERS = ("the client's initial weights of the server half differ from the server's: give both sides "
+                  "the same model.checkpoint file (or model.pretrained)")
+
+
+class Hub:
+    """The server's side of a run of several clients: the server half (SplitFed-V1: one copy per
+    client), the :class:`~.federation.Federation` of client halves, the :class:`~.federation.Coordinator`
+    that applies the clients' messages in the seed's order, each client's :class:`~.server.Session`,
+    and the server's own count of the training messages, from which it decides when the run ends."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, num_classes: int, device):
+        self.cfg, self.run_dir, self.num_classes = cfg, Path(run_dir), num_classes
+        c = cfg.clients
+        client_model, server_model, compressor, self.vit = build_halves(cfg, num_classes, device)
+        self.digest = server_digest(server_model, compressor)
+        bf16 = cfg.train.precision == "bf16"
+        copies = c.num if c.scheme == "splitfed_v1" else 1
+        self.halves = []
+        for _ in range(copies):
+            model, method = copy.deepcopy(server_model), copy.deepcopy(compressor)
+            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16))
+        self.federation = Federation(c.scheme, half_state(SplitClient(client_model, compressor, None, None, num_classes)))
+        self.coordinator = Coordinator(c.num, self._plan, self._close, timeout_s=float(cfg.link.idle_timeout_s))
+        self.ledger = Progress()  # the server's own count: training messages as received and replied
+        self.sessions: dict[int, Session] = {}
+        self.sizes: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def session(self, client: int, samples: int) -> Session:
+        with self.lock:
+            if client not in self.sessions:
+                self.sessions[client] = Session(
+                    self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
+                    self.vit.embed_dim, max_eval_batch=self.cfg.eval.batch_size, client=client,
+                    federation=self.federation, coordinator=self.coordinator, on_train=self._count)
+            self.sizes[client] = samples
+        self.coordinator.register(client, samples)
+        return self.sessions[client]
+
+    def _plan(self, round_: int, sizes: list[int]) -> RoundPlan:
+        c = self.cfg.clients
+        return RoundPlan.make(self.cfg.seed, round_, sizes, c.scheme, c.fraction, self.cfg.train.batch_size, c.local_steps)
+
+    def _count(self, client: int, up: int, down: int, step: int) -> None:
+        B, n = self.cfg.train.batch_size, self.sizes[client]
+        j = step % -(-n // B)  # the step's batch within the client's pass over its samples
+        with self.lock:
+            self.ledger.record(client, "train", Counts(up, down, 1))
+            self.ledger.step += 1
+            self.ledger.samples += min(B, n - j * B)
+
+    def _close(self, plan: RoundPlan) -> bool:
+        """The end of a round: SplitFed averages; the caps are checked on the server's count. Returns
+        whether the run is over; the round's state is saved (``<run_dir>/federation/``)."""
+        close_round(self.federation, self.halves, self.cfg.clients.scheme, plan)
+        cfg, p, n = self.cfg, self.ledger, sum(self.sizes.values())
+        budget = None
+        if cfg.train.budget_epochs is not None:
+            budget = cfg.train.budget_epochs * epoch_bytes(n, cfg.train.batch_size, self.vit.num_tokens,
+                                                           self.vit.embed_dim, self.num_classes)
+        p.round = plan.round + 1
+        reason = caps_reached(cfg, p.step, p.samples, p.bytes_up + p.bytes_down, p.round, n, budget)
+        self.federation.stopped = reason is not None
+        p.stopped_by = reason
+        log.info("round %d closed: %d steps, %.2f MB of training messages%s", p.round, p.step,
+                 (p.bytes_up + p.bytes_down) / 1e6, f"; the run is over ({reason})" if reason else "")
+        out = self.run_dir / "federation"
+        atomic_save({"halves": [h.state_dict() for h in self.halves], "federation": self.federation.state_dict(),
+                     "sessions": {c: s.last_step for c, s in self.sessions.items()}, "round": p.round}, out / "round.pt")
+        (out / "summary.json").write_text(json.dumps({
+            "rounds": p.round, "steps": p.step, "samples": p.samples, "stopped_by": reason,
+            "bytes_up": p.bytes_up, "bytes_down": p.bytes_down,
+            "per_client": {c: {"bytes_up": p.counts("train", c).up, "bytes_down": p.counts("train", c).down,
+                               "steps": p.counts("train", c).messages} for c in p.clients()},
+        }, indent=2) + "\n")
+        return reason is not None
+
+
+class RemoteClient(Clients):
+    """``splitvit client clients.id=<i>``: one client of several, talking to ``splitvit serve`` over gRPC."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, data, device, shaping, progress: Progress):
+        if not cfg.link.server:
+            raise ConfigError("a client of several needs a running server: start `splitvit serve clients.num=N ...` "
+                              "and pass its address as server=HOST:PORT")
+        super().__init__(cfg, data, device, progress, [cfg.clients.id])
+        me = cfg.clients.id
+        link = connect(cfg, run_dir, progress, data.num_classes, server_digest(self.server_model, self.compressor),
+                       client=me, samples=self.sizes[me])
+        self.members[me].client.exchange = Exchange(link, standard_mods(progress, shaping))
+
+    def close_link(self) -> None:
+        for m in self.members.values():
+            m.client.exchange.close()
+
 
 def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = None) -> None:
-    """``splitvit serve``: serve client runs, one at a time, until stopped (or the first ends, ``link.once``)."""
+    """``splitvit serve``: serve client runs, one at a time, until stopped (or the first ends, ``link.once``);
+    with ``clients.num > 1``, one run of that many clients (``link.once``: stop when they all closed)."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,13 +238,15 @@ def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = 
     try:
         server = LinkServer(
             Sessions(cfg, run_dir), cfg.link.listen, security, chunk_bytes=chunk_bytes(cfg.link),
-            idle_timeout_s=float(cfg.link.idle_timeout_s), once=bool(cfg.link.once),
+            idle_timeout_s=float(cfg.link.idle_timeout_s), once=bool(cfg.link.once), clients=cfg.clients.num,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print(f"splitvit serve: listening on {server.address} ({'TLS' if security.tls else 'no TLS'}, "
-          f"{'token required' if security.token else 'no token'}); serving one client at a time; "
-          f"checkpoints under {run_dir}/clients/", flush=True)
+          f"{'token required' if security.token else 'no token'}); " + (
+              f"serving one client at a time; checkpoints under {run_dir}/clients/" if cfg.clients.num == 1 else
+              f"serving {cfg.clients.num} clients ({cfg.clients.scheme}); each round's state in {run_dir}/federation/"),
+          flush=True)
     if ready_file is not None:
         tmp = Path(f"{ready_file}.tmp")
         tmp.write_text(server.address)
@@ -173,7 +307,8 @@ class ClientLink(GrpcLink):
             self.local.stop()
 
 
-def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: str) -> ClientLink:
+def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: str, client: int = 0,
+            samples: int = 0) -> ClientLink:
     """The client's link to ``link.server`` (or to a local server it starts), handshake done."""
     link_cfg = cfg.link
     local = None
@@ -196,7 +331,7 @@ def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: 
     link.local = local
     try:
         welcome = link.connect(progress.run_id, json.dumps(shared_config(cfg)), num_classes, digest,
-                               resume_steps=progress.step if cfg.train.resume else None)
+                               resume_steps=progress.step if cfg.train.resume else None, client=client, samples=samples)
     except LinkError:
         link.close()
         raise

@@ -194,7 +194,9 @@ class Session:
             f.upload(c, message)
         reply_weights = what == "fetch" and header.step != f.version
         self._complete(what)  # may close the round: the reply then says whether the run is over
-        mode = "stop" if f.stopped else "ack"
+        # SplitFed's uploads of a round come in any order and the last one closes the round: their acks
+        # would say "stop" or not by a race, so only fetch and done replies (and sequential's hand-ons) say it
+        mode = "stop" if f.stopped and (what != "upload" or f.scheme == "sequential") else "ack"
         if reply_weights:
             return pack(Header("weights", client=c, step=f.version, mode=mode), f.current)
         return pack(Header("control", client=c, step=f.version, mode=mode), {})

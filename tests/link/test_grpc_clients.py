@@ -1,0 +1,91 @@
+"""Several client processes and one `splitvit serve` on loopback: the simulation's result, isolated
+sessions, a duplicate client id refused."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL, make_cfg
+from splitvit.link.grpc import GrpcLink, LinkError, Security
+from splitvit.train.build import build_halves
+from splitvit.train.config import shared_config
+from splitvit.train.server import server_digest
+from splitvit.wire import Header, pack
+from test_grpc import start_serve, stop
+
+RUN = [*SMALL, "eval.max_batches=1", "eval.batch_size=64", "train.batch_size=16", "clients.num=3",
+       "clients.local_steps=2", "clients.rounds=2"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the same float sums in every process
+
+
+def splitvit(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "splitvit", *args], env={**os.environ, **ONE_THREAD},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def simulate(tmp_path: Path, *args: str) -> dict:
+    proc = splitvit("train", *RUN, *args, f"run_dir={tmp_path / 'sim'}")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return json.loads((tmp_path / "sim" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("scheme", ["splitfed_v2", "sequential"])
+def test_three_client_processes_equal_the_simulation(tmp_path, scheme):
+    server, address = start_serve(tmp_path, *RUN, f"clients.scheme={scheme}", "--insecure", "link.once=true",
+                                  env=ONE_THREAD)
+    try:
+        procs = [splitvit("client", *RUN, f"clients.scheme={scheme}", f"server={address}", "--insecure",
+                          f"clients.id={i}", f"run_dir={tmp_path / f'c{i}'}") for i in range(3)]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+        assert server.wait(timeout=30) == 0  # link.once: it stops when the last client closed
+    finally:
+        stop(server)
+    sim = simulate(tmp_path, f"clients.scheme={scheme}")
+    remote = [json.loads((tmp_path / f"c{i}" / "summary.json").read_text()) for i in range(3)]
+    for i, s in enumerate(remote):  # every byte of every client, weights included
+        assert s["per_client"] == [sim["per_client"][i]]
+        assert s["link"] == "grpc" and s["framing_bytes_up"] > 0
+    # each round's evaluator (sequential: its last client) evaluated it; the last round's is the run's result
+    last_round = {i: json.loads((tmp_path / f"c{i}" / "metrics.jsonl").read_text().splitlines()[-1])["round"]
+                  for i, s in enumerate(remote) if s["final_val_acc"] is not None}
+    final = remote[max(last_round, key=last_round.get)]
+    assert final["final_val_acc"] == sim["final_val_acc"] and final["final_val_loss"] == sim["final_val_loss"]
+    served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
+    assert served["stopped_by"] == sim["stopped_by"] == "rounds" and served["steps"] == sim["steps"] == 12
+    assert served["bytes_up"] == sim["bytes_up"] and served["bytes_down"] == sim["bytes_down"]
+
+
+def test_a_second_run_with_a_taken_id_is_refused_and_sessions_stay_apart(tmp_path):
+    server, address = start_serve(tmp_path, *RUN, "--insecure")
+    try:
+        first = splitvit("client", *RUN, f"server={address}", "--insecure", "clients.id=1", f"run_dir={tmp_path / 'a'}")
+        # the first client waits for the other two to start the round; meanwhile another run says it is client 1
+        import time
+
+        deadline = time.monotonic() + 60
+        while "connected" not in (tmp_path / "serve.out").read_text():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.2)
+        second = splitvit("client", *RUN, f"server={address}", "--insecure", "clients.id=1", "link.connect_timeout_s=5",
+                          f"run_dir={tmp_path / 'b'}")
+        out, _ = second.communicate(timeout=120)
+        assert second.returncode == 3 and "client id 1 is taken by run" in out
+        # a session cannot speak for another client: a message that names another is refused
+        cfg = make_cfg(*RUN, "link=grpc")
+        _, server_half, compressor, _ = build_halves(cfg, 10, torch.device("cpu"))
+        link = GrpcLink(address, Security(insecure=True), timeout_s=10, retries=0)
+        link.connect("c" * 32, json.dumps(shared_config(cfg)), 10, server_digest(server_half, compressor),
+                     client=2, samples=479)
+        with pytest.raises(LinkError, match="from client 0 reached the session of client 2"):
+            link.request(pack(Header("control", client=0, step=0, mode="fetch"), {}))
+        first.kill()
+        first.communicate()
+    finally:
+        stop(server)
