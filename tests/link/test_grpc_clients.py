@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,6 @@ def test_a_second_run_with_a_taken_id_is_refused_and_sessions_stay_apart(tmp_pat
     try:
         first = splitvit("client", *RUN, f"server={address}", "--insecure", "clients.id=1", f"run_dir={tmp_path / 'a'}")
         # the first client waits for the other two to start the round; meanwhile another run says it is client 1
-        import time
-
         deadline = time.monotonic() + 60
         while "connected" not in (tmp_path / "serve.out").read_text():
             assert time.monotonic() < deadline and first.poll() is None
@@ -89,3 +88,44 @@ def test_a_second_run_with_a_taken_id_is_refused_and_sessions_stay_apart(tmp_pat
         first.communicate()
     finally:
         stop(server)
+
+
+def wait_for(path: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.1)
+
+
+def test_a_client_killed_mid_round_is_dropped_and_resumed_in_a_later_round(tmp_path):
+    run = [*RUN, "clients.scheme=splitfed_v2", "clients.rounds=40", "clients.local_steps=2", "clients.drop_after_s=3"]
+    server, address = start_serve(tmp_path, *run, "--insecure", "link.once=true")
+    try:
+        def client(i, *more):
+            return splitvit("client", *run, f"server={address}", "--insecure", f"clients.id={i}",
+                            f"run_dir={tmp_path / f'c{i}'}", *more)
+
+        procs = [client(i) for i in range(3)]
+        ckpt = tmp_path / "c2" / "checkpoints" / "clients.pt"
+        deadline = time.monotonic() + 120
+        while not ckpt.is_file():  # client 2 has finished a round and saved it
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        procs[2].kill()
+        procs[2].communicate()
+        procs[2] = client(2, "train.resume=true")
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+        assert server.wait(timeout=30) == 0
+    finally:
+        stop(server)
+    log = (tmp_path / "serve.out").read_text()
+    assert "client 2 dropped from round" in log
+    back = int(log.split("client 2 resumed after ")[1].split()[0])  # its steps when it saved its last round
+    served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
+    assert served["rounds"] == 40 and served["stopped_by"] == "rounds"
+    steps = {int(c): v["steps"] for c, v in served["per_client"].items()}
+    assert steps[0] == steps[1] == 40 * 2  # the others' rounds are whole
+    assert back < steps[2] < 40 * 2  # client 2 missed a round or more, and trained again once back
+    summaries = [json.loads((tmp_path / f"c{i}" / "summary.json").read_text()) for i in range(3)]
+    assert summaries[0]["final_val_acc"] is not None and summaries[0]["rounds"] == 40

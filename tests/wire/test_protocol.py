@@ -12,7 +12,7 @@ SCHEMA = Schema({"z": TensorSpec(torch.float32, ("B", 3))}, {"B": (1, 4)})
 
 def test_round_trip_of_every_kind():
     headers = [Header("train", client=2, step=7), Header("grad", client=2, step=7, loss=1.25), Header("eval", mode="tokens"),
-               Header("logits"), Header("weights", client=1, step=3), Header("control")]
+               Header("logits"), Header("weights", client=1, step=3), Header("control", step=2, mode="fetch")]
     assert {h.kind for h in headers} == set(KINDS)
     for h in headers:
         tensors, got = unpack(pack(h, {"z": torch.ones(2, 3)}), SCHEMA)

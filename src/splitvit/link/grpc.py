@@ -52,10 +52,13 @@ class Session(Protocol):
     """What the server side serves for one client run (see :mod:`splitvit.train.remote`)."""
 
     max_message_bytes: int
+    round: int  # several clients: the round the client takes part from (0 otherwise)
 
     def handle(self, payload: bytes) -> bytes: ...
 
     def checkpoint(self, steps: int) -> None: ...
+
+    def lost(self) -> None: ...  # a call of its client failed
 
 
 @dataclass(frozen=True)
@@ -214,10 +217,17 @@ class _Service:
                  f", resuming after {hello.resume_step} steps" if hello.resume else "")
         note = "one client at a time" if self.capacity == 1 else f"client {hello.client} of {self.capacity}"
         return pb.Welcome(session_id=sid, max_message_bytes=session.max_message_bytes, chunk_bytes=self.chunk_bytes,
-                          note=note)
+                          note=note, round=getattr(session, "round", 0))
+
+    def _lost(self, entry: _Entry) -> None:
+        entry.failed = True  # another run may take its place at once, not after idle_timeout_s
+        entry.session.lost()
 
     def Exchange(self, chunks: Iterator[pb.Chunk], context) -> Iterator[pb.Chunk]:
         sid, entry = self._current(context)
+        answered = threading.Event()
+        # a client that dies while its call waits (for its turn) ends the call: the session hears at once
+        context.add_callback(lambda: None if answered.is_set() else self._lost(entry))
         limit = entry.session.max_message_bytes
         buf = bytearray()
         for chunk in chunks:  # a client that disappears mid-upload ends here: nothing was applied
@@ -226,7 +236,7 @@ class _Service:
                               f"message exceeds the {limit} bytes this session's schemas admit")
             buf += chunk.data
         if not context.is_active():  # the client went away mid-message: its session gives way at once
-            entry.failed = True
+            self._lost(entry)
             return
         with entry.lock:
             with self.lock:
@@ -246,8 +256,9 @@ class _Service:
         try:
             yield from _chunks(reply, self.chunk_bytes)
         except GeneratorExit:  # the call was cancelled while the reply streamed: the client is gone or retries
-            entry.failed = True
+            self._lost(entry)
             raise
+        answered.set()
 
     def Checkpoint(self, control: pb.Control, context) -> pb.Ack:
         _, entry = self._current(context)

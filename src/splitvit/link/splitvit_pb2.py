@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0esplitvit.proto\x12\x0bsplitvit.v1\"\xae\x01\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x0e\n\x06resume\x18\x05 \x01(\x08\x12\x13\n\x0bresume_step\x18\x06 \x01(\x03\x12\x13\n\x0binit_digest\x18\x07 \x01(\t\x12\x0e\n\x06\x63lient\x18\x08 \x01(\x05\x12\x0f\n\x07samples\x18\t \x01(\x03\"[\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x05\x12\x0c\n\x04note\x18\x04 \x01(\t\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"/\n\x07\x43ontrol\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x10\n\x08shutdown\x18\x03 \x01(\x08J\x04\x08\x01\x10\x02\"\x15\n\x03\x41\x63k\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t2\xe5\x01\n\rSplitLearning\x12\x35\n\tHandshake\x12\x12.splitvit.v1.Hello\x1a\x14.splitvit.v1.Welcome\x12\x36\n\x08\x45xchange\x12\x12.splitvit.v1.Chunk\x1a\x12.splitvit.v1.Chunk(\x01\x30\x01\x12\x34\n\nCheckpoint\x12\x14.splitvit.v1.Control\x1a\x10.splitvit.v1.Ack\x12/\n\x05\x43lose\x12\x14.splitvit.v1.Control\x1a\x10.splitvit.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0esplitvit.proto\x12\x0bsplitvit.v1\"\xae\x01\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x0e\n\x06resume\x18\x05 \x01(\x08\x12\x13\n\x0bresume_step\x18\x06 \x01(\x03\x12\x13\n\x0binit_digest\x18\x07 \x01(\t\x12\x0e\n\x06\x63lient\x18\x08 \x01(\x05\x12\x0f\n\x07samples\x18\t \x01(\x03\"j\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x05\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\x03\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"/\n\x07\x43ontrol\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x10\n\x08shutdown\x18\x03 \x01(\x08J\x04\x08\x01\x10\x02\"\x15\n\x03\x41\x63k\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t2\xe5\x01\n\rSplitLearning\x12\x35\n\tHandshake\x12\x12.splitvit.v1.Hello\x1a\x14.splitvit.v1.Welcome\x12\x36\n\x08\x45xchange\x12\x12.splitvit.v1.Chunk\x1a\x12.splitvit.v1.Chunk(\x01\x30\x01\x12\x34\n\nCheckpoint\x12\x14.splitvit.v1.Control\x1a\x10.splitvit.v1.Ack\x12/\n\x05\x43lose\x12\x14.splitvit.v1.Control\x1a\x10.splitvit.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=32
   _globals['_HELLO']._serialized_end=206
   _globals['_WELCOME']._serialized_start=208
-  _globals['_WELCOME']._serialized_end=299
-  _globals['_CHUNK']._serialized_start=301
-  _globals['_CHUNK']._serialized_end=322
-  _globals['_CONTROL']._serialized_start=324
-  _globals['_CONTROL']._serialized_end=371
-  _globals['_ACK']._serialized_start=373
-  _globals['_ACK']._serialized_end=394
-  _globals['_SPLITLEARNING']._serialized_start=397
-  _globals['_SPLITLEARNING']._serialized_end=626
+  _globals['_WELCOME']._serialized_end=314
+  _globals['_CHUNK']._serialized_start=316
+  _globals['_CHUNK']._serialized_end=337
+  _globals['_CONTROL']._serialized_start=339
+  _globals['_CONTROL']._serialized_end=386
+  _globals['_ACK']._serialized_start=388
+  _globals['_ACK']._serialized_end=409
+  _globals['_SPLITLEARNING']._serialized_start=412
+  _globals['_SPLITLEARNING']._serialized_end=641
 # @@protoc_insertion_point(module_scope)

@@ -190,6 +190,7 @@ def _check_clients(cfg: DictConfig) -> None:
     _at_least("clients.min_samples", c.min_samples, 1)
     _at_least("clients.rounds", c.rounds, 1, optional=True)
     _at_least("clients.local_steps", c.local_steps, 1, optional=True)
+    _at_least("clients.drop_after_s", c.drop_after_s, 0.1)
     if not 0 < c.fraction <= 1:
         raise ConfigError(f"clients.fraction={c.fraction!r} must be in (0, 1]: the share of clients in each round")
     if not 0 <= c.id < c.num:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -203,6 +204,10 @@ def close_round(federation: "Federation", halves: list, scheme: str, plan: Round
                 pick(h).load_state_dict(avg)
 
 
+class Dropped(ValueError):
+    """The client was dropped from the round in progress; it may come back for the next one."""
+
+
 class Coordinator:
     """The server's referee of a round over gRPC: a message waits until its event is due in the
     round's :class:`RoundPlan`, so clients that run in parallel are applied in the seed's order, as in
@@ -211,18 +216,27 @@ class Coordinator:
 
     Client processes send when they are ready; the referee blocks a handler thread per waiting client,
     so the server needs a worker per client and a few more (see ``LinkServer(workers=...)``).
+
+    A client that is gone (its call failed, or it was due and silent for ``drop_after_s``) is dropped
+    from the round: its events are struck from the plan, the others finish the round without it (the
+    average is of the halves that came), and it may come back for a later round (:meth:`rejoin`).
     """
 
-    def __init__(self, num: int, plan_round, close, timeout_s: float = 600.0):
+    def __init__(self, num: int, plan_round, close, drop_after_s: float = 120.0, log=None):
         self.num = num
         self.plan_round = plan_round  # round -> RoundPlan, once every client has said hello
         self.close = close
-        self.timeout_s = timeout_s
+        self.drop_after_s = drop_after_s
+        self.log = log
         self.cond = threading.Condition()
         self.samples: dict[int, int] = {}
         self.plan: RoundPlan | None = None
+        self.stages: list[list[tuple[int, str]]] = []  # the plan's stages, less the events of dropped clients
         self.stage = 0
         self.left: list[tuple[int, str]] = []
+        self.dropped: set[int] = set()  # from the round in progress
+        self.absent: set[int] = set()  # dropped and not back: the rounds go on without them
+        self.heard: dict[int, float] = {}  # client -> when it last sent a message
         self.stopped = False  # the last round closed with the run over
         self.finished = False  # and its last event is done
 
@@ -231,6 +245,7 @@ class Coordinator:
             if self.samples.get(client, samples) != samples:
                 raise ValueError(f"client {client} said it holds {samples} samples, before {self.samples[client]}")
             self.samples[client] = samples
+            self.heard[client] = time.monotonic()
             if self.plan is None and len(self.samples) == self.num:
                 self._start(0)
             self.cond.notify_all()
@@ -242,32 +257,84 @@ class Coordinator:
             self._start(round_)
             self.cond.notify_all()
 
+    def rejoin(self, client: int) -> int:
+        """A client that comes back (resumed): it is dropped from the round in progress, if it was in it,
+        and takes part again from the next; returns that round."""
+        with self.cond:
+            if self.plan is None:
+                return 0
+            self._drop(client, "it came back resumed; it takes part from the next round")
+            self.dropped.discard(client)  # its messages now are for the next round: they wait for it
+            self.absent.discard(client)
+            self.cond.notify_all()
+            return self.plan.round + 1
+
     def _start(self, round_: int) -> None:
         self.plan, self.stage = self.plan_round(round_, [self.samples[c] for c in range(self.num)]), 0
-        self.left = list(self.plan.stages[0])
+        self.stages = [list(stage) for stage in self.plan.stages]
+        self.left = list(self.stages[0])
+        self.dropped = set()
+        for c in sorted(self.absent):  # not back yet: not waited for again
+            self._drop(c, "it has not come back")
 
     def wait(self, client: int, what: str) -> bool:
-        """Block until ``(client, what)`` is due; False when the run is over and it never will be."""
+        """Block until ``(client, what)`` is due; False when the run is over and it never will be.
+        :class:`Dropped` when the client was dropped from the round in progress."""
         with self.cond:
-            ok = self.cond.wait_for(lambda: self.finished or (client, what) in self.left, timeout=self.timeout_s)
-            if not ok:
-                raise TimeoutError(f"client {client}'s {what} waited {self.timeout_s:.0f} s for its turn")
-            return not self.finished or (client, what) in self.left
+            self.heard[client] = time.monotonic()
+            while True:
+                if client in self.dropped and self.plan is not None:
+                    raise Dropped(f"client {client} was dropped from round {self.plan.round + 1}; resume it "
+                                  "(train.resume=true) to take part from the next round")
+                if self.finished or (client, what) in self.left:
+                    return not self.finished or (client, what) in self.left
+                self.cond.wait(timeout=min(1.0, self.drop_after_s))
+                now = time.monotonic()
+                for c in {c for c, _ in self.left}:  # those the round waits for, silent too long: gone
+                    if c != client and now - self.heard.get(c, now) > self.drop_after_s:
+                        self._drop(c, f"no message for {self.drop_after_s:.0f} s while the round waited for it")
+
+    def touch(self, client: int) -> None:
+        """Any message of the client: it is alive (an evaluator sends eval messages, not events)."""
+        self.heard[client] = time.monotonic()
+
+    def lost(self, client: int) -> None:
+        """A call of the client failed (it died, or its link broke): drop it from the round."""
+        with self.cond:
+            if self.plan is not None and not self.finished and any(c == client for st in self.stages[self.stage:] for c, _ in st):
+                self._drop(client, "its call failed")
+                self.cond.notify_all()
+
+    def _drop(self, client: int, why: str) -> None:
+        if client in self.dropped or not any(c == client for st in self.stages[self.stage:] for c, _ in st):
+            return
+        self.dropped.add(client)
+        self.absent.add(client)
+        if self.log is not None:
+            self.log.warning("client %d dropped from round %d: %s; the others finish it", client, self.plan.round + 1, why)
+        for st in self.stages[self.stage + 1:]:
+            st[:] = [e for e in st if e[0] != client]
+        self.left = [e for e in self.left if e[0] != client]
+        self._advance()
 
     def complete(self, client: int, what: str) -> None:
         """``(client, what)`` was applied: move the round on; close it and start the next as they come."""
         with self.cond:
+            self.heard[client] = time.monotonic()
             self.left.remove((client, what))
-            while not self.left:
-                plan = self.plan
-                if self.stage == plan.closing:
-                    self.stopped = self.close(plan)
-                self.stage += 1
-                if self.stage < len(plan.stages):
-                    self.left = list(plan.stages[self.stage])
-                elif self.stopped:
-                    self.finished = True
-                    break
-                else:
-                    self._start(plan.round + 1)
+            self._advance()
             self.cond.notify_all()
+
+    def _advance(self) -> None:
+        while not self.left:
+            plan = self.plan
+            if self.stage == plan.closing:
+                self.stopped = self.close(plan)
+            self.stage += 1
+            if self.stage < len(self.stages):
+                self.left = list(self.stages[self.stage])
+            elif self.stopped:
+                self.finished = True
+                break
+            else:
+                self._start(plan.round + 1)

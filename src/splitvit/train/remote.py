@@ -124,10 +124,8 @@ class Sessions:
             raise Refused(f"the client has {hello.num_classes} classes; this run's other clients have {hub.num_classes}")
         if hello.init_digest != hub.digest:
             raise Refused(DIGEST_DIFFERS)
-        if hello.resume:
-            raise Refused("resuming a client of several is not supported by this server; start the run again")
         try:
-            return hub.session(hello.client, hello.samples)
+            return hub.session(hello.client, hello.samples, resume_steps=hello.resume_step if hello.resume else None)
         except ValueError as e:
             raise Refused(str(e)) from None
 
@@ -154,14 +152,22 @@ class Hub:
             model, method = copy.deepcopy(server_model), copy.deepcopy(compressor)
             self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16))
         self.federation = Federation(c.scheme, half_state(SplitClient(client_model, compressor, None, None, num_classes)))
-        self.coordinator = Coordinator(c.num, self._plan, self._close, timeout_s=float(cfg.link.idle_timeout_s))
+        self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
         self.ledger = Progress()  # the server's own count: training messages as received and replied
         self.sessions: dict[int, Session] = {}
         self.sizes: dict[int, int] = {}
         self.lock = threading.Lock()
 
-    def session(self, client: int, samples: int) -> Session:
+    def session(self, client: int, samples: int, resume_steps: int | None = None) -> Session:
+        """Client ``client``'s session; a resumed client goes on from its checkpoint, in the next round."""
         with self.lock:
+            if resume_steps is not None and client in self.sessions:
+                session = self.sessions[client]
+                session.rejoin(resume_steps)
+                session.round = self.coordinator.rejoin(client)
+                log.info("client %d resumed after %d of its steps; it takes part from round %d", client, resume_steps,
+                         session.round + 1)
+                return session
             if client not in self.sessions:
                 self.sessions[client] = Session(
                     self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
@@ -222,6 +228,13 @@ class RemoteClient(Clients):
         link = connect(cfg, run_dir, progress, data.num_classes, server_digest(self.server_model, self.compressor),
                        client=me, samples=self.sizes[me])
         self.members[me].client.exchange = Exchange(link, standard_mods(progress, shaping))
+        if link.welcome.round > progress.round:  # resumed while the others went on: from the server's next round
+            log.info("the run is at round %d; this client takes part from there", link.welcome.round + 1)
+            for r in range(progress.round, link.welcome.round):  # the rounds it missed, as planned
+                for c, k in self.plan(r).steps.items():
+                    progress.client_steps[str(c)] = progress.client_steps.get(str(c), 0) + k
+                    progress.global_steps += k
+            progress.round = link.welcome.round
 
     def close_link(self) -> None:
         for m in self.members.values():
@@ -336,6 +349,7 @@ def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: 
         link.close()
         raise
     log.info("connected to %s (session %s; %s)", target, welcome.session_id, welcome.note)
+    link.welcome = welcome
     return link
 
 

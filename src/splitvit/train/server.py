@@ -112,6 +112,7 @@ class Session:
         self.half = half
         self.client = client
         self.federation = federation  # several clients: where client halves are handed on or averaged
+        self.round = 0  # several clients: the round the client takes part from (a resumed one: the next)
         self.coordinator = coordinator  # over gRPC: holds each message until the round's plan says it is due
         self.on_train = on_train  # on_train(client, request bytes, reply bytes, step): the server's own count
         eval_batch = max_eval_batch or max_batch
@@ -126,6 +127,7 @@ class Session:
         self.last_step = -1  # the last training step applied
         self._last_reply: bytes | None = None
         self._last_payload: bytes | None = None  # the message that step came in: a retry must say the same
+        self._fed_cache: tuple[bytes, bytes] | None = None  # the last weights/control message and its reply
 
     # the shared half's parts, for callers that set its learning rate or read its weights
     model = property(lambda self: self.half.model)
@@ -145,8 +147,22 @@ class Session:
             raise WireError(f"message from client {header.client} reached the session of client {self.client}")
         return self.schemas[kind]
 
+    def lost(self) -> None:
+        """A call of this session's client failed: with several clients, it is dropped from the round."""
+        if self.coordinator is not None:
+            self.coordinator.lost(self.client)
+
+    def rejoin(self, steps: int) -> None:
+        """The client came back from its checkpoint after ``steps`` of its steps: its step ids go on from there."""
+        self.last_step, self._last_reply, self._last_payload = steps - 1, None, None
+        self._fed_cache = None
+
     def handle(self, payload: bytes) -> bytes:
         message, header = unpack(payload, self.schema_for)
+        if self.coordinator is not None:
+            self.coordinator.touch(self.client)
+        if header.kind in ("weights", "control") and self._fed_cache is not None and self._fed_cache[0] == payload:
+            return self._fed_cache[1]  # a retry after a lost reply: answered again, not applied again
         if header.kind == "train":
             step = header.step
             if step == self.last_step and self._last_reply is not None:
@@ -171,7 +187,9 @@ class Session:
             self._complete("train")
             return reply
         if header.kind in ("weights", "control"):
-            return self._federate(message, header)
+            reply = self._federate(message, header)
+            self._fed_cache = (payload, reply)
+            return reply
         return self.half.eval_step(message, header)
 
     def _due(self, what: str) -> bool:
