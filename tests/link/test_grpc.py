@@ -88,7 +88,7 @@ def test_local_grpc_run_equals_the_inprocess_run(tmp_path, inprocess):
         "server-000000012.pt", "server-000000024.pt"]
 
 
-def certificates(tmp_path: Path) -> dict[str, str]:
+def certificates(tmp_path: Path, clients=("client",)) -> dict[str, str]:
     """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -117,8 +117,10 @@ def certificates(tmp_path: Path) -> dict[str, str]:
     write("ca", ca_key, ca)
     write("server", *make("localhost", ca_key, ca.subject,
                           san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]))
-    write("client", *make("client", ca_key, ca.subject))
-    return {k: str(tmp_path / k) for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    for name in clients:
+        write(name, *make(name, ca_key, ca.subject, san=[x509.DNSName(name)]))
+    files = ["ca.pem", "server.pem", "server.key", *(f"{n}.{e}" for n in clients for e in ("pem", "key"))]
+    return {k: str(tmp_path / k) for k in files}
 
 
 def test_serve_and_client_over_mutual_tls_with_token_then_resume_after_a_kill(tmp_path, inprocess):

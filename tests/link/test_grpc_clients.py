@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import SMALL, make_cfg
-from splitvit.link.grpc import GrpcLink, LinkError, Security
+from splitvit.link.grpc import GrpcLink, LinkError, LinkServer, Security
 from splitvit.train.build import build_halves
 from splitvit.train.config import shared_config
 from splitvit.train.server import server_digest
@@ -129,3 +129,26 @@ def test_a_client_killed_mid_round_is_dropped_and_resumed_in_a_later_round(tmp_p
     assert back < steps[2] < 40 * 2  # client 2 missed a round or more, and trained again once back
     summaries = [json.loads((tmp_path / f"c{i}" / "summary.json").read_text()) for i in range(3)]
     assert summaries[0]["final_val_acc"] is not None and summaries[0]["rounds"] == 40
+
+
+def test_with_mutual_tls_a_client_must_present_its_own_id(tmp_path):
+    from splitvit.train.remote import Sessions
+    from test_grpc import certificates
+
+    pem = certificates(tmp_path, clients=("client-0", "client-1"))
+    cfg = make_cfg(*RUN, "link=grpc")
+    server = LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:0",
+                        Security(cert=pem["server.pem"], key=pem["server.key"], ca=pem["ca.pem"], token="t"), clients=3)
+    _, server_half, compressor, _ = build_halves(cfg, 10, torch.device("cpu"))
+    hello = (json.dumps(shared_config(cfg)), 10, server_digest(server_half, compressor))
+    try:
+        def link(name):
+            return GrpcLink(server.address, Security(ca=pem["ca.pem"], cert=pem[f"{name}.pem"], key=pem[f"{name}.key"],
+                                                     server_name="localhost", token="t"), timeout_s=10, retries=0)
+
+        with pytest.raises(LinkError, match="names .*client-0.*, not client-1"):
+            link("client-0").connect("a" * 32, *hello, client=1, samples=479)
+        welcome = link("client-1").connect("b" * 32, *hello, client=1, samples=479)
+        assert welcome.note == "client 1 of 3"
+    finally:
+        server.stop()

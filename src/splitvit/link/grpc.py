@@ -164,6 +164,8 @@ class _Service:
         self.once = once
         self.stop = stop
         self.capacity = capacity
+        # mutual TLS with several clients: each client's certificate must name its id (client-<id>)
+        self.check_ids = bool(security.cert and security.ca) and capacity > 1
         self.lock = threading.Lock()  # guards the table of sessions
         self.entries: dict[str, _Entry] = {}
         self.served = 0  # sessions closed
@@ -192,6 +194,14 @@ class _Service:
         if hello.protocol != PROTOCOL:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"protocol {hello.protocol!r} is not served; this server speaks {PROTOCOL!r}: use the same splitvit version")
+        if self.check_ids:
+            auth = context.auth_context()
+            names = {v.decode(errors="replace") for k in ("x509_common_name", "x509_subject_alternative_name")
+                     for v in auth.get(k, [])}
+            if f"client-{hello.client}" not in names:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"this client's certificate names {sorted(names)}, not client-{hello.client}: with mutual "
+                              "TLS each client presents a certificate whose common name or DNS name is client-<its id>")
         with self.lock:
             now = time.monotonic()
             for sid, e in list(self.entries.items()):
