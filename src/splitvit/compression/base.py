@@ -11,7 +11,9 @@ A step, as DESIGN.md draws it::
 
 ``packet.sent`` is the client-side tensor that keeps the autograd graph back to the client blocks;
 ``p.received`` is the server-side leaf whose gradient is sent back. A method with learned parts
-keeps them in ``client_modules`` / ``server_modules`` so each side's optimizer finds them.
+keeps them in ``client_modules`` / ``server_modules`` so each side's optimizer finds them, and its
+state by side (``client_state`` / ``server_state``): every client and the server hold their own
+instance of the method, and each saves and restores only its own side.
 """
 
 from __future__ import annotations
@@ -172,12 +174,27 @@ class Compressor(ABC):
     def from_wire(t: torch.Tensor) -> torch.Tensor:
         return t.float().requires_grad_()
 
+    # -- state, by side: a client saves and restores its side only, a server its own ----------------
+    def client_state(self) -> dict:
+        """What the client side keeps between steps: its learned parts and whatever it draws from."""
+        return {"client_modules": self.client_modules.state_dict()}
+
+    def server_state(self) -> dict:
+        return {"server_modules": self.server_modules.state_dict()}
+
+    def load_client_state(self, state: dict) -> None:
+        self.client_modules.load_state_dict(state["client_modules"])
+
+    def load_server_state(self, state: dict) -> None:
+        self.server_modules.load_state_dict(state["server_modules"])
+
     def state_dict(self) -> dict:
-        return {"client_modules": self.client_modules.state_dict(), "server_modules": self.server_modules.state_dict()}
+        """Both sides (one process that plays both, as a checkpoint of the whole method)."""
+        return {**self.client_state(), **self.server_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.client_modules.load_state_dict(state["client_modules"])
-        self.server_modules.load_state_dict(state["server_modules"])
+        self.load_client_state(state)
+        self.load_server_state(state)
 
 
 EVAL_MODES = ("uncompressed", "tokens", "compressed")

@@ -126,10 +126,16 @@ class FedLite(Compressor):
     def nominal_ratio(self, B, N, D) -> float:
         return self.target_ratio()
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.pq.generator.get_state(), "grad_generator": self.grad_pq.generator.get_state()}
+    def client_state(self) -> dict:
+        return {**super().client_state(), "generator": self.pq.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_client_state(self, state: dict) -> None:
+        super().load_client_state(state)
         self.pq.generator.set_state(state["generator"])
+
+    def server_state(self) -> dict:
+        return {**super().server_state(), "grad_generator": self.grad_pq.generator.get_state()}
+
+    def load_server_state(self, state: dict) -> None:
+        super().load_server_state(state)
         self.grad_pq.generator.set_state(state["grad_generator"])

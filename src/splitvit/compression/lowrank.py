@@ -123,10 +123,16 @@ class LowRank(Compressor):
     def nominal_ratio(self, B, N, D) -> float:
         return (N + D) * self.up.r_max / (N * D) * self.value_ratio
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "up": self.up.state(), "down": self.down.state()}
+    def client_state(self) -> dict:
+        return {**super().client_state(), "up": self.up.state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_client_state(self, state: dict) -> None:
+        super().load_client_state(state)
         self.up.load(state["up"])
+
+    def server_state(self) -> dict:
+        return {**super().server_state(), "down": self.down.state()}
+
+    def load_server_state(self, state: dict) -> None:
+        super().load_server_state(state)
         self.down.load(state["down"])

@@ -110,9 +110,9 @@ class RandTopK(TopK):
         weights.scatter_(1, top, (1 - self.alpha) / K)
         return torch.multinomial(weights, K, replacement=False, generator=self.generator)
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
+    def client_state(self) -> dict:
+        return {**super().client_state(), "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_client_state(self, state: dict) -> None:
+        super().load_client_state(state)
         self.generator.set_state(state["generator"])

@@ -52,7 +52,7 @@ def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> No
         "config": OmegaConf.to_container(cfg, resolve=True),
         "client": client.model.state_dict(),
         "client_optimizer": client.optimizer.state_dict(),
-        "compressor": compressor.state_dict(),
+        "compressor": compressor.client_state(),  # the client's side of the method only
         "progress": asdict(progress),
         "torch_rng": torch.get_rng_state(),
     }, path)
@@ -68,7 +68,7 @@ def load_client(path: Path, cfg: DictConfig, client, compressor):
         raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))
     client.model.load_state_dict(state["client"])
     client.optimizer.load_state_dict(state["client_optimizer"])
-    compressor.load_state_dict(state["compressor"])
+    compressor.load_client_state(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
     progress = Progress.from_state(state["progress"])
     if not progress.caps:  # a checkpoint from before caps were recorded: its config has them

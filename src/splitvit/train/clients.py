@@ -60,14 +60,14 @@ class Member:
 
     def state_dict(self) -> dict:
         return {"model": self.client.model.state_dict(), "optimizer": self.client.optimizer.state_dict(),
-                "compressor": self.client.compressor.state_dict(), "epoch": self.epoch,
+                "compressor": self.client.compressor.client_state(), "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version,
                 "told_stop": self.told_stop}
 
     def load_state_dict(self, s: dict) -> None:
         self.client.model.load_state_dict(s["model"])
         self.client.optimizer.load_state_dict(s["optimizer"])
-        self.client.compressor.load_state_dict(s["compressor"])
+        self.client.compressor.load_client_state(s["compressor"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
         self.told_stop = s.get("told_stop", False)
 

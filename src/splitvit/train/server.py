@@ -90,12 +90,12 @@ class ServerHalf:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "compressor": self.compressor.state_dict()}
+                "compressor": self.compressor.server_state()}  # the method's server side only
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.compressor.load_state_dict(state["compressor"])
+        self.compressor.load_server_state(state["compressor"])
 
 
 class Session:
