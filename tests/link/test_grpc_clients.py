@@ -36,7 +36,7 @@ def simulate(tmp_path: Path, *args: str) -> dict:
     return json.loads((tmp_path / "sim" / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("scheme", ["splitfed_v2", "sequential"])
+@pytest.mark.parametrize("scheme", ["splitfed_v2", "sequential", "splitfed_v1"])
 def test_three_client_processes_equal_the_simulation(tmp_path, scheme):
     server, address = start_serve(tmp_path, *RUN, f"clients.scheme={scheme}", "--insecure", "link.once=true",
                                   env=ONE_THREAD)
