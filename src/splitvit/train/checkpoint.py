@@ -58,14 +58,20 @@ def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> No
     }, path)
 
 
-def load_client(path: Path, cfg: DictConfig, client, compressor):
-    """Restore the client's half and return the run's :class:`Progress`; refuse another experiment's checkpoint."""
+def load_resumable(path: Path, cfg: DictConfig) -> dict:
+    """The checkpoint a run resumes from; refused when missing or another experiment's."""
     if not path.is_file():
         raise ConfigError(f"train.resume=true but {path} does not exist; pass the run_dir of the run to resume")
     state = load_checkpoint_file(path)
     diff = resume_mismatch(state["config"], cfg)
     if diff:
         raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))
+    return state
+
+
+def load_client(path: Path, cfg: DictConfig, client, compressor):
+    """Restore the client's half and return the run's :class:`Progress`; refuse another experiment's checkpoint."""
+    state = load_resumable(path, cfg)
     client.model.load_state_dict(state["client"])
     client.optimizer.load_state_dict(state["client_optimizer"])
     compressor.load_client_state(state["compressor"])

@@ -27,9 +27,9 @@ from ..data.partition import histograms, partition
 from ..link import Exchange, InProcessLink, standard_mods
 from ..wire import Header, Schema, TensorSpec
 from .build import build_halves, make_optimizer
-from .checkpoint import atomic_save, load_checkpoint_file
+from .checkpoint import atomic_save, load_resumable
 from .client import SplitClient
-from .config import ConfigError, resume_mismatch
+from .config import ConfigError
 from .baseline import epoch_bytes, uncompressed_bytes
 from .federation import (SAMPLES, Coordinator, Federation, RoundPlan, caps_reached, close_round, half_state,
                          load_half_state)
@@ -238,12 +238,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     ckpt = run_dir / "checkpoints" / "clients.pt"
     state = None
     if cfg.train.resume:
-        if not ckpt.is_file():
-            raise ConfigError(f"train.resume=true but {ckpt} does not exist; pass the run_dir of the run to resume")
-        state = load_checkpoint_file(ckpt)
-        diff = resume_mismatch(state["config"], cfg)
-        if diff:
-            raise ConfigError("cannot resume a different experiment; these keys differ: " + "; ".join(diff))
+        state = load_resumable(ckpt, cfg)
         p = Progress.from_state(state["progress"])
     clients = (make_clients or Simulation)(cfg, run_dir, data, device, shaping, p)
     if state is not None:
