@@ -329,6 +329,8 @@ def test_a_client_that_disappears_mid_upload_leaves_nothing_applied(served):
     assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))
     link.request(message)  # the same session goes on with step 0
     assert session.last_step == 0
+    # and its failed call means it may be gone: another run is served at once, not after idle_timeout_s
+    client(served, run_id="d" * 32, connect_timeout_s=1).close()
 
 
 def test_listen_address_is_checked_and_a_taken_port_refused(tmp_path):
