@@ -20,6 +20,7 @@ one handed on, or the last average) and a version number that says which round m
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -309,9 +310,10 @@ class Coordinator:
         if client in self.dropped or not any(c == client for st in self.stages[self.stage:] for c, _ in st):
             return
         self.dropped.add(client)
+        if self.log is not None:  # said loudly once; each later round without it, quietly
+            level = logging.INFO if client in self.absent else logging.WARNING
+            self.log.log(level, "client %d dropped from round %d: %s; the others finish it", client, self.plan.round + 1, why)
         self.absent.add(client)
-        if self.log is not None:
-            self.log.warning("client %d dropped from round %d: %s; the others finish it", client, self.plan.round + 1, why)
         for st in self.stages[self.stage + 1:]:
             st[:] = [e for e in st if e[0] != client]
         self.left = [e for e in self.left if e[0] != client]
