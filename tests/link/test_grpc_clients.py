@@ -152,3 +152,30 @@ def test_with_mutual_tls_a_client_must_present_its_own_id(tmp_path):
         assert welcome.note == "client 1 of 3"
     finally:
         server.stop()
+
+
+def test_a_server_killed_mid_run_resumes_from_its_last_round(tmp_path):
+    run = [*RUN, "clients.scheme=splitfed_v2", "clients.rounds=12", "clients.local_steps=2", "link.retries=0"]
+    server, address = start_serve(tmp_path, *run, "--insecure")
+
+    def clients(address, *more):
+        return [splitvit("client", *run, f"server={address}", "--insecure", f"clients.id={i}",
+                         f"run_dir={tmp_path / f'c{i}'}", *more) for i in range(3)]
+
+    try:
+        procs = clients(address)
+        wait_for(tmp_path / "serve.out", "round 3 closed")
+        server.kill()  # mid-run; the clients' calls fail and they stop with a link error
+        server.wait()
+        assert [p.wait(timeout=120) for p in procs] == [3, 3, 3]
+        (tmp_path / "serve.out").rename(tmp_path / "serve-1.out")
+        server, address = start_serve(tmp_path, *run, "--insecure", "link.once=true", "train.resume=true")
+        procs = clients(address, "train.resume=true")
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+        assert server.wait(timeout=30) == 0
+    finally:
+        stop(server)
+    assert "resumed the run after round" in (tmp_path / "serve.out").read_text()
+    served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
+    assert served["rounds"] == 12 and served["stopped_by"] == "rounds"

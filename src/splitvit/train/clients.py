@@ -1,11 +1,14 @@
-"""Several clients and one server, simulated in one process (``clients.num > 1``, ``link=inprocess``).
+"""Several clients and one server (``clients.num > 1``): the round loop every client process runs, and
+the simulation of all of them in one process.
 
 Each client is a :class:`Member`: its share of the training set, its own client half, its own
 instance of the method (its client side) and optimizer, and its own exchange path, whose mods count
-its bytes under its id. The server is one :class:`~.server.ServerHalf` (``splitvit_v1``: one copy per
-client) with one :class:`~.server.Session` per client, and a :class:`~.federation.Federation` that
-hands client halves on or averages them. Every message, weights included, is serialised and goes
-through a session exactly as it would over gRPC. A round, top to bottom, is :func:`_round`.
+its bytes under its id. :class:`Simulation` holds every member and the server's side: one
+:class:`~.server.ServerHalf` (``splitfed_v1``: one copy per client), a :class:`~.server.Session` per
+client, the :class:`~.federation.Federation` that hands client halves on or averages them, and the
+referee that closes rounds. Every message, weights included, is serialised and goes through a
+session exactly as it would over gRPC, where one process runs one member
+(:class:`~.remote.RemoteClient`). A round, top to bottom, is :func:`_round`.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from ..wire import Header, Schema, TensorSpec
 from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_resumable
 from .client import SplitClient
-from .config import ConfigError
 from .baseline import epoch_bytes, uncompressed_bytes
+from .config import ConfigError
 from .federation import (SAMPLES, Coordinator, Federation, RoundPlan, caps_reached, close_round, half_state,
                          load_half_state)
 from .loop import Interrupted, _StopBetweenSteps, _test_batches, evaluate, lr_factor, make_summary, reachability, workers
@@ -40,7 +43,8 @@ from .tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
-BUDGET_COUNTS = "training messages (activations up, gradients down) of all clients; weights messages are not included"
+BUDGET_COUNTS = ("training messages (activations up, gradients down) of all clients; weights and control messages "
+                 "are not included")
 
 
 @dataclass

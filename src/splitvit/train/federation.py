@@ -240,6 +240,7 @@ class Coordinator:
         self.heard: dict[int, float] = {}  # client -> when it last sent a message
         self.stopped = False  # the last round closed with the run over
         self.finished = False  # and its last event is done
+        self.first_round = 0  # a resumed server: the round after the last it saved
 
     def register(self, client: int, samples: int) -> None:
         with self.cond:
@@ -248,7 +249,7 @@ class Coordinator:
             self.samples[client] = samples
             self.heard[client] = time.monotonic()
             if self.plan is None and len(self.samples) == self.num:
-                self._start(0)
+                self._start(self.first_round)
             self.cond.notify_all()
 
     def restart(self, round_: int) -> None:
@@ -262,8 +263,8 @@ class Coordinator:
         """A client that comes back (resumed): it is dropped from the round in progress, if it was in it,
         and takes part again from the next; returns that round."""
         with self.cond:
-            if self.plan is None:
-                return 0
+            if self.plan is None:  # the run has not started (or its server has just resumed)
+                return self.first_round
             self._drop(client, "it came back resumed; it takes part from the next round")
             self.dropped.discard(client)  # its messages now are for the next round: they wait for it
             self.absent.discard(client)

@@ -7,6 +7,7 @@ client keeps the data; the server learns only the number of classes.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -14,20 +15,18 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-
-import copy
-import threading
 
 from ..link import Counts, Exchange, standard_mods
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
 from .baseline import epoch_bytes
 from .build import build_halves, build_server, make_optimizer
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, load_checkpoint_file
 from .client import SplitClient
 from .clients import Clients
 from .config import ConfigError, config_diff, resolve_device, shared_config, validate
@@ -157,25 +156,36 @@ class Hub:
         self.sessions: dict[int, Session] = {}
         self.sizes: dict[int, int] = {}
         self.lock = threading.Lock()
+        if cfg.train.resume:  # the server restarted: from the last round it saved
+            saved = self.run_dir / "federation" / "round.pt"
+            if not saved.is_file():
+                raise Refused(f"the server was started with train.resume=true but {saved} does not exist")
+            state = load_checkpoint_file(saved)
+            for h, s in zip(self.halves, state["halves"]):
+                h.load_state_dict(s)
+            self.federation.load_state_dict(state["federation"])
+            self.ledger = Progress.from_state(state["ledger"])
+            self.coordinator.first_round = state["round"]
+            log.info("resumed the run after round %d (%s)", state["round"], saved)
 
     def session(self, client: int, samples: int, resume_steps: int | None = None) -> Session:
-        """Client ``client``'s session; a resumed client goes on from its checkpoint, in the next round."""
+        """Client ``client``'s session. A resumed client goes on from its checkpoint: in the next round,
+        or, to a server that itself resumed, in the round the server saved last."""
         with self.lock:
-            if resume_steps is not None and client in self.sessions:
-                session = self.sessions[client]
-                session.rejoin(resume_steps)
-                session.round = self.coordinator.rejoin(client)
-                log.info("client %d resumed after %d of its steps; it takes part from round %d", client, resume_steps,
-                         session.round + 1)
-                return session
             if client not in self.sessions:
                 self.sessions[client] = Session(
                     self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
                     self.vit.embed_dim, max_eval_batch=self.cfg.eval.batch_size, client=client,
                     federation=self.federation, coordinator=self.coordinator, on_train=self._count)
+            session = self.sessions[client]
             self.sizes[client] = samples
+            if resume_steps is not None:
+                session.rejoin(resume_steps)
+                session.round = self.coordinator.rejoin(client)
+                log.info("client %d resumed after %d of its steps; it takes part from round %d", client, resume_steps,
+                         session.round + 1)
         self.coordinator.register(client, samples)
-        return self.sessions[client]
+        return session
 
     def _plan(self, round_: int, sizes: list[int]) -> RoundPlan:
         c = self.cfg.clients
@@ -206,7 +216,8 @@ class Hub:
                  (p.bytes_up + p.bytes_down) / 1e6, f"; the run is over ({reason})" if reason else "")
         out = self.run_dir / "federation"
         atomic_save({"halves": [h.state_dict() for h in self.halves], "federation": self.federation.state_dict(),
-                     "sessions": {c: s.last_step for c, s in self.sessions.items()}, "round": p.round}, out / "round.pt")
+                     "sessions": {c: s.last_step for c, s in self.sessions.items()}, "round": p.round,
+                     "ledger": asdict(p)}, out / "round.pt")
         (out / "summary.json").write_text(json.dumps({
             "rounds": p.round, "steps": p.step, "samples": p.samples, "stopped_by": reason,
             "bytes_up": p.bytes_up, "bytes_down": p.bytes_down,
