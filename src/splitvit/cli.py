@@ -24,6 +24,8 @@ commands:
   client   train as the client of a `splitvit serve` elsewhere; same overrides as the server's
            splitvit client server=gpu-host:50051 link.tls.ca=ca.pem [overrides]
            (the token comes from $SPLITVIT_TOKEN or link.token_file; --insecure allows no TLS and no token)
+           several clients: splitvit serve clients.num=3 clients.scheme=splitfed_v2 ..., then
+           splitvit client clients.num=3 clients.scheme=splitfed_v2 clients.id=<0, 1, 2> server=... on each
   plan     list the jobs of a sweep without running them; splitvit plan --all lists the paper's experiments
            splitvit plan +experiment=paper/main_adc
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
