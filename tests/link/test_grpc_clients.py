@@ -42,13 +42,13 @@ def test_three_client_processes_equal_the_simulation(tmp_path, scheme):
                                   env=ONE_THREAD)
     try:
         procs = [splitvit("client", *RUN, f"clients.scheme={scheme}", f"server={address}", "--insecure",
-                          f"clients.id={i}", f"run_dir={tmp_path / f'c{i}'}") for i in range(3)]
+                          "eval.also=[compressed]", f"clients.id={i}", f"run_dir={tmp_path / f'c{i}'}") for i in range(3)]
         outs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), "\n".join(outs)
         assert server.wait(timeout=30) == 0  # link.once: it stops when the last client closed
     finally:
         stop(server)
-    sim = simulate(tmp_path, f"clients.scheme={scheme}")
+    sim = simulate(tmp_path, f"clients.scheme={scheme}", "eval.also=[compressed]")
     remote = [json.loads((tmp_path / f"c{i}" / "summary.json").read_text()) for i in range(3)]
     for i, s in enumerate(remote):  # every byte of every client, weights included
         assert s["per_client"] == [sim["per_client"][i]]
@@ -58,6 +58,7 @@ def test_three_client_processes_equal_the_simulation(tmp_path, scheme):
                   for i, s in enumerate(remote) if s["final_val_acc"] is not None}
     final = remote[max(last_round, key=last_round.get)]
     assert final["final_val_acc"] == sim["final_val_acc"] and final["final_val_loss"] == sim["final_val_loss"]
+    assert final["final_val_acc_compressed"] == sim["final_val_acc_compressed"]  # measured by that client too
     served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
     assert served["stopped_by"] == sim["stopped_by"] == "rounds" and served["steps"] == sim["steps"] == 12
     assert served["bytes_up"] == sim["bytes_up"] and served["bytes_down"] == sim["bytes_down"]

@@ -317,6 +317,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
                         m.fetch(clients.half_schema)
             if keep != "none":
                 atomic_save(clients.state_dict(), ckpt)
+            also = _measure_final(cfg, clients, p, data, vit, device)  # before the link closes
         except Interrupted:
             raise Interrupted(p.step, False) from None  # the run resumes from the last round it saved
         finally:
@@ -325,12 +326,22 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     reason = p.stopped_by or ("server" if remote else None)  # over gRPC the server says stop, and why in its log
     summary = make_summary(cfg, clients.compressor, vit, p, reason, data)
     summary.update(clients_summary(cfg, clients, p))
-    evaluator = clients.members.get(p.history[-1]["client"]) if p.history else None
-    for mode in (cfg.eval.get("also") or []) if evaluator is not None and not remote else []:
-        loss, acc = evaluator.client.evaluate(_test_batches(cfg, data, vit, device), mode)
-        summary[f"final_val_acc_{mode}"], summary[f"final_val_loss_{mode}"] = acc, loss
+    summary.update(also)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _measure_final(cfg, clients: Clients, p: Progress, data, vit, device) -> dict:
+    """``eval.also``: the final model measured in more ways, by the client that evaluated the last round
+    (over gRPC, only that client's process has it)."""
+    last = p.history[-1] if p.history else None
+    evaluator = clients.members.get(last["client"]) if last and last.get("round") == p.round else None
+    out = {}
+    for mode in (cfg.eval.get("also") or []) if evaluator is not None else []:
+        loss, acc = evaluator.client.evaluate(_test_batches(cfg, data, vit, device), mode)
+        out[f"final_val_acc_{mode}"], out[f"final_val_loss_{mode}"] = acc, loss
+        log.info(f"final model, eval.mode={mode}: val_loss {loss:.4f} val_acc {acc:.4f}")
+    return out
 
 
 def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[float], stop_reason, interrupt, tracker,
