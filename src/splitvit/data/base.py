@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .download import MissingDataset
+
+if TYPE_CHECKING:  # files.py builds on this module
+    from .files import FileImageSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what timm's DeiT weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,10 +12,13 @@ Three schemes (``clients.scheme``), all on the wire as ``weights`` messages, cou
 - ``splitfed_v2``: the clients of a round train in parallel against the one server half, which takes
   their messages in a seeded random order; the client halves are averaged at the round's end.
 
-Every order here is a pure function of the seed and the round, so a simulation and a gRPC run with
-the same seed apply the same messages in the same order (:func:`participants`, :func:`step_order`).
-The server's side of the sharing is :class:`Federation`: it keeps the current client half (the last
-one handed on, or the last average) and a version number that says which round made it.
+A round is a script, :class:`RoundPlan`: who fetches the current half, whose training messages
+come in which order, who uploads, who evaluates. It is a pure function of the seed, the round and
+the clients' sizes (:func:`participants`, :func:`step_order`), so a simulation, which plays the script
+in order, and a gRPC server, whose :class:`Coordinator` holds each message until the script says it
+is due, apply the same messages in the same order. The server's side of the sharing is
+:class:`Federation`: the current client half (the last one handed on, or the last average) and its
+version. The caps end a run only at the end of a round (:func:`caps_reached`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import torch
 from ..wire import Schema, TensorSpec
 from .fedavg import fedavg
 
-SCHEMES = ("sequential", "splitfed_v1", "splitfed_v2")
 SAMPLES = "__samples__"  # the tensor of a weights message that says how many samples the half trained on
 
 
