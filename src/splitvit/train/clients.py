@@ -28,16 +28,15 @@ from ..data import batches
 from ..data.augment import build_augment
 from ..data.partition import histograms, partition
 from ..link import Exchange, InProcessLink, standard_mods
-from ..wire import Header, Schema, TensorSpec
+from ..wire import Header, Schema
 from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_resumable
 from .client import SplitClient
-from .baseline import epoch_bytes, uncompressed_bytes
+from .baseline import uncompressed_bytes
 from .config import ConfigError
-from .federation import (SAMPLES, Coordinator, Federation, RoundPlan, caps_reached, close_round, half_state,
-                         load_half_state)
+from .federation import SAMPLES, RoundPlan, half_schema, half_state, load_half_state
+from .hub import Hub
 from .loop import Interrupted, _StopBetweenSteps, _test_batches, evaluate, lr_factor, make_summary, reachability, workers
-from .server import ServerHalf, Session
 from .state import CAPS, Progress
 from .tracking import make_tracker
 
@@ -128,7 +127,7 @@ class Clients:
                                  data.num_classes, bf16=self.bf16, client_id=i)
             self.members[i] = Member(i, self.parts[i], client)
         self.template = half_state(SplitClient(client_model, compressor, None, None, data.num_classes))
-        self.half_schema = Schema({k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in self.template.items()})
+        self.half_schema = half_schema(self.template)
         self.augment = build_augment(cfg.dataset.get("augment", "none"))
 
     def plan(self, round_: int) -> RoundPlan:
@@ -179,56 +178,46 @@ class Clients:
     def close_link(self) -> None:
         pass
 
+    def stopped_by(self) -> str | None:
+        """Why the run ended; over gRPC only the server knows, and its log says."""
+        return "server"
+
+    def go_on(self) -> None:
+        pass
+
 
 class Simulation(Clients):
-    """Every client, the server's half (or halves), a session per client and the federation, in one
-    process; each client's messages reach its session as bytes through its own exchange path."""
+    """Every client and the server's side (a :class:`~.hub.Hub`, as ``splitvit serve`` has) in one
+    process; each client's messages reach its session as bytes through its own exchange path. The
+    hub's referee never waits here (every event comes when it is due), but it closes each round at the
+    very event a server closes it at, and the hub decides when the run ends, as a server does."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, data, device, shaping, progress: Progress):
         super().__init__(cfg, data, device, progress, list(range(cfg.clients.num)))
-        copies = cfg.clients.num if self.scheme == "splitfed_v1" else 1  # SplitFed-V1: a server half per client
-        self.halves = []
-        for _ in range(copies):
-            model, method = copy.deepcopy(self.server_model), copy.deepcopy(self.compressor)
-            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), self.bf16))
-        self.federation = Federation(self.scheme, self.template)
-        # the referee a server uses: here every event comes when it is due, so it never waits, but the
-        # round closes at the very event it closes at on a server, before that event's reply is made
-        self.coordinator = Coordinator(cfg.clients.num, lambda r, sizes: self.plan(r), self._close)
-        self.stop_reason = lambda rounds: None  # the run's caps; fit_clients sets it
-        self.sessions = [
-            Session(self.halves[i % copies], cfg.train.batch_size, self.vit.num_tokens, self.vit.embed_dim,
-                    max_eval_batch=cfg.eval.batch_size, client=i, federation=self.federation,
-                    coordinator=self.coordinator)
-            for i in range(cfg.clients.num)
-        ]
-        for i, n in enumerate(self.sizes):
-            self.coordinator.register(i, n)
-        for m, session in zip(self.members.values(), self.sessions):
+        self.hub = Hub(cfg, data.num_classes, device)  # keeps no state of its own: clients.pt holds it
+        for m in self.members.values():
+            session = self.hub.session(m.id, self.sizes[m.id])
             m.client.exchange = Exchange(InProcessLink(session.handle), standard_mods(progress, shaping))
 
     def server_optimizers(self) -> list:
-        return [h.optimizer for h in self.halves]
+        return self.hub.server_optimizers()
 
-    def _close(self, plan: RoundPlan) -> bool:
-        close_round(self.federation, self.halves, self.scheme, plan)
-        reason = self.stop_reason(plan.round + 1)
-        self.federation.stopped = reason is not None
-        self.p.stopped_by = reason
-        return reason is not None
+    def stopped_by(self) -> str | None:
+        return self.hub.ledger.stopped_by
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "halves": [h.state_dict() for h in self.halves],
-                "sessions": [s.last_step for s in self.sessions], "federation": self.federation.state_dict()}
+        return {**super().state_dict(), "hub": self.hub.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        for h, s in zip(self.halves, state["halves"]):
-            h.load_state_dict(s)
-        for session, last in zip(self.sessions, state["sessions"]):
-            session.last_step = last
-        self.federation.load_state_dict(state["federation"])
-        self.coordinator.restart(self.p.round)
+        self.hub.load_state_dict(state["hub"])
+        self.hub.coordinator.restart(self.p.round)
+
+    def go_on(self) -> None:
+        """Resumed under other caps: the run that had ended goes on."""
+        self.hub.federation.stopped = False
+        self.hub.ledger.stopped_by = None
+        self.hub.coordinator.restart(self.p.round)
 
 
 def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clients=None) -> dict:
@@ -253,15 +242,6 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     _save_partition(run_dir, clients, data)
 
     B, n_train, vit = cfg.train.batch_size, len(data.train), clients.vit
-    budget = None
-    if cfg.train.budget_epochs is not None:
-        budget = cfg.train.budget_epochs * epoch_bytes(n_train, B, vit.num_tokens, vit.embed_dim, data.num_classes)
-
-    def stop_reason(rounds: int) -> str | None:  # the simulation's; a server checks the same (remote.Hub)
-        return caps_reached(cfg, p.step, p.samples, p.bytes_up + p.bytes_down, rounds, n_train, budget)
-
-    clients.stop_reason = stop_reason
-
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -292,9 +272,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
     if p.done and p.caps != caps:  # resumed under other caps: it may train on
         p.done, p.stopped_by = False, None
-        if isinstance(clients, Simulation):
-            clients.federation.stopped = False
-            clients.coordinator.restart(p.round)
+        clients.go_on()
     p.caps = caps
     over = p.done
     with _StopBetweenSteps() as interrupt:
@@ -302,7 +280,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
             while not over:
                 t0 = time.perf_counter()
                 plan = clients.plan(p.round)
-                over = _round(cfg, clients, plan, p, losses, stop_reason, interrupt, tracker, total_steps, warmup,
+                over = _round(cfg, clients, plan, p, losses, interrupt, tracker, total_steps, warmup,
                               evaluate_and_save)
                 if over is None:
                     break
@@ -323,7 +301,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
         finally:
             tracker.close()
             clients.close_link()
-    reason = p.stopped_by or ("server" if remote else None)  # over gRPC the server says stop, and why in its log
+    reason = p.stopped_by = clients.stopped_by()
     summary = make_summary(cfg, clients.compressor, vit, p, reason, data)
     summary.update(clients_summary(cfg, clients, p))
     summary.update(also)
@@ -344,7 +322,7 @@ def _measure_final(cfg, clients: Clients, p: Progress, data, vit, device) -> dic
     return out
 
 
-def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[float], stop_reason, interrupt, tracker,
+def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[float], interrupt, tracker,
            total: int, warmup: int, evaluate_and_save) -> bool | None:
     """One round, top to bottom, as its plan scripts it: each local client's events in the plan's order.
     Returns whether the run is over after it, or None when it never started (the run was over)."""

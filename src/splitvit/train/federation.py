@@ -115,16 +115,14 @@ def load_half_state(client, state: dict[str, torch.Tensor]) -> None:
     client.compressor.client_modules.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("compressor.")})
 
 
+def half_schema(template: dict[str, torch.Tensor]) -> Schema:
+    """A client half exactly as the server's own copy is: the same names, dtypes and shapes."""
+    return Schema({k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in template.items()})
+
+
 def weights_schema(template: dict[str, torch.Tensor]) -> Schema:
-    """A client half exactly as the server's own copy is: the same names, dtypes and shapes, plus the
-    samples it trained on (a weights message up)."""
-    specs = {k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in template.items()}
-    return Schema({**specs, SAMPLES: TensorSpec(torch.int64, (), low=0, high=1 << 40)})
-
-
-def batch_sizes(samples: int, batch_size: int) -> list[int]:
-    """The sizes of the batches of one pass over ``samples`` samples (the last may be smaller)."""
-    return [min(batch_size, samples - i) for i in range(0, samples, batch_size)]
+    """A client half on its way up: the half, and the samples it trained on."""
+    return Schema({**half_schema(template).tensors, SAMPLES: TensorSpec(torch.int64, (), low=0, high=1 << 40)})
 
 
 def caps_reached(cfg, steps: int, samples: int, sent: int, rounds: int, n_train: int, budget: float | None) -> str | None:
@@ -184,11 +182,6 @@ class Federation:
     def load_state_dict(self, state: dict) -> None:
         self.current, self.version, self.stopped = state["current"], state["version"], state.get("stopped", False)
         self.pending.clear()
-
-
-def half_schema(federation: "Federation") -> Schema:
-    """A client half as it comes down: the server's template, without the samples count."""
-    return Schema({k: v for k, v in federation.schema.tensors.items() if k != SAMPLES})
 
 
 def close_round(federation: "Federation", halves: list, scheme: str, plan: RoundPlan) -> None:

@@ -7,7 +7,6 @@ client keeps the data; the server learns only the number of classes.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -17,21 +16,18 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..link import Counts, Exchange, standard_mods
+from ..link import Exchange, standard_mods
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
-from .baseline import epoch_bytes
-from .build import build_halves, build_server, make_optimizer
-from .checkpoint import atomic_save, load_checkpoint_file
-from .client import SplitClient
+from .build import build_halves, build_server
 from .clients import Clients
+from .hub import Hub
 from .config import ConfigError, config_diff, resolve_device, shared_config, validate
-from .federation import Coordinator, Federation, RoundPlan, caps_reached, close_round, half_state
-from .server import ServerHalf, Session, SplitServer, server_digest
+from .server import Session, SplitServer, server_digest
 from .state import Progress
 
 log = logging.getLogger(__name__)
@@ -117,7 +113,7 @@ class Sessions:
             raise Refused("the client says it holds no training samples")
         with self.lock:
             if self.hub is None:
-                self.hub = Hub(self.cfg, self.run_dir, hello.num_classes, self.device)
+                self.hub = Hub(self.cfg, hello.num_classes, self.device, state_dir=self.run_dir / "federation")
             hub = self.hub
         if hello.num_classes != hub.num_classes:
             raise Refused(f"the client has {hello.num_classes} classes; this run's other clients have {hub.num_classes}")
@@ -131,100 +127,6 @@ class Sessions:
 
 DIGEST_DIFFERS = ("the client's initial weights of the server half differ from the server's: give both sides "
                   "the same model.checkpoint file (or model.pretrained)")
-
-
-class Hub:
-    """The server's side of a run of several clients: the server half (SplitFed-V1: one copy per
-    client), the :class:`~.federation.Federation` of client halves, the :class:`~.federation.Coordinator`
-    that applies the clients' messages in the seed's order, each client's :class:`~.server.Session`,
-    and the server's own count of the training messages, from which it decides when the run ends."""
-
-    def __init__(self, cfg: DictConfig, run_dir: Path, num_classes: int, device):
-        self.cfg, self.run_dir, self.num_classes = cfg, Path(run_dir), num_classes
-        c = cfg.clients
-        client_model, server_model, compressor, self.vit = build_halves(cfg, num_classes, device)
-        self.digest = server_digest(server_model, compressor)
-        bf16 = cfg.train.precision == "bf16"
-        copies = c.num if c.scheme == "splitfed_v1" else 1
-        self.halves = []
-        for _ in range(copies):
-            model, method = copy.deepcopy(server_model), copy.deepcopy(compressor)
-            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16))
-        self.federation = Federation(c.scheme, half_state(SplitClient(client_model, compressor, None, None, num_classes)))
-        self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
-        self.ledger = Progress()  # the server's own count: training messages as received and replied
-        self.sessions: dict[int, Session] = {}
-        self.sizes: dict[int, int] = {}
-        self.lock = threading.Lock()
-        if cfg.train.resume:  # the server restarted: from the last round it saved
-            saved = self.run_dir / "federation" / "round.pt"
-            if not saved.is_file():
-                raise Refused(f"the server was started with train.resume=true but {saved} does not exist")
-            state = load_checkpoint_file(saved)
-            for h, s in zip(self.halves, state["halves"]):
-                h.load_state_dict(s)
-            self.federation.load_state_dict(state["federation"])
-            self.ledger = Progress.from_state(state["ledger"])
-            self.coordinator.first_round = state["round"]
-            log.info("resumed the run after round %d (%s)", state["round"], saved)
-
-    def session(self, client: int, samples: int, resume_steps: int | None = None) -> Session:
-        """Client ``client``'s session. A resumed client goes on from its checkpoint: in the next round,
-        or, to a server that itself resumed, in the round the server saved last."""
-        with self.lock:
-            if client not in self.sessions:
-                self.sessions[client] = Session(
-                    self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
-                    self.vit.embed_dim, max_eval_batch=self.cfg.eval.batch_size, client=client,
-                    federation=self.federation, coordinator=self.coordinator, on_train=self._count)
-            session = self.sessions[client]
-            self.sizes[client] = samples
-            if resume_steps is not None:
-                session.rejoin(resume_steps)
-                session.round = self.coordinator.rejoin(client)
-                log.info("client %d resumed after %d of its steps; it takes part from round %d", client, resume_steps,
-                         session.round + 1)
-        self.coordinator.register(client, samples)
-        return session
-
-    def _plan(self, round_: int, sizes: list[int]) -> RoundPlan:
-        c = self.cfg.clients
-        return RoundPlan.make(self.cfg.seed, round_, sizes, c.scheme, c.fraction, self.cfg.train.batch_size, c.local_steps)
-
-    def _count(self, client: int, up: int, down: int, step: int) -> None:
-        B, n = self.cfg.train.batch_size, self.sizes[client]
-        j = step % -(-n // B)  # the step's batch within the client's pass over its samples
-        with self.lock:
-            self.ledger.record(client, "train", Counts(up, down, 1))
-            self.ledger.step += 1
-            self.ledger.samples += min(B, n - j * B)
-
-    def _close(self, plan: RoundPlan) -> bool:
-        """The end of a round: SplitFed averages; the caps are checked on the server's count. Returns
-        whether the run is over; the round's state is saved (``<run_dir>/federation/``)."""
-        close_round(self.federation, self.halves, self.cfg.clients.scheme, plan)
-        cfg, p, n = self.cfg, self.ledger, sum(self.sizes.values())
-        budget = None
-        if cfg.train.budget_epochs is not None:
-            budget = cfg.train.budget_epochs * epoch_bytes(n, cfg.train.batch_size, self.vit.num_tokens,
-                                                           self.vit.embed_dim, self.num_classes)
-        p.round = plan.round + 1
-        reason = caps_reached(cfg, p.step, p.samples, p.bytes_up + p.bytes_down, p.round, n, budget)
-        self.federation.stopped = reason is not None
-        p.stopped_by = reason
-        log.info("round %d closed: %d steps, %.2f MB of training messages%s", p.round, p.step,
-                 (p.bytes_up + p.bytes_down) / 1e6, f"; the run is over ({reason})" if reason else "")
-        out = self.run_dir / "federation"
-        atomic_save({"halves": [h.state_dict() for h in self.halves], "federation": self.federation.state_dict(),
-                     "sessions": {c: s.last_step for c, s in self.sessions.items()}, "round": p.round,
-                     "ledger": asdict(p)}, out / "round.pt")
-        (out / "summary.json").write_text(json.dumps({
-            "rounds": p.round, "steps": p.step, "samples": p.samples, "stopped_by": reason,
-            "bytes_up": p.bytes_up, "bytes_down": p.bytes_down,
-            "per_client": {c: {"bytes_up": p.counts("train", c).up, "bytes_down": p.counts("train", c).down,
-                               "steps": p.counts("train", c).messages} for c in p.clients()},
-        }, indent=2) + "\n")
-        return reason is not None
 
 
 class RemoteClient(Clients):
