@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..channel import PROTECTED
 from ..wire import Schema, TensorSpec
 from .base import ClientPacket, Compressor, ServerPacket, on_device
 from .merge import FEATURES, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select, select_tokens
@@ -34,6 +35,7 @@ class ADC(Compressor):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.roles.update(targets=PROTECTED)
         if batch_ratio is None and token_ratio is None:
             if compression is None:
                 raise ValueError("ADC needs method.compression, or method.batch_ratio and/or method.token_ratio")

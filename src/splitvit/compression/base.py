@@ -14,6 +14,12 @@ A step, as DESIGN.md draws it::
 keeps them in ``client_modules`` / ``server_modules`` so each side's optimizer finds them, and its
 state by side (``client_state`` / ``server_state``): every client and the server hold their own
 instance of the method, and each saves and restores only its own side.
+
+A method also says what a channel may do to each tensor it sends (``roles``): ``analog`` payload
+(activations, gradients, values: noise), ``digital`` payload (codes, indices, bitmaps: bit errors),
+or ``protected`` side data (labels, scales, sizes: they ride with the header). ``repair`` makes a
+message that crossed a damaging channel safe to decode: lost analog values become zeros, and a
+method with digital payload handles its erasures and out-of-range values (it never crashes on them).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..channel import ANALOG, DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec
 from .merge import check_ratio, select_tokens
 
@@ -74,6 +81,8 @@ class Compressor(ABC):
         self.wire_dtype = WIRE_DTYPES[wire_dtype]
         self.client_modules = nn.ModuleList()
         self.server_modules = nn.ModuleList()
+        # what each tensor a message of this method may hold is, to a channel (methods add theirs)
+        self.roles: dict[str, str] = {"z": ANALOG, "grad": ANALOG, "logits": ANALOG, "labels": PROTECTED}
 
     # -- what each method defines -----------------------------------------------------------------
     @abstractmethod
@@ -160,6 +169,30 @@ class Compressor(ABC):
 
     def eval_token_ratio(self) -> float:
         raise ValueError(f"eval.mode=tokens needs a token ratio; method {self.name!r} has none. Use eval.mode=uncompressed or compressed")
+
+    # -- what a channel may do, and how the receiver copes -------------------------------------------
+    def role(self, name: str) -> str:
+        """``analog``, ``digital`` or ``protected``: how a channel treats the tensor ``name``."""
+        if name not in self.roles:
+            raise KeyError(f"method {self.name!r} sends a tensor {name!r} without a role (analog, digital or protected)")
+        return self.roles[name]
+
+    def repair(self, message: dict[str, torch.Tensor], erased: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """A received message that crossed a damaging channel, safe to decode, and counts of what was done:
+        ``erased`` values (lost without retransmission), ``dropped`` and ``clamped`` ones (digital values
+        that decode to nothing valid). ``erased`` maps a tensor to a boolean mask of its lost elements."""
+        message, counts = dict(message), {"erased": 0, "dropped": 0, "clamped": 0}
+        for name, mask in erased.items():
+            if self.role(name) == ANALOG:  # what never arrived is taken as zero
+                message[name] = message[name].masked_fill(mask.to(message[name].device), 0)
+                counts["erased"] += int(mask.sum())
+        if any(self.role(name) == DIGITAL for name in message):
+            self.repair_digital(message, {k: v for k, v in erased.items() if self.role(k) == DIGITAL}, counts)
+        return message, counts
+
+    def repair_digital(self, message: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+        """Make ``message``'s digital tensors safe in place (a method that sends any overrides this)."""
+        raise NotImplementedError(f"method {self.name!r} sends digital payload but does not say how to repair it")
 
     # -- shared -----------------------------------------------------------------------------------
     @property

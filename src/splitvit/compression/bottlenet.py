@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..channel import ANALOG
 from ..wire import Schema, TensorSpec
 from .base import Compressor, check_ratio
 
@@ -23,6 +24,7 @@ class BottleNet(Compressor):
 
     def __init__(self, compression: float = 0.1, **kwargs):
         super().__init__(**kwargs)
+        self.roles.update(e=ANALOG)
         self.compression = check_ratio("method.compression", compression)
         self.code_dim = min(max(round(self.compression * self.dim), 1), self.dim)
         with torch.random.fork_rng(devices=[]):

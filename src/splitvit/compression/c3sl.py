@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..channel import ANALOG, PROTECTED
 from ..wire import Schema, TensorSpec
 from .base import Compressor, check_ratio
 
@@ -24,6 +25,7 @@ class C3SL(Compressor):
 
     def __init__(self, R: int | None = None, compression: float | None = 0.125, **kwargs):
         super().__init__(**kwargs)
+        self.roles.update(s=ANALOG, n=PROTECTED)
         if R is None:  # the common knob: R = round(1 / compression)
             R = max(1, round(1 / check_ratio("method.compression", compression)))
         if not isinstance(R, int) or R < 1:

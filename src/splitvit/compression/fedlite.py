@@ -19,8 +19,9 @@ import math
 
 import torch
 
+from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec
-from ..wire.bits import pack_rows, row_bytes, unpack_rows
+from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
 from .base import Compressor, on_device
 from .kmeans import kmeans
 
@@ -77,7 +78,22 @@ class ProductQuantizer:
         B = m["codes"].shape[0]
         codes = unpack_rows(m["codes"], self.bits, N * self.q).reshape(B * N, self.q)
         parts = codebook[torch.arange(self.q, device=codes.device), codes]  # [B*N, q, D/q]
+        if "_erased" in m:  # sub-vectors a lossy channel never delivered (see repair): zero
+            parts = parts.masked_fill(m["_erased"].reshape(B * N, self.q, 1), 0.0)
         return parts.reshape(B, N, self.q * self.sub)
+
+    def repair(self, m: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], N: int, counts: dict[str, int]) -> None:
+        """A code flipped past the codebook's last entry (``L`` not a power of two) is clamped to it;
+        lost bytes mark their sub-vectors erased."""
+        n = N * self.q
+        codes = unpack_rows(m["codes"], self.bits, n)
+        over = codes >= self.L
+        if over.any():
+            counts["clamped"] += int(over.sum())
+            m["codes"] = pack_rows(codes.clamp(max=self.L - 1), self.bits)
+        if "codes" in erased:
+            m["_erased"] = erased_codes(erased["codes"], self.bits, n)
+            counts["erased"] += int(m["_erased"].sum())
 
     def schema(self, batch, N: int, dtype: torch.dtype) -> dict[str, TensorSpec]:
         return {
@@ -96,6 +112,10 @@ class FedLite(Compressor):
         self.lam = float(lam)
         self.pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed, fit_points)
         self.grad_pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed + 1, fit_points)
+        self.roles.update(codebook=ANALOG, codes=DIGITAL)
+
+    def repair_digital(self, message, erased, counts) -> None:
+        self.pq.repair(message, erased, self.tokens, counts)  # the gradient's quantizer has the same shapes
 
     def _wire(self, m):
         return {"codebook": self.to_wire(m["codebook"]), "codes": m["codes"]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..channel import ANALOG
 from ..wire import Schema, TensorSpec
 from .base import Compressor, check_ratio
 
@@ -76,6 +77,7 @@ class LowRank(Compressor):
     def __init__(self, compression: float = 0.1, energy: float = 0.95, iters: int = 2, error_feedback: bool = True,
                  rank: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.roles.update(P=ANALOG, Q=ANALOG)
         self.compression = check_ratio("method.compression", compression)
         if rank is not None and (not isinstance(rank, int) or rank < 1):
             raise ValueError(f"method.rank must be a positive integer (or null for the byte cap), got {rank}")

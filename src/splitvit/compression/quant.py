@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec
-from ..wire.bits import pack_rows, row_bytes, unpack_rows
+from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
 from .base import Compressor, bits_for
 
 GRANULARITIES = ("tensor", "token")
@@ -51,8 +52,18 @@ class Quantizer:
         codes = m["codes"]
         x = unpack_rows(codes, self.bits, N * D).float().view(codes.shape[0], N, D)
         if self.granularity == "tensor":
-            return x * m["scale"] + m["lo"]
-        return x * m["scale"][..., None] + m["lo"][..., None]
+            x = x * m["scale"] + m["lo"]
+        else:
+            x = x * m["scale"][..., None] + m["lo"][..., None]
+        if "_erased" in m:  # codes a lossy channel never delivered (see repair): zero
+            x = x.masked_fill(m["_erased"].view_as(x), 0.0)
+        return x
+
+    def repair(self, m: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], n: int, counts: dict[str, int]) -> None:
+        """Every bit pattern is a valid code, so bit errors need nothing; lost bytes mark their codes erased."""
+        if "codes" in erased:
+            m["_erased"] = erased_codes(erased["codes"], self.bits, n)
+            counts["erased"] += int(m["_erased"].sum())
 
     def schema(self, batch: int | str, N: int, D: int, prefix: str = "") -> dict[str, TensorSpec]:
         scale_shape = (1,) if self.granularity == "tensor" else (batch, N)
@@ -69,6 +80,10 @@ class Quant(Compressor):
     def __init__(self, bits: int | None = None, compression: float | None = 0.125, granularity: str = "tensor", **kwargs):
         super().__init__(**kwargs)
         self.q = Quantizer(bits_for(compression) if bits is None else bits, granularity)
+        self.roles.update(codes=DIGITAL, lo=PROTECTED, scale=PROTECTED)
+
+    def repair_digital(self, message, erased, counts) -> None:
+        self.q.repair(message, erased, self.tokens * self.dim, counts)
 
     def compress(self, h, cls_attn, training):
         return self.q.encode(h), h

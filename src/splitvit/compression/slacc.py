@@ -20,8 +20,9 @@ import math
 
 import torch
 
+from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec, WireError
-from ..wire.bits import pack_rows, row_bytes, unpack_rows
+from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
 from .base import Compressor, bits_for
 
 
@@ -76,8 +77,18 @@ class EntropyGroupedQuantizer:
             if ch.numel() != self.sizes[g]:
                 raise WireError(f"group {g} has {ch.numel()} channels, expected {self.sizes[g]}")
             codes = unpack_rows(m[f"codes{g}"], b, N * ch.numel()).float().view(B, N, -1)
-            out[:, :, ch] = codes * m["scale"][ch] + m["lo"][ch]
+            values = codes * m["scale"][ch] + m["lo"][ch]
+            if f"_erased{g}" in m:  # codes a lossy channel never delivered (see repair): zero
+                values = values.masked_fill(m[f"_erased{g}"].view_as(values), 0.0)
+            out[:, :, ch] = values
         return out
+
+    def repair(self, m: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], N: int, counts: dict[str, int]) -> None:
+        """Every bit pattern is a valid code, so bit errors need nothing; lost bytes mark their codes erased."""
+        for g, b in enumerate(self.group_bits):
+            if f"codes{g}" in erased:
+                m[f"_erased{g}"] = erased_codes(erased[f"codes{g}"], b, N * self.sizes[g])
+                counts["erased"] += int(m[f"_erased{g}"].sum())
 
     def schema(self, batch, N: int) -> dict[str, TensorSpec]:
         specs = {
@@ -99,6 +110,10 @@ class SLACC(Compressor):
     def __init__(self, bits: int | None = None, compression: float | None = 0.125, groups: int = 4, bins: int = 32, **kwargs):
         super().__init__(**kwargs)
         self.q = EntropyGroupedQuantizer(self.dim, bits_for(compression) if bits is None else bits, groups, bins)
+        self.roles.update(group=PROTECTED, lo=PROTECTED, scale=PROTECTED, **{f"codes{g}": DIGITAL for g in range(self.q.groups)})
+
+    def repair_digital(self, message, erased, counts) -> None:
+        self.q.repair(message, erased, self.tokens, counts)
 
     def compress(self, h, cls_attn, training):
         return self.q.encode(h), h

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import pack_rows, row_bytes, unpack_rows
 from .base import Compressor, check_ratio, on_device
@@ -25,6 +26,7 @@ class TopK(Compressor):
     def __init__(self, compression: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.compression = check_ratio("method.compression", compression)
+        self.roles.update(values=ANALOG, index=DIGITAL, bitmap=DIGITAL)
 
     @property
     def kept(self) -> int:
@@ -59,6 +61,10 @@ class TopK(Compressor):
         n = self.tokens * self.dim
         values = self.from_wire(message["values"])
         B, K = values.shape
+        if "_keep" in message:  # repaired after a damaging channel: positions may repeat; dropped values add nothing
+            idx, keep = message["index"].to(torch.int64), message["_keep"].to(values.device)
+            dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter_add(1, idx, values * keep)
+            return values, dense.view(B, self.tokens, self.dim)
         if "bitmap" in message:
             mask = unpack_rows(message["bitmap"], 1, n).bool()
             counts = mask.sum(1)
@@ -71,6 +77,35 @@ class TopK(Compressor):
                 raise WireError("positions must be strictly increasing within each sample")
         dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter(1, idx, values)
         return values, dense.view(B, self.tokens, self.dim)
+
+    def repair_digital(self, message, erased, counts) -> None:
+        """Positions that a channel damaged: an index out of range, or lost, drops its value; a bitmap
+        places the values on its first ``K`` set bits, and from its first lost byte on, the order of the
+        values is unknown, so the rest of that sample's values are dropped. ``index`` (int64) and
+        ``_keep`` replace what was sent."""
+        n = self.tokens * self.dim
+        K = message["values"].shape[1]
+        if "bitmap" in message:
+            bits = unpack_rows(message.pop("bitmap"), 1, n).bool()
+            if "bitmap" in erased:
+                lost = erased["bitmap"]
+                first = torch.where(lost.any(1), lost.to(torch.int8).argmax(1), lost.shape[1])  # first lost byte
+                bits &= torch.arange(n, device=bits.device) < first[:, None] * 8
+            use = bits & (bits.cumsum(1) <= K)  # the first K set bits
+            key = torch.where(use, torch.arange(n, device=bits.device), n)
+            idx = key.topk(K, dim=1, largest=False).values.sort(dim=1).values
+            keep = idx < n
+        else:
+            idx = message["index"].to(torch.int64)
+            keep = (idx >= 0) & (idx < n)
+            counts["dropped"] += int((~keep).sum())
+            if "index" in erased:
+                counts["erased"] += int(erased["index"].sum())
+                keep &= ~erased["index"]
+            message["index"], message["_keep"] = torch.where(keep, idx, 0), keep
+            return
+        counts["dropped"] += int((~keep).sum())
+        message["index"], message["_keep"] = torch.where(keep, idx, 0), keep
 
     def activation_schema(self, B, N, D) -> Schema:
         fmt, dtype = self.position_format

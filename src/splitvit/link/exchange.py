@@ -7,7 +7,7 @@ the reply is checked against its schema and its header (:func:`~splitvit.wire.ex
 message goes through, whatever its kind, is a *mod*: a callable ``mod(request, call_next) -> Reply``
 that sees the serialised request on its way out and the reply on its way back, as Flower's client
 mods do. Counting bytes and the link-time model are mods (:class:`CountBytes`, :class:`LinkTime`);
-a channel or a profiler is one more.
+a channel (:class:`splitvit.channel.Channel`) or a profiler is one more.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class Counts:
     link_s: float = 0.0  # seconds on the modelled link (link.bandwidth_mbps), both directions
     framing_up: int = 0  # bytes the transport (gRPC) added around the messages
     framing_down: int = 0
+    resent_up: int = 0  # bytes a lossy channel's ARQ sent again (included in up / down)
+    resent_down: int = 0
 
     def add(self, other: "Counts") -> "Counts":
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Counts)))
@@ -49,6 +51,14 @@ class Reply:
     framing_up: int = 0  # bytes the transport added around the request and the reply
     framing_down: int = 0
     link_s: float = 0.0  # seconds the exchange takes on the modelled link, set by LinkTime
+    sent_down: int | None = None  # the reply's length as the server sent it, when a channel changed what arrived
+    resent_up: int = 0  # bytes a channel's ARQ sent again, each way
+    resent_down: int = 0
+
+    @property
+    def wire_down(self) -> int:
+        """Bytes on the link from the server: the reply as sent, plus retransmissions."""
+        return (len(self.payload) if self.sent_down is None else self.sent_down) + self.resent_down
 
 
 Mod = Callable[[Request, Callable[[Request], Reply]], Reply]
@@ -103,7 +113,8 @@ class CountBytes:
     def __call__(self, request: Request, call_next) -> Reply:
         reply = call_next(request)
         self.progress.record(request.header.client, request.header.kind, Counts(
-            len(request.payload), len(reply.payload), 1, reply.link_s, reply.framing_up, reply.framing_down))
+            len(request.payload) + reply.resent_up, reply.wire_down, 1, reply.link_s, reply.framing_up, reply.framing_down,
+            reply.resent_up, reply.resent_down))
         return reply
 
 
@@ -118,10 +129,11 @@ class LinkTime:
     def __call__(self, request: Request, call_next) -> Reply:
         reply = call_next(request)
         if request.header.kind in self.kinds:
-            reply.link_s += self.model.seconds(len(request.payload), len(reply.payload))
+            reply.link_s += self.model.seconds(len(request.payload) + reply.resent_up, reply.wire_down)
         return reply
 
 
-def standard_mods(progress, shaping: LinkModel | None) -> list[Mod]:
-    """What every run's exchanges go through: the byte count, outermost, around the link-time model."""
-    return [CountBytes(progress)] + ([LinkTime(shaping)] if shaping is not None else [])
+def standard_mods(progress, shaping: LinkModel | None, channel: Mod | None = None) -> list[Mod]:
+    """What every run's exchanges go through: the byte count, outermost, around the link-time model,
+    around the channel (innermost: what it resends is counted and timed by the mods outside it)."""
+    return [CountBytes(progress)] + ([LinkTime(shaping)] if shaping is not None else []) + ([channel] if channel else [])

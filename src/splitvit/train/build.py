@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from ..channel import ChannelSpec
 from ..compression import build_compressor
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
 from .config import ConfigError, method_options
@@ -58,4 +59,5 @@ def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir:
         server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
         max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
         max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir, bf16=cfg.train.precision == "bf16",
+        channel=ChannelSpec.from_config(cfg.get("channel")),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..channel import ChannelSpec, erasures, lenient
 from ..compression import Compressor
 from ..link import Exchange
 from ..models import ClientModel
@@ -18,7 +19,8 @@ class SplitClient:
     whose mods count the bytes; the client counts nothing itself."""
 
     def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 exchange: Exchange | None, num_classes: int, bf16: bool = False, client_id: int = 0):
+                 exchange: Exchange | None, num_classes: int, bf16: bool = False, client_id: int = 0,
+                 channel: ChannelSpec | None = None):
         self.model = model
         self.client_id = client_id
         self.compressor = compressor
@@ -26,6 +28,7 @@ class SplitClient:
         self.exchange = exchange
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
+        self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""
@@ -34,7 +37,8 @@ class SplitClient:
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
         packet = self.compressor.client_encode(h, cls_attn, labels)  # compress
         reply, header = self.exchange(  # the server's forward, loss, backward and step happen there
-            Header("train", client=self.client_id, step=step), packet.message, self.compressor.grad_schema(packet.sent), "grad")
+            Header("train", client=self.client_id, step=step), packet.message, self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
+        reply = self._received("train", reply, header)
         grad = self.compressor.client_decode_grad(reply, packet)  # gradient back
         self.optimizer.zero_grad(set_to_none=True)
         packet.sent.backward(grad.to(packet.sent.device))
@@ -51,6 +55,13 @@ class SplitClient:
         with autocast(images.device, self.bf16):
             h, cls_attn = self.model(images)
         schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
-        reply, _ = self.exchange(Header("eval", client=self.client_id, mode=mode),
-                                 self.compressor.eval_encode(h, cls_attn, mode), schema, "logits")
-        return reply["logits"].to(labels.device), labels
+        reply, header = self.exchange(Header("eval", client=self.client_id, mode=mode),
+                                      self.compressor.eval_encode(h, cls_attn, mode), self._schema("eval", schema), "logits")
+        return self._received("eval", reply, header)["logits"].to(labels.device), labels
+
+    def _schema(self, kind: str, schema: Schema) -> Schema:
+        return lenient(schema, self.compressor.role) if self.channel.hits(kind, "down") else schema
+
+    def _received(self, kind: str, reply: dict, header: Header) -> dict:
+        """A reply that crossed a damaging channel, repaired by the method (see :mod:`splitvit.channel`)."""
+        return self.compressor.repair(reply, erasures(header, reply))[0] if self.channel.hits(kind, "down") else reply

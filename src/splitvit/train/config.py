@@ -11,6 +11,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ..channel import ChannelSpec
 from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_compressor
 from ..data import DATASETS, NORMALIZATIONS
 from ..data.partition import PARTITIONS
@@ -30,7 +31,7 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what it may be."""
 
 
-GROUPS = ("method", "dataset", "model", "link", "logger")  # config groups whose option files hold a key's subtree
+GROUPS = ("method", "dataset", "model", "link", "logger", "channel")  # config groups whose option files hold a key's subtree
 # keys whose shipped default is null, and what they take when set (other nulls take anything)
 OPTIONAL_TYPES = {
     "train.max_steps": int, "train.budget_epochs": float, "train.eval_every": int, "eval.max_batches": int,
@@ -39,6 +40,9 @@ OPTIONAL_TYPES = {
     "model.depth": int, "model.num_heads": int, "link.bandwidth_mbps": float, "link.downlink_mbps": float,
     "clients.rounds": int, "clients.local_steps": int,
 }
+
+
+NUMBER_OR_RANGE = {"channel.snr_db"}  # a number, or [lo, hi]
 
 
 def _leaves(tree, prefix: str = "") -> dict:
@@ -91,6 +95,8 @@ def check_keys(cfg: DictConfig) -> None:
                 where = "splitvit train --help lists every key"
             raise ConfigError(f"unknown key {key}{hint} ({where})")
         default = known[key]
+        if key in NUMBER_OR_RANGE:
+            continue  # checked with the rest of its group's values
         want = OPTIONAL_TYPES.get(key) if default is None else type(default)
         if value is None or want is None or isinstance(value, str) and value.startswith("${"):
             continue  # null is checked by the value checks; an interpolation by what it resolves to
@@ -174,6 +180,7 @@ def validate(cfg: DictConfig) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _check_clients(cfg)
+    _check_channel(cfg, compressor)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
 
@@ -199,6 +206,19 @@ def _check_clients(cfg: DictConfig) -> None:
         raise ConfigError("several clients need a split model; set split.index (or clients.num=1)")
 
 
+def _check_channel(cfg: DictConfig, compressor) -> None:
+    try:
+        spec = ChannelSpec.from_config(cfg.get("channel"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if spec.ideal:
+        return
+    if cfg.clients.num > 1:
+        raise ConfigError(f"channel={spec.kind} with several clients is not supported yet; use clients.num=1 or channel=ideal")
+    if cfg.split.index is None:
+        raise ConfigError(f"channel={spec.kind} needs a split model (split.index): nothing crosses a link otherwise")
+
+
 def _full_key(message: str) -> str:
     """A method's message names its option (``compression must be ...``): name the full key."""
     first = message.split(" ", 1)[0]
@@ -217,7 +237,7 @@ def resolve_device(name: str) -> torch.device:
 RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
                "train.optimizer", "train.schedule", "train.warmup_epochs", "wire", "clients.num", "clients.scheme",
                "clients.partition", "clients.alpha", "clients.shards_per_client", "clients.min_samples",
-               "clients.local_steps", "clients.fraction")
+               "clients.local_steps", "clients.fraction", "channel")
 # keys client and server must agree on: what each half is, and how the messages between them look
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
@@ -226,6 +246,7 @@ SHARED_KEYS = (
     "train.schedule", "train.precision",
     "eval.batch_size", "wire", "clients.num", "clients.scheme", "clients.partition", "clients.alpha",
     "clients.shards_per_client", "clients.min_samples", "clients.rounds", "clients.local_steps", "clients.fraction",
+    "channel",  # the server repairs what a damaging channel delivers: it must know the channel
 )
 
 
@@ -267,4 +288,6 @@ def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     for key in theirs:  # a checkpoint older than a key ran with the key's default
         if _get(saved, key.split(".")[0]) is None and key in defaults:
             theirs[key] = defaults[key]
+    if theirs.get("channel") is None:  # from before channels: the link was ideal
+        theirs["channel"] = {k.removeprefix("channel."): v for k, v in known_keys()[1]["channel"]["ideal"].items()}
     return config_diff(theirs, flat(now), ("checkpoint", "now"))

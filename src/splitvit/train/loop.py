@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..channel import DIGITAL, Channel, ChannelSpec, channel_metrics
 from ..compression import NoCompression
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
@@ -28,6 +29,8 @@ from .local import LocalTrainer
 from .server import server_digest
 from .state import CAPS, Progress
 from .tracking import make_tracker
+
+CHANNEL_SEED = 0x6368616E  # the channel's generator: seed + this, apart from the run's other randomness
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +118,15 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
         return _fit_whole(cfg, run_dir, data, device)
     client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
     warnings = reachability(compressor, cfg.train.batch_size, vit)
+    if cfg.get("channel") is not None and cfg.channel.name == "bit_errors" and DIGITAL not in compressor.roles.values():
+        warnings.append(f"channel=bit_errors flips bits of digital payloads, and method {cfg.method.name} sends only "
+                        "analog ones (floats): nothing will change. Use channel=awgn or rayleigh for noise on floats")
     for w in warnings:
         log.warning(f"warning: {w}")
+    channel = ChannelSpec.from_config(cfg.get("channel"))
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
-        None, data.num_classes, bf16=cfg.train.precision == "bf16",
+        None, data.num_classes, bf16=cfg.train.precision == "bf16", channel=channel,
     )
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
@@ -139,7 +146,8 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
 
         link = connect(cfg, run_dir, p, data.num_classes, server_digest(server_model, compressor))
         del server_model  # it lives on the server; this copy only proved both sides start alike
-    client.exchange = Exchange(link, standard_mods(p, shaping))  # the mods count into the run's ledger, p
+    noise = None if channel.ideal else Channel(channel, compressor.role, compressor.repair, p, seed=CHANNEL_SEED + cfg.seed)
+    client.exchange = Exchange(link, standard_mods(p, shaping, noise))  # the mods count into the run's ledger, p
     optimizers = [client.optimizer] + ([server.optimizer] if cfg.link.kind == "inprocess" else [])
     try:
         summary = _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
@@ -360,6 +368,7 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
         "time_s": round(p.wall_s + p.link_s, 3),  # time to this accuracy: compute plus the modelled link
         "framing_bytes_up": p.framing_up,
         "framing_bytes_down": p.framing_down,
+        **(channel_metrics(p.channel) if p.channel else {}),
     }
 
 
@@ -414,5 +423,7 @@ def make_summary(cfg, compressor, vit, p: Progress, reason: str | None, data=Non
         "link_s": round(p.link_s, 3),
         "time_s": round(p.wall_s + p.link_s, 3),
         "time_to_best_s": next((r["time_s"] for r in p.history if r["val_acc"] == p.best_val_acc), None),
+        "channel": (cfg.get("channel") or {}).get("name", "ideal"),
+        **(channel_metrics(p.channel) if p.channel else {}),
     }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..channel import ChannelSpec, erasures, lenient
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
@@ -108,7 +109,7 @@ class Session:
 
     def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
                  checkpoint_dir: str | Path | None = None, client: int = 0, federation: Federation | None = None,
-                 coordinator: Coordinator | None = None, on_train=None):
+                 coordinator: Coordinator | None = None, on_train=None, channel: ChannelSpec | None = None):
         self.half = half
         self.client = client
         self.federation = federation  # several clients: where client halves are handed on or averaged
@@ -120,6 +121,11 @@ class Session:
         self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
         for mode in EVAL_MODES:
             self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
+        # a channel that damages what comes up: digital values may arrive out of range, to be repaired, not refused
+        self.channel = channel or ChannelSpec()
+        for kind in ("train", *(f"eval/{m}" for m in EVAL_MODES)):
+            if self.channel.hits(kind.split("/")[0], "up"):
+                self.schemas[kind] = lenient(self.schemas[kind], compressor.role)
         if federation is not None:
             self.schemas["weights"] = federation.schema  # a client half up
             self.schemas["control"] = Schema({})  # a client asks for the current half
@@ -176,6 +182,8 @@ class Session:
                     f"training step {step} is out of order: the server applied step {self.last_step} last; "
                     "resume the client from its checkpoint (train.resume=true)"
                 )
+        if self.channel.hits(header.kind, "up"):
+            message = self.compressor.repair(message, erasures(header, message))[0]
         message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
         if header.kind == "train":
             if not self._due("train"):
@@ -259,6 +267,6 @@ class SplitServer(Session):
 
     def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
                  max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None, bf16: bool = False):
+                 checkpoint_dir: str | Path | None = None, bf16: bool = False, channel: ChannelSpec | None = None):
         super().__init__(ServerHalf(model, compressor, optimizer, bf16), max_batch, num_tokens, dim,
-                         max_eval_batch=max_eval_batch, checkpoint_dir=checkpoint_dir)
+                         max_eval_batch=max_eval_batch, checkpoint_dir=checkpoint_dir, channel=channel)

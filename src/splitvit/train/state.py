@@ -38,6 +38,7 @@ class Progress:
     samples: int = 0  # training samples seen by this process's clients
     global_steps: int = 0  # several clients: steps of all clients, after the last round
     client_steps: dict[str, int] = field(default_factory=dict)  # several clients: each one's steps, after the last round
+    channel: dict = field(default_factory=dict)  # a noisy or lossy channel's counters per direction, and its generator's state
 
     def record(self, client: int, kind: str, counts: Counts) -> None:
         key = f"{client}/{kind}"

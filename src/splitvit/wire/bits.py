@@ -61,3 +61,12 @@ def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if m != row_bytes(n, bits):
         raise ValueError(f"rows of {m} bytes do not hold {n} codes of {bits} bits")
     return unpack_bits(packed, bits, B * (m * 8 // bits)).view(B, -1)[:, :n]
+
+
+def erased_codes(lost: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Which of the ``n`` codes per row of :func:`pack_rows` a loss of bytes took: ``lost [B, row_bytes]``
+    (bool) -> ``[B, n]``. The 8 codes of a word share its ``bits`` bytes, so one lost byte loses all 8."""
+    B, m = lost.shape
+    if m != row_bytes(n, bits):
+        raise ValueError(f"rows of {m} bytes do not hold {n} codes of {bits} bits")
+    return lost.view(B, m // bits, bits).any(-1).repeat_interleave(8, dim=1)[:, :n]

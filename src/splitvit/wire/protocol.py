@@ -22,6 +22,9 @@ With several clients the client halves travel as ``weights`` messages, and ``con
 - ``done`` (up, ``step``: the round): the client that evaluates a round has done so;
 - ``ack`` (down): received; ``stop`` (down, on any reply at a round's end): the run is over.
 
+A message that crossed a lossy channel without retransmission also has ``lost``: which of its
+elements never arrived (see :mod:`splitvit.channel`).
+
 ``client`` numbers the client a message is from or for (0 with one client). The client, the server
 and the baseline byte count (what uncompressed split learning would send) all build their headers
 here, so what is counted is what is sent.
@@ -48,6 +51,7 @@ class Header:
     step: int | None = None
     mode: str | None = None
     loss: float | None = None
+    lost: str | None = None  # set by a lossy channel without ARQ: which elements never arrived (splitvit.channel)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -60,6 +64,8 @@ class Header:
             raise WireError(f"a control message needs a mode, one of {', '.join(CONTROL_MODES)}; got {self.mode!r}")
         if self.kind == "grad" and self.loss is None:
             raise WireError("a grad message needs the server's loss")
+        if self.lost is not None and self.kind not in ("train", "grad", "eval", "logits"):
+            raise WireError(f"a {self.kind} message does not cross a lossy channel: it cannot have lost elements")
 
     def meta(self) -> dict[str, str]:
         """The header as safetensors metadata (strings only)."""
@@ -70,12 +76,14 @@ class Header:
             out["mode"] = self.mode
         if self.loss is not None:
             out["loss"] = repr(float(self.loss))
+        if self.lost is not None:
+            out["lost"] = self.lost
         return out
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> "Header":
         """Parse and check a received header; :class:`WireError` when it is malformed."""
-        extra = set(meta) - {"kind", "client", "step", "mode", "loss"}
+        extra = set(meta) - {"kind", "client", "step", "mode", "loss", "lost"}
         if extra:
             raise WireError(f"message header has unknown fields {sorted(extra)}")
         return cls(
@@ -84,6 +92,7 @@ class Header:
             step=_integer(meta, "step", 0, 1 << 62) if "step" in meta else None,
             mode=meta.get("mode"),
             loss=_number(meta, "loss") if "loss" in meta else None,
+            lost=meta.get("lost"),
         )
 
 

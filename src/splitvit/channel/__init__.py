@@ -1,0 +1,10 @@
+"""What the link does to what it carries: ideal (bit-exact), AWGN and Rayleigh fading on analog
+payloads, bit errors on digital payloads, packet loss with or without retransmission. See the
+README's "Noisy and lossy channels" for every model's formula."""
+
+from .mod import ANALOG, DIGITAL, PROTECTED, ROLES, Channel, channel_metrics, erasures, lenient
+from .physics import analog, bpsk_error_rate, flip_bits, packet_losses, q_function, rayleigh_gains, signal_power
+from .spec import KINDS, ChannelSpec
+
+__all__ = ["ANALOG", "DIGITAL", "KINDS", "PROTECTED", "ROLES", "Channel", "ChannelSpec", "channel_metrics", "analog", "bpsk_error_rate",
+           "erasures", "flip_bits", "lenient", "packet_losses", "q_function", "rayleigh_gains", "signal_power"]

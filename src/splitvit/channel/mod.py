@@ -1,0 +1,225 @@
+"""The channel as a mod on the exchange path, and what a receiver needs to take a damaged message.
+
+:class:`Channel` sits innermost on a client's exchange path (:mod:`splitvit.link.exchange`): it sees
+each serialised request on its way to the link and each reply on its way back, and damages the
+tensor data of those the spec hits. The message header and the tensors a method tags as protected
+(labels, scales, sizes: see ``Compressor.roles``) ride a protected control channel, as real systems
+protect headers with strong coding, and arrive intact. Both directions are played in the client's
+process from one seeded generator, so a run gives the same noise in process and over gRPC, and the
+generator's state is saved with the client's checkpoint (``Progress.channel``).
+
+Packets lost without ARQ reach the receiver as zero bytes, and the message's header says which
+elements they held (the ``lost`` field: what a receiver's packet layer knows from sequence numbers).
+The receiver then repairs the message with the method's ``repair`` (analog values lost: zeros; digital
+ones: the method's erasure handling; a flipped index out of range: dropped or clamped). The counts of
+that repair are taken here, on a copy, so that a run's metrics hold them whichever process repairs.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Callable
+
+import torch
+from safetensors.torch import load as st_load
+
+from ..link.exchange import Reply, Request
+from ..wire import Header, Schema, TensorSpec, WireError, read_header
+from ..wire.codec import DTYPES
+from .physics import analog, bpsk_error_rate, flip_bits, packet_losses, rayleigh_gains
+from .spec import ChannelSpec
+
+ANALOG, DIGITAL, PROTECTED = "analog", "digital", "protected"
+ROLES = (ANALOG, DIGITAL, PROTECTED)
+_TORCH = {v: k for k, v in DTYPES.items()}
+STATS = ("messages", "snr_messages", "snr_db_sum", "signal", "noise", "bits", "bit_errors", "packets",
+         "packets_lost", "bytes_retransmitted", "erased", "dropped", "clamped")
+
+
+class Channel:
+    """``mod(request, call_next)``: the channel ``spec`` on the messages it hits, both directions.
+
+    ``role(name)`` is the method's tag of a tensor (:data:`ANALOG`, :data:`DIGITAL` or :data:`PROTECTED`),
+    ``repair(message, erased)`` its receiver-side repair (used here only to count what it does), and
+    ``progress`` the run's :class:`~splitvit.train.state.Progress`, whose ``channel`` dict holds the
+    counters and the generator's state.
+    """
+
+    def __init__(self, spec: ChannelSpec, role: Callable[[str], str], repair: Callable, progress, seed: int):
+        self.spec, self.role, self.repair, self.progress = spec, role, repair, progress
+        self.generator = torch.Generator().manual_seed(seed)
+        if progress.channel.get("rng") is not None:  # a resumed run goes on where the channel was
+            self.generator.set_state(progress.channel["rng"])
+
+    def __call__(self, request: Request, call_next) -> Reply:
+        kind = request.header.kind
+        up, down = self.spec.hits(kind, "up"), self.spec.hits(kind, "down")
+        if not (up or down):
+            return call_next(request)
+        resent_up = 0
+        if up:
+            payload, resent_up = self.transmit(request.payload, "up")
+            request = Request(request.header, payload)
+        reply = call_next(request)
+        reply.resent_up += resent_up
+        if down:
+            reply.sent_down = len(reply.payload)
+            reply.payload, resent = self.transmit(reply.payload, "down")
+            reply.resent_down += resent
+        self.progress.channel["rng"] = self.generator.get_state()
+        return reply
+
+    def transmit(self, payload: bytes, direction: str) -> tuple[bytes, int]:
+        """``payload`` as the receiver gets it, and the bytes resent by ARQ."""
+        spec, g = self.spec, self.generator
+        header, meta = read_header(payload)
+        (n,) = struct.unpack("<Q", payload[:8])
+        data = bytearray(payload[8 + n:])
+        stats = self.progress.channel.setdefault(direction, dict.fromkeys(STATS, 0))
+        stats["messages"] += 1
+        entries = sorted(((name, e) for name, e in header.items() if self.role(name) != PROTECTED),
+                         key=lambda item: item[1]["data_offsets"][0])
+        snr_db = spec.snr_db[0]
+        if spec.snr_db[1] > spec.snr_db[0]:
+            snr_db += (spec.snr_db[1] - spec.snr_db[0]) * torch.rand((), generator=g).item()
+        signal = noise = 0.0
+        touched = False
+        for name, e in entries:
+            t = _view(data, e)
+            if t.numel() == 0:
+                continue
+            rows = t.reshape(t.shape[0] if t.dim() > 1 else 1, -1)
+            role = self.role(name)
+            if spec.kind in ("awgn", "rayleigh"):
+                gains = rayleigh_gains(rows.shape[0], g) if spec.kind == "rayleigh" else None
+                if role == ANALOG:
+                    y, s, z = analog(t if t.dim() > 1 else t.view(1, -1), snr_db, spec.power, g, gains, spec.csi == "perfect")
+                    signal, noise = signal + s, noise + z
+                    t.copy_(_saturate(y, t.dtype).view_as(t))
+                else:  # digital symbols as uncoded BPSK at the same SNR
+                    touched |= self._flip(rows, bpsk_error_rate(snr_db, gains), stats)
+            elif spec.kind == "bit_errors" and role == DIGITAL:
+                touched |= self._flip(rows, spec.ber, stats)
+        if noise > 0:
+            stats["snr_messages"] += 1
+            stats["snr_db_sum"] += 10 * torch.log10(torch.tensor(signal / noise, dtype=torch.float64)).item()
+            stats["signal"], stats["noise"] = stats["signal"] + signal, stats["noise"] + noise
+        resent, lost = 0, {}
+        if spec.kind == "packet_loss":
+            lost, resent = self._packets(data, entries, stats)
+            touched |= bool(lost)
+        if lost:
+            meta = {**meta, "lost": json.dumps(lost, separators=(",", ":"))}
+            head = json.dumps({**header, "__metadata__": meta}, separators=(",", ":")).encode()
+            head += b" " * (-len(head) % 8)
+            out = struct.pack("<Q", len(head)) + head + bytes(data)
+        else:
+            out = payload[: 8 + n] + bytes(data)
+        if touched:
+            self._count_repairs(out, stats)
+        return out, resent
+
+    def _flip(self, rows: torch.Tensor, p, stats: dict) -> bool:
+        as_bytes = rows.contiguous().view(torch.uint8).view(rows.shape[0], -1)
+        flipped, errors = flip_bits(as_bytes, p, self.generator)
+        rows.view(torch.uint8).view(rows.shape[0], -1).copy_(flipped)
+        stats["bits"] += as_bytes.numel() * 8
+        stats["bit_errors"] += errors
+        return True
+
+    def _packets(self, data: bytearray, entries, stats: dict) -> tuple[dict, int]:
+        """The unprotected tensors' bytes, in message order, as one stream of packets."""
+        total = sum(e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries)
+        spans, lost_tx, resent = packet_losses(total, self.spec.packet_bytes, self.spec.loss, self.spec.arq, self.generator)
+        stats["packets"] += -(-total // self.spec.packet_bytes) + lost_tx * self.spec.arq
+        stats["packets_lost"] += lost_tx
+        stats["bytes_retransmitted"] += resent
+        lost: dict[str, list[list[int]]] = {}
+        start = 0  # where each tensor begins in the stream
+        for name, e in entries:
+            a, b = e["data_offsets"]
+            size = torch.empty((), dtype=_TORCH[e["dtype"]]).element_size()
+            for s, t in spans:
+                lo, hi = max(s, start), min(t, start + b - a)
+                if lo < hi:
+                    data[a + lo - start: a + hi - start] = bytes(hi - lo)  # what arrived: nothing
+                    lost.setdefault(name, []).append([(lo - start) // size, -(-(hi - start) // size)])
+            start += b - a
+        return lost, resent
+
+    def _count_repairs(self, payload: bytes, stats: dict) -> None:
+        tensors = st_load(payload)
+        header = Header.from_meta(read_header(payload)[1])
+        _, counts = self.repair(tensors, erasures(header, tensors))
+        for k, v in counts.items():
+            stats[k] += v
+
+
+def _view(data: bytearray, entry: dict) -> torch.Tensor:
+    """The tensor ``entry`` describes, as a view into ``data`` (writes go to the message)."""
+    dtype = _TORCH[entry["dtype"]]
+    a, b = entry["data_offsets"]
+    if a == b:
+        return torch.empty(entry["shape"], dtype=dtype)
+    return torch.frombuffer(data, dtype=dtype, count=(b - a) // torch.empty((), dtype=dtype).element_size(),
+                            offset=a).view(entry["shape"])
+
+
+def _saturate(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``y`` in ``dtype``, clamped to its finite range (a deep fade divided out can overflow float16)."""
+    if dtype == torch.float32:
+        return y
+    big = torch.finfo(dtype).max
+    return y.clamp(-big, big).to(dtype)
+
+
+def erasures(header: Header, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The elements a message lost without ARQ, as a boolean mask per tensor (flat element spans in the
+    header's ``lost`` field); :class:`~splitvit.wire.WireError` when that field is malformed."""
+    if header.lost is None:
+        return {}
+    try:
+        spans = json.loads(header.lost)
+    except (ValueError, RecursionError):
+        raise WireError("the message's lost field is not valid JSON") from None
+    if not isinstance(spans, dict):
+        raise WireError("the message's lost field must map tensor names to element spans")
+    masks = {}
+    for name, pairs in spans.items():
+        if name not in tensors:
+            raise WireError(f"the message's lost field names {name[:40]!r}, which the message does not hold")
+        n = tensors[name].numel()
+        mask = torch.zeros(n, dtype=torch.bool)
+        if not isinstance(pairs, list):
+            raise WireError(f"the lost spans of {name!r} must be a list of [start, end] pairs")
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair) and 0 <= pair[0] < pair[1] <= n):
+                raise WireError(f"lost span {str(pair)[:40]} of {name!r} is not a [start, end) within its {n} elements")
+            mask[pair[0]:pair[1]] = True
+        masks[name] = mask.view(tensors[name].shape)
+    return masks
+
+
+def lenient(schema: Schema, role: Callable[[str], str]) -> Schema:
+    """``schema`` without value bounds on digital tensors: after bit errors any value may arrive, and
+    the method's ``repair`` (not a refusal) deals with it. Shapes and dtypes stay checked."""
+    return Schema({name: TensorSpec(s.dtype, s.shape) if role(name) == DIGITAL else s for name, s in schema.tensors.items()},
+                  dims=schema.dims)
+
+
+def channel_metrics(stats: dict) -> dict:
+    """The run's channel counters (``Progress.channel``) as flat metrics: per direction the SNR measured on
+    what was applied (the mean over messages of ``10 log10(sum signal^2 / sum noise^2)``), the bit error
+    rate measured, and totals of bit errors, packets, retransmissions and repairs."""
+    out: dict = {}
+    totals = dict.fromkeys(("bit_errors", "packets", "packets_lost", "erased", "dropped", "clamped"), 0)
+    for d in ("up", "down"):
+        s = stats.get(d) or dict.fromkeys(STATS, 0)
+        out[f"channel_snr_db_{d}"] = round(s["snr_db_sum"] / s["snr_messages"], 4) if s["snr_messages"] else None
+        out[f"channel_ber_{d}"] = s["bit_errors"] / s["bits"] if s["bits"] else None
+        out[f"bytes_retransmitted_{d}"] = s["bytes_retransmitted"]
+        for k in totals:
+            totals[k] += s[k]
+    out.update({f"channel_{k}": v for k, v in totals.items()})
+    return out
