@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..profiling import timed
+
 
 class KMeansResult(NamedTuple):
     assignment: torch.Tensor  # [n] (or [P, n]) long, cluster id in [0, k), every id used
@@ -92,6 +94,11 @@ def kmeans(
     Seeded by ``generator`` (k-means++), at most ``max_iter`` Lloyd iterations, stops early when no
     assignment changes. Runs in float32 whatever the input dtype.
     """
+    with timed("kmeans"):  # its share of the client's step (train.profile=true)
+        return _kmeans(x, k, generator, max_iter)
+
+
+def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator | None, max_iter: int) -> KMeansResult:
     single = x.dim() == 2
     x = x.detach().float()
     if single:

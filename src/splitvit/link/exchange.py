@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..profiling import timed
 from ..wire import Header, Schema, WireError, expect, pack, unpack
 from .inprocess import Link
 from .shaping import LinkModel
@@ -87,8 +88,12 @@ class Exchange:
                  reply_kind: str | tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Header]:
         """Send ``tensors`` under ``header``; the reply's tensors (checked against ``reply_schema``, which
         may depend on the reply's header) and header, which must be of ``reply_kind`` (or one of them)."""
-        reply = self.send(Request(header, pack(header, tensors)))
-        tensors, got = unpack(reply.payload, reply_schema)
+        with timed("serialize"):
+            request = Request(header, pack(header, tensors))
+        with timed("wait"):  # the link and everything behind it (in process: the server's step)
+            reply = self.send(request)
+        with timed("deserialize"):
+            tensors, got = unpack(reply.payload, reply_schema)
         kinds = (reply_kind,) if isinstance(reply_kind, str) else reply_kind
         expect(got, got.kind if got.kind in kinds else kinds[0], header.step if got.kind == "grad" else None)
         if got.client != header.client:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..profiling import timed
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -90,7 +92,7 @@ class Attention(nn.Module):
         out = self.proj(out.transpose(1, 2).reshape(B, N, D))
         if not cls_attn:
             return out
-        with torch.no_grad():
+        with torch.no_grad(), timed("cls_attention"):
             scores = q[:, :, :1] @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, H, 1, N]
             row = scores.float().softmax(dim=-1).mean(dim=1).squeeze(1)
         return out, row

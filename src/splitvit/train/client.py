@@ -8,6 +8,7 @@ from ..channel import ChannelSpec, erasures, lenient
 from ..compression import Compressor
 from ..link import Exchange
 from ..models import ClientModel
+from ..profiling import timed
 from ..wire import Header, Schema, TensorSpec
 from .evaluation import score
 from .precision import autocast
@@ -33,16 +34,19 @@ class SplitClient:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""
         self.model.train()
-        with autocast(images.device, self.bf16):
+        with timed("forward"), autocast(images.device, self.bf16):
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
-        packet = self.compressor.client_encode(h, cls_attn, labels)  # compress
-        reply, header = self.exchange(  # the server's forward, loss, backward and step happen there
+        with timed("compress"):
+            packet = self.compressor.client_encode(h, cls_attn, labels)
+        reply, header = self.exchange(  # serialise, the server's forward, loss, backward and step, deserialise
             Header("train", client=self.client_id, step=step), packet.message, self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
-        reply = self._received("train", reply, header)
-        grad = self.compressor.client_decode_grad(reply, packet)  # gradient back
-        self.optimizer.zero_grad(set_to_none=True)
-        packet.sent.backward(grad.to(packet.sent.device))
-        self.optimizer.step()  # client step
+        with timed("decompress"):
+            grad = self.compressor.client_decode_grad(self._received("train", reply, header), packet)  # gradient back
+        with timed("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            packet.sent.backward(grad.to(packet.sent.device))
+        with timed("step"):
+            self.optimizer.step()  # client step
         return header.loss
 
     @torch.no_grad()

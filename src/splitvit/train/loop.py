@@ -8,6 +8,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from ..channel import DIGITAL, Channel, ChannelSpec, channel_metrics
 from ..compression import NoCompression
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
+from ..profiling import Profiler, peak_rss_mb
 from ..link import Exchange, InProcessLink, LinkModel, standard_mods
 from .baseline import epoch_bytes, uncompressed_bytes
 from .build import build_halves, build_model, build_server, make_optimizer
@@ -148,6 +150,13 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
         del server_model  # it lives on the server; this copy only proved both sides start alike
     noise = None if channel.ideal else Channel(channel, compressor.role, compressor.repair, p, seed=CHANNEL_SEED + cfg.seed)
     client.exchange = Exchange(link, standard_mods(p, shaping, noise))  # the mods count into the run's ledger, p
+    if cfg.train.get("profile"):
+        flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
+        client.profilers = {"client": Profiler(device)}
+        if cfg.link.kind == "inprocess":  # over gRPC the server's phases stay on the server
+            server.profiler, server.flop_every = Profiler(device), flop_every
+            client.profilers["server"] = server.profiler
+        client.flop_every = flop_every
     optimizers = [client.optimizer] + ([server.optimizer] if cfg.link.kind == "inprocess" else [])
     try:
         summary = _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
@@ -273,7 +282,7 @@ def _train(cfg, run_dir: Path, data, client: SplitClient | LocalTrainer, compres
             tracker.close()
     bar.close()
 
-    summary = make_summary(cfg, compressor, vit, p, reason, data)
+    summary = {**make_summary(cfg, compressor, vit, p, reason, data), **profile_record(client, run=True)}
     if split:  # the final model measured in more ways than eval.mode (eval.also): the run is unchanged
         for mode in cfg.eval.get("also") or []:
             loss, acc = client.evaluate(_test_batches(cfg, data, vit, device), mode)
@@ -303,7 +312,8 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = cfg.train.lr * factor
-            losses.append(client.train_step(images, labels, p.step))
+            with profiled(client, p.step):
+                losses.append(client.train_step(images, labels, p.step))
             p.step += 1
             p.batch_in_epoch += 1
             if split:  # the baseline: plain split learning's messages for this step, as the protocol builds them
@@ -331,6 +341,27 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
         if p.done or not eval_every:
             evaluate_and_save()
     return reason
+
+
+def profiled(client, step: int):
+    """The step under the client's profiler (``train.profile=true``), which counts FLOPs instead of
+    time on every ``flop_every``-th step; nothing otherwise."""
+    profilers = getattr(client, "profilers", None)
+    if not profilers:
+        return nullcontext()
+    return profilers["client"].step(count_flops=step % client.flop_every == 0)
+
+
+def profile_record(client, run: bool = False) -> dict:
+    """Each side's phases since the last evaluation (``run``: over the run), and the process's peak memory."""
+    profilers = getattr(client, "profilers", None)
+    if not profilers:
+        return {}
+    out = {side: prof.summary(run) for side, prof in profilers.items()}
+    if not run:
+        for prof in profilers.values():
+            prof.reset_times()
+    return {"profile": {**out, "peak_rss_mb": peak_rss_mb()}}
 
 
 def _test_batches(cfg, data, vit, device):
@@ -369,6 +400,7 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
         "framing_bytes_up": p.framing_up,
         "framing_bytes_down": p.framing_down,
         **(channel_metrics(p.channel) if p.channel else {}),
+        **profile_record(client),
     }
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import struct
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from ..channel import ChannelSpec, erasures, lenient
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
+from ..profiling import Profiler, timed
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
 from .checkpoint import atomic_save, load_checkpoint_file
 from .config import ConfigError
@@ -72,15 +74,19 @@ class ServerHalf:
 
     def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.train()
-        packet = self.compressor.server_decode(message)
-        with autocast(self.device, self.bf16):
+        with timed("decode"):
+            packet = self.compressor.server_decode(message)
+        with timed("forward"), autocast(self.device, self.bf16):
             logits = self.model(packet.z)
-        loss = soft_cross_entropy(logits, packet.targets)  # in float32
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        reply = self.compressor.server_encode_grad(packet)
-        return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
+            loss = soft_cross_entropy(logits, packet.targets)  # in float32
+        with timed("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timed("step"):
+            self.optimizer.step()
+        with timed("encode"):
+            reply = self.compressor.server_encode_grad(packet)
+            return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
 
     @torch.no_grad()
     def _eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
@@ -111,6 +117,8 @@ class Session:
                  checkpoint_dir: str | Path | None = None, client: int = 0, federation: Federation | None = None,
                  coordinator: Coordinator | None = None, on_train=None, channel: ChannelSpec | None = None):
         self.half = half
+        self.profiler: Profiler | None = None  # train.profile=true: the server's phases of each training step
+        self.flop_every = 0  # count FLOPs (not time) on the steps that are multiples of this
         self.client = client
         self.federation = federation  # several clients: where client halves are handed on or averaged
         self.round = 0  # several clients: the round the client takes part from (a resumed one: the next)
@@ -164,7 +172,15 @@ class Session:
         self._fed_cache = None
 
     def handle(self, payload: bytes) -> bytes:
+        t0 = time.perf_counter()
         message, header = unpack(payload, self.schema_for)
+        if header.kind == "train" and self.profiler is not None:
+            with self.profiler.step(count_flops=bool(self.flop_every) and header.step % self.flop_every == 0):
+                self.profiler.add("decode", time.perf_counter() - t0)
+                return self._handle(payload, message, header)
+        return self._handle(payload, message, header)
+
+    def _handle(self, payload: bytes, message: dict[str, torch.Tensor], header: Header) -> bytes:
         if self.coordinator is not None:
             self.coordinator.touch(self.client)
         if header.kind in ("weights", "control") and self._fed_cache is not None and self._fed_cache[0] == payload:
@@ -182,9 +198,10 @@ class Session:
                     f"training step {step} is out of order: the server applied step {self.last_step} last; "
                     "resume the client from its checkpoint (train.resume=true)"
                 )
-        if self.channel.hits(header.kind, "up"):
-            message = self.compressor.repair(message, erasures(header, message))[0]
-        message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
+        with timed("decode"):
+            if self.channel.hits(header.kind, "up"):
+                message = self.compressor.repair(message, erasures(header, message))[0]
+            message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
         if header.kind == "train":
             if not self._due("train"):
                 raise WireError("the run is over: no more training steps are taken")
