@@ -473,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="splitvit report", description=__doc__)
     ap.add_argument("dirs", nargs="+", help="run or sweep directories")
     ap.add_argument("--out", default=None, help="where report.md, report.csv and the plots go (default: the first DIR)")
+    ap.add_argument("--energy", default=None, metavar="DEVICE",
+                    help="also energy.md/energy.png: the client's energy per step, run and accuracy point on DEVICE "
+                         "(jetson_nano_10w, jetson_nano_5w, jetson_orin_nano_7w, jetson_orin_nano_15w, raspberry_pi_4, this_machine)")
+    ap.add_argument("--radio", default="wifi,lte", help="radio power models for --energy (default: wifi,lte)")
+    ap.add_argument("--mbps", type=float, default=None,
+                    help="link rate for --energy, Mbit/s both ways (default: the runs' link.bandwidth_mbps, else 10)")
     args = ap.parse_args(argv)
     try:
         runs = find_runs(args.dirs)
@@ -493,7 +499,48 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(table + "".join(f"\nwarning: {w}\n" for w in warnings))
     write_csv(rows, out / "report.csv")
     written = plots(rows, out)
+    if args.energy:
+        try:
+            written += energy_report(rows, out, args.energy, args.radio.split(","), args.mbps)
+        except ValueError as e:
+            print(f"splitvit report: error: {e}", file=sys.stderr)
+            return 2
     print(table)
     print(f"{len(runs)} runs, {len(rows)} settings; wrote {out / 'report.md'}, {out / 'report.csv'}, "
           + ", ".join(str(p) for p in written))
     return 0
+
+
+def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: list[str], mbps: float | None) -> list[Path]:
+    """``energy.md`` and ``energy.png``: what each setting's steps cost the client (:mod:`splitvit.energy`)."""
+    from .energy import device, energy_markdown, energy_rows, radio
+
+    dev, radios = device(device_name), {n: radio(n) for n in radio_names}
+    if mbps is None:
+        rates = {r["config"].get("link.bandwidth_mbps") for row in rows for r in row["runs"]}
+        mbps = rates.pop() if len(rates) == 1 and None not in rates else 10.0
+    erows = energy_rows([r for r in rows if r["method"] != "whole"], dev, radios, mbps, mbps)
+    text = energy_markdown(erows, dev, radios, mbps, mbps)
+    (out / "energy.md").write_text(text)
+    print(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(radios), figsize=(5.5 * len(radios), 4), squeeze=False)
+    for ax, name in zip(axes[0], radios):
+        for method in sorted({e["method"] for e in erows}):
+            pts = sorted((e["measured"], e[name]["step_j"]) for e in erows if e["method"] == method)
+            ax.plot(*zip(*pts), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("compression measured (bytes / uncompressed bytes)")
+        ax.set_ylabel("client energy per step (J): compute + radio")
+        ax.set_title(f"{name}, {mbps:g} Mbit/s, {device_name}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "energy.png", dpi=120)
+    plt.close(fig)
+    return [out / "energy.md", out / "energy.png"]

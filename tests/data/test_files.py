@@ -1,7 +1,6 @@
 """CIFAR-10 and the image-file datasets, each from small files written in its real on-disk layout."""
 
 import hashlib
-import io
 import pickle
 import tarfile
 

@@ -4,7 +4,6 @@ by the fine-tuning experiments without pretraining again."""
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch

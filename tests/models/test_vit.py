@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from splitvit.models import PRESETS, create_model, split
 from splitvit.models.vit import Attention

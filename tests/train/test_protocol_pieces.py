@@ -100,7 +100,6 @@ def test_tensorboard_logger_writes_live_curves(tmp_path):
 
 
 def test_resuming_a_finished_run_measures_it_without_training(tmp_path):
-    import json
 
     s = fit(make_cfg(*SMALL, "train.max_steps=3", "train.eval_every=2"), tmp_path)
     again = fit(make_cfg(*SMALL, "train.max_steps=3", "train.eval_every=2", "train.resume=true", "eval.also=[compressed]"), tmp_path)
