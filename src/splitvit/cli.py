@@ -32,6 +32,8 @@ commands:
            splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
   export   join a run's client and server halves into one timm-layout .safetensors (model.checkpoint= loads it)
            splitvit export RUN_DIR [--out model.safetensors] [--server server-000001234.pt]
+  show     what ADC does to a batch (the paper's figure 8): clusters with their kept patches, CLS attention by layer
+           splitvit show RUN_DIR [--out DIR] [--clusters 4]
 """
 
 
@@ -210,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export
 
         return export(rest)
+    if command == "show":
+        from .show import main as show
+
+        return show(rest)
     print(f"splitvit: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -70,3 +70,41 @@ def test_off_costs_nothing(tmp_path):
     assert timed("forward") is profiling._NULL  # no profiler: one lookup and a shared null context
     s = fit(make_cfg(*SMALL, "train.max_steps=2", "eval.max_batches=1"), tmp_path)
     assert "profile" not in s and "profile" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_inspect_measures_purity_gradients_and_attention(tmp_path):
+    s = fit(make_cfg(*SMALL, "train.batch_size=64", "train.max_steps=4", "train.eval_every=2", "eval.max_batches=1",
+                     "train.inspect=true"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    got = rows[-1]["inspect"]
+    assert 0 < got["attention_entropy_bits"] <= got["attention_entropy_uniform_bits"] + 1e-6
+    assert 0 <= got["clusters_mixed"] <= 1 and got["cluster_label_entropy_bits"] >= 0
+    assert got["grad_norm_sent"] > 0 and got["grad_norm_cut"] > 0
+    none = fit(make_cfg(*SMALL, "method=none", "train.max_steps=2", "eval.max_batches=1", "train.inspect=true"), tmp_path / "n")
+    row = json.loads((tmp_path / "n" / "metrics.jsonl").read_text().splitlines()[-1])["inspect"]
+    assert "clusters_mixed" not in row  # nothing merged
+    assert row["grad_norm_sent"] == pytest.approx(row["grad_norm_cut"], rel=1e-5)  # what came back is dL/dh
+    assert none["final_val_acc"] >= 0
+
+
+def test_purity_by_hand():
+    from splitvit.train.inspect import Inspector
+
+    ins = Inspector()
+    targets = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]])  # pure; one bit; H(0.25) = 0.811 bits
+    ins.observe(torch.full((3, 4), 0.25), {"targets": targets})
+    got = ins.summary()
+    assert got["clusters_mixed"] == pytest.approx(2 / 3)
+    assert got["cluster_label_entropy_bits"] == pytest.approx((0 + 1 + 0.811278) / 3, abs=1e-5)
+    assert got["attention_entropy_bits"] == pytest.approx(2.0)  # uniform over 4 tokens
+    assert ins.summary() == {}  # starts over after each evaluation
+
+
+def test_show_draws_figure_8_from_a_tiny_run(tmp_path):
+    from splitvit.show import main as show
+
+    fit(make_cfg(*SMALL, "train.max_steps=3", "eval.max_batches=1"), tmp_path / "run")
+    assert show([str(tmp_path / "run"), "--out", str(tmp_path / "pics"), "--batch", "64", "--clusters", "3"]) == 0
+    for name in ("show_clusters.png", "show_attention.png"):
+        assert (tmp_path / "pics" / name).stat().st_size > 10_000
+    assert show([str(tmp_path / "missing")]) == 2

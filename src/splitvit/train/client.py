@@ -30,6 +30,7 @@ class SplitClient:
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
+        self.inspector = None  # train.inspect=true: an Inspector (splitvit.train.inspect)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""
@@ -38,10 +39,15 @@ class SplitClient:
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
         with timed("compress"):
             packet = self.compressor.client_encode(h, cls_attn, labels)
+        if self.inspector is not None:  # train.inspect=true: what the method does at the cut
+            self.inspector.observe(cls_attn, packet.message)
+            h.register_hook(lambda g: self.inspector.add("grad_norm_cut", g.float().norm().item()))
         reply, header = self.exchange(  # serialise, the server's forward, loss, backward and step, deserialise
             Header("train", client=self.client_id, step=step), packet.message, self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
         with timed("decompress"):
             grad = self.compressor.client_decode_grad(self._received("train", reply, header), packet)  # gradient back
+        if self.inspector is not None:
+            self.inspector.add("grad_norm_sent", grad.float().norm().item())
         with timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             packet.sent.backward(grad.to(packet.sent.device))

@@ -181,6 +181,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
     _check_clients(cfg)
     _check_channel(cfg, compressor)
+    for key in ("profile", "inspect"):
+        if cfg.train.get(key) and (cfg.split.index is None or cfg.clients.num > 1):
+            raise ConfigError(f"train.{key}=true measures the step of one client's split model: set split.index, "
+                              "and clients.num=1")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
 

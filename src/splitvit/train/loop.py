@@ -27,6 +27,7 @@ from .build import build_halves, build_model, build_server, make_optimizer
 from .checkpoint import load_client, save_client
 from .client import SplitClient
 from .config import ConfigError, method_options, resolve_device, validate
+from .inspect import Inspector
 from .local import LocalTrainer
 from .server import server_digest
 from .state import CAPS, Progress
@@ -150,6 +151,8 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
         del server_model  # it lives on the server; this copy only proved both sides start alike
     noise = None if channel.ideal else Channel(channel, compressor.role, compressor.repair, p, seed=CHANNEL_SEED + cfg.seed)
     client.exchange = Exchange(link, standard_mods(p, shaping, noise))  # the mods count into the run's ledger, p
+    if cfg.train.get("inspect"):
+        client.inspector = Inspector()
     if cfg.train.get("profile"):
         flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
         client.profilers = {"client": Profiler(device)}
@@ -401,6 +404,7 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
         "framing_bytes_down": p.framing_down,
         **(channel_metrics(p.channel) if p.channel else {}),
         **profile_record(client),
+        **({"inspect": client.inspector.summary()} if getattr(client, "inspector", None) is not None else {}),
     }
 
 
