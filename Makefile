@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/split_overhead.py
 	$(BIN)/python benchmarks/link_throughput.py
 	$(BIN)/python benchmarks/clients_throughput.py
+	$(BIN)/python benchmarks/step_phases.py
 
 proto: $(STAMP)  # regenerate src/splitvit/link/splitvit_pb2.py after editing the .proto
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'

@@ -73,7 +73,7 @@ def test_off_costs_nothing(tmp_path):
 
 
 def test_inspect_measures_purity_gradients_and_attention(tmp_path):
-    s = fit(make_cfg(*SMALL, "train.batch_size=64", "train.max_steps=4", "train.eval_every=2", "eval.max_batches=1",
+    fit(make_cfg(*SMALL, "train.batch_size=64", "train.max_steps=4", "train.eval_every=2", "eval.max_batches=1",
                      "train.inspect=true"), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     got = rows[-1]["inspect"]
