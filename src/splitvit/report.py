@@ -528,18 +528,37 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(radios), figsize=(5.5 * len(radios), 4), squeeze=False)
-    for ax, name in zip(axes[0], radios):
-        for method in sorted({e["method"] for e in erows}):
-            pts = sorted((e["measured"], e[name]["step_j"]) for e in erows if e["method"] == method)
-            ax.plot(*zip(*pts), marker="o", label=method)
+    methods = sorted({e["method"] for e in erows})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    first = next(iter(radios))
+    for method in methods:  # per step, and per accuracy point, against compression
+        pts = sorted((e["measured"], e[first]["step_j"], e[first]["per_point_j"]) for e in erows if e["method"] == method)
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=method)
+    axes[0].set_ylabel(f"client J per step ({first}, {mbps:g} Mbit/s)")
+    axes[1].set_ylabel(f"client J per accuracy point over the run ({first})")
+    for ax in axes[:2]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("compression measured (bytes / uncompressed bytes)")
-        ax.set_ylabel("client energy per step (J): compute + radio")
-        ax.set_title(f"{name}, {mbps:g} Mbit/s, {device_name}", fontsize=9)
+    # the crossover question: energy per step against the link rate, for each method's most compressed setting
+    rates = [10 ** (i / 10) for i in range(0, 31)]  # 1 to 1000 Mbit/s
+    for i, (name, r) in enumerate(radios.items()):
+        for method in methods:
+            e = min((e for e in erows if e["method"] == method), key=lambda e: e["measured"])
+            axes[2].plot(rates, [e["compute_j"] + r.joules(e["up"], e["down"], x, x) for x in rates],
+                         ls=("-", "--", ":")[i % 3], color=f"C{methods.index(method)}",
+                         label=f"{method} {e['measured']:.2g} ({name})" if i == 0 or len(methods) < 4 else None)
+    axes[2].set_xscale("log")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("link rate, both ways (Mbit/s)")
+    axes[2].set_ylabel("client J per step: compute + radio")
+    axes[2].set_title(" / ".join(f"{n}: {('-', '--', ':')[i % 3]}" for i, n in enumerate(radios)), fontsize=8)
+    axes[0].set_title(f"{device_name}: {dev.joules_per_flop * 1e12:.0f} pJ/FLOP", fontsize=8)
+    axes[1].legend(fontsize=7)
+    axes[2].legend(fontsize=6)
+    for ax in axes:
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "energy.png", dpi=120)
     plt.close(fig)
