@@ -57,3 +57,14 @@ def test_report_energy_on_tiny_runs(tmp_path, capsys):
     # the FLOPs counted from the none run's config equal what a profile counts for the same step
     flops = energy.client_step_flops(make_cfg(*base, "method=none"), 10)
     assert f"{flops / 1e9:.2f}" in text
+
+
+def test_report_takes_energy_keys_and_custom_profiles(tmp_path):
+    fit(make_cfg(*SMALL, "train.max_steps=2", "eval.max_batches=1", "method=none"), tmp_path / "runs" / "none")
+    out = tmp_path / "out"
+    assert report([str(tmp_path / "runs"), "--out", str(out), "energy.device=custom", "energy.watts=4", "energy.gflops=100",
+                   "energy.radio=custom", "energy.alpha_up=100", "energy.alpha_down=50", "energy.beta=10", "energy.mbps=5"]) == 0
+    text = (out / "energy.md").read_text()
+    assert "custom: 4 W at 100 GFLOP/s" in text and "40.0 pJ/FLOP" in text and "5 Mbit/s" in text
+    assert report([str(tmp_path / "runs"), "--out", str(out), "energy.device=custom", "energy.watts=4"]) == 2
+    assert report([str(tmp_path / "runs"), "--out", str(out), "energy.devise=jetson_nano_10w"]) == 2

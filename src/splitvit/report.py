@@ -473,13 +473,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="splitvit report", description=__doc__)
     ap.add_argument("dirs", nargs="+", help="run or sweep directories")
     ap.add_argument("--out", default=None, help="where report.md, report.csv and the plots go (default: the first DIR)")
+    ap.epilog = ("energy keys may also be given as energy.device=NAME energy.radio=wifi,lte energy.mbps=10; "
+                 "energy.device=custom energy.watts=W energy.gflops=G (or energy.joules_per_flop=J); "
+                 "energy.radio=custom energy.alpha_up=A energy.alpha_down=A energy.beta=B (mW per Mbit/s, mW)")
     ap.add_argument("--energy", default=None, metavar="DEVICE",
                     help="also energy.md/energy.png: the client's energy per step, run and accuracy point on DEVICE "
                          "(jetson_nano_10w, jetson_nano_5w, jetson_orin_nano_7w, jetson_orin_nano_15w, raspberry_pi_4, this_machine)")
     ap.add_argument("--radio", default="wifi,lte", help="radio power models for --energy (default: wifi,lte)")
     ap.add_argument("--mbps", type=float, default=None,
                     help="link rate for --energy, Mbit/s both ways (default: the runs' link.bandwidth_mbps, else 10)")
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    energy_keys = {a.split("=", 1)[0].removeprefix("energy."): a.split("=", 1)[1] for a in argv if a.startswith("energy.") and "=" in a}
+    args = ap.parse_args([a for a in argv if not (a.startswith("energy.") and "=" in a)])
+    unknown = set(energy_keys) - ENERGY_KEYS
+    if unknown:
+        print(f"splitvit report: error: unknown key energy.{sorted(unknown)[0]}; the energy keys: "
+              + ", ".join(f"energy.{k}" for k in sorted(ENERGY_KEYS)), file=sys.stderr)
+        return 2
+    if "device" in energy_keys:
+        args.energy = energy_keys.pop("device")
+    if "radio" in energy_keys:
+        args.radio = energy_keys.pop("radio").strip("[]")
+    if "mbps" in energy_keys:
+        args.mbps = float(energy_keys.pop("mbps"))
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as e:
@@ -501,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     written = plots(rows, out)
     if args.energy:
         try:
-            written += energy_report(rows, out, args.energy, args.radio.split(","), args.mbps)
+            written += energy_report(rows, out, args.energy, args.radio.split(","), args.mbps,
+                                     {k: float(v) for k, v in energy_keys.items()})
         except ValueError as e:
             print(f"splitvit report: error: {e}", file=sys.stderr)
             return 2
@@ -511,11 +528,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: list[str], mbps: float | None) -> list[Path]:
-    """``energy.md`` and ``energy.png``: what each setting's steps cost the client (:mod:`splitvit.energy`)."""
+ENERGY_KEYS = {"device", "radio", "mbps", "watts", "gflops", "joules_per_flop", "alpha_up", "alpha_down", "beta"}
+
+
+def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: list[str], mbps: float | None,
+                  custom: dict | None = None) -> list[Path]:
+    """``energy.md`` and ``energy.png``: what each setting's steps cost the client (:mod:`splitvit.energy`).
+    ``custom``: ``watts``/``gflops``/``joules_per_flop`` for ``energy.device=custom``, ``alpha_up``/
+    ``alpha_down``/``beta`` for ``energy.radio=custom``."""
     from .energy import device, energy_markdown, energy_rows, radio
 
-    dev, radios = device(device_name), {n: radio(n) for n in radio_names}
+    c = custom or {}
+    dev = device(device_name, c.get("watts"), c.get("gflops"), c.get("joules_per_flop"))
+    radios = {n: radio(n, c.get("alpha_up"), c.get("alpha_down"), c.get("beta")) for n in radio_names}
     if mbps is None:
         rates = {r["config"].get("link.bandwidth_mbps") for row in rows for r in row["runs"]}
         mbps = rates.pop() if len(rates) == 1 and None not in rates else 10.0
