@@ -80,7 +80,27 @@ def joined_state(client_path: Path, server_path: Path | None = None) -> tuple[di
         if overlap:
             raise ExportError(f"{client_path} and {path} both hold {overlap[:3]}: they are not two halves of one model")
         weights.update(server["model"])
-    return weights, config, progress
+    return fold_lora(weights, config), config, progress
+
+
+LORA_TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+def fold_lora(weights: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """LoRA adapters (``finetune.lora=true``) folded into the weights they adapt, ``W + (alpha / r) B A``,
+    so that the whole model has timm's keys only and loads without the adapters."""
+    keys = [k for k in weights if ".lora." in k and k.endswith(".A")]
+    if not keys:
+        return weights
+    f = config.get("finetune") or {}
+    weights = dict(weights)
+    for key in keys:
+        block, name = key.split(".lora.")[0], key.split(".lora.")[1][: -len(".A")]
+        A, B = weights.pop(key), weights.pop(key[:-1] + "B")
+        scale = (f.get("lora_alpha") or A.shape[0]) / A.shape[0]
+        target = f"{block}.{LORA_TARGETS[name]}.weight"
+        weights[target] = weights[target] + scale * (B.float() @ A.float()).to(weights[target].dtype)
+    return weights
 
 
 def provenance(config: dict, progress: dict, num_classes: int) -> dict[str, str]:

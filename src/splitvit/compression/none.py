@@ -17,7 +17,8 @@ class NoCompression(Compressor):
         return received, received
 
     def activation_schema(self, B, N, D) -> Schema:
-        return Schema({"z": TensorSpec(self.wire_dtype, ("B", N, D))})
+        # up to N tokens: a client that prunes tokens (finetune=alast) sends fewer, and not always as many
+        return Schema({"z": TensorSpec(self.wire_dtype, ("B", "k", D))}, dims={"k": (1, N)})
 
     def target_ratio(self) -> float:
         return 1.0

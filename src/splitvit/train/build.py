@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from ..channel import ChannelSpec
 from ..compression import build_compressor
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
+from .alast import build_alast
 from .config import ConfigError, method_options
 from .server import SplitServer
 
@@ -55,9 +56,12 @@ def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Op
 
 
 def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir: Path) -> SplitServer:
-    return SplitServer(
+    alast = build_alast(cfg, server_model, vit.num_tokens, vit.depth, "server")  # before the optimizer: LoRA adds parameters
+    server = SplitServer(
         server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
         max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
         max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir, bf16=cfg.train.precision == "bf16",
         channel=ChannelSpec.from_config(cfg.get("channel")),
     )
+    server.half.alast = alast
+    return server

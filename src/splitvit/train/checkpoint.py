@@ -55,6 +55,7 @@ def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> No
         "compressor": compressor.client_state(),  # the client's side of the method only
         "progress": asdict(progress),
         "torch_rng": torch.get_rng_state(),
+        **({"alast": client.alast.state_dict()} if getattr(client, "alast", None) is not None else {}),
     }, path)
 
 
@@ -76,6 +77,8 @@ def load_client(path: Path, cfg: DictConfig, client, compressor):
     client.optimizer.load_state_dict(state["client_optimizer"])
     compressor.load_client_state(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
+    if getattr(client, "alast", None) is not None:
+        client.alast.load_state_dict(state["alast"])
     progress = Progress.from_state(state["progress"])
     if not progress.caps:  # a checkpoint from before caps were recorded: its config has them
         progress.caps = {k: state["config"].get("train", {}).get(k) for k in CAPS}

@@ -31,17 +31,21 @@ class SplitClient:
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
         self.inspector = None  # train.inspect=true: an Inspector (splitvit.train.inspect)
+        self.alast = None  # finetune=alast on the client's blocks (splitvit.train.alast)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""
         self.model.train()
+        if self.alast is not None:  # finetune=alast: which client blocks train, on how many tokens
+            self.alast.before_step()
         with timed("forward"), autocast(images.device, self.bf16):
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
         with timed("compress"):
             packet = self.compressor.client_encode(h, cls_attn, labels)
         if self.inspector is not None:  # train.inspect=true: what the method does at the cut
             self.inspector.observe(cls_attn, packet.message)
-            h.register_hook(lambda g: self.inspector.add("grad_norm_cut", g.float().norm().item()))
+            if h.requires_grad:
+                h.register_hook(lambda g: self.inspector.add("grad_norm_cut", g.float().norm().item()))
         reply, header = self.exchange(  # serialise, the server's forward, loss, backward and step, deserialise
             Header("train", client=self.client_id, step=step), packet.message, self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
         with timed("decompress"):
@@ -50,9 +54,12 @@ class SplitClient:
             self.inspector.add("grad_norm_sent", grad.float().norm().item())
         with timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            packet.sent.backward(grad.to(packet.sent.device))
+            if packet.sent.requires_grad:  # not when ALaST froze every client parameter this step
+                packet.sent.backward(grad.to(packet.sent.device))
         with timed("step"):
             self.optimizer.step()  # client step
+        if self.alast is not None:
+            self.alast.after_step()
         return header.loss
 
     @torch.no_grad()

@@ -31,14 +31,15 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what it may be."""
 
 
-GROUPS = ("method", "dataset", "model", "link", "logger", "channel")  # config groups whose option files hold a key's subtree
+GROUPS = ("method", "dataset", "model", "link", "logger", "channel", "finetune")  # config groups whose option files hold a key's subtree
 # keys whose shipped default is null, and what they take when set (other nulls take anything)
 OPTIONAL_TYPES = {
     "train.max_steps": int, "train.budget_epochs": float, "train.eval_every": int, "eval.max_batches": int,
     "dataset.workers": int, "method.batch_ratio": float, "method.token_ratio": float, "method.R": int,
     "method.bits": int, "method.rank": int, "model.img_size": int, "model.patch_size": int, "model.embed_dim": int,
     "model.depth": int, "model.num_heads": int, "link.bandwidth_mbps": float, "link.downlink_mbps": float,
-    "clients.rounds": int, "clients.local_steps": int,
+    "clients.rounds": int, "clients.local_steps": int, "finetune.K": int, "finetune.alpha": float,
+    "finetune.lora_alpha": float,
 }
 
 
@@ -181,10 +182,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
     _check_clients(cfg)
     _check_channel(cfg, compressor)
-    for key in ("profile", "inspect"):
-        if cfg.train.get(key) and (cfg.split.index is None or cfg.clients.num > 1):
-            raise ConfigError(f"train.{key}=true measures the step of one client's split model: set split.index, "
-                              "and clients.num=1")
+    _check_finetune(cfg, vit)
+    if cfg.train.get("profile") and cfg.clients.num > 1:
+        raise ConfigError("train.profile=true measures one client's step: use clients.num=1")
+    if cfg.train.get("inspect") and (cfg.split.index is None or cfg.clients.num > 1):
+        raise ConfigError("train.inspect=true measures what the method does at one client's cut: set split.index, "
+                          "and clients.num=1")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
 
@@ -223,6 +226,37 @@ def _check_channel(cfg: DictConfig, compressor) -> None:
         raise ConfigError(f"channel={spec.kind} needs a split model (split.index): nothing crosses a link otherwise")
 
 
+VARYING_TOKENS = ("none", "adc")  # methods that take a cut whose token count changes from step to step
+
+
+def _check_finetune(cfg: DictConfig, vit) -> None:
+    f = cfg.get("finetune")
+    if f is None or f.name == "full":
+        return
+    _choice("finetune", f.name, ("full", "alast"))
+    from .alast import SELECT, WHERE
+    from ..models.alast import IMPORTANCE, PRUNE
+
+    _choice("finetune.where", f.where, WHERE)
+    _choice("finetune.select", f.select, SELECT)
+    _choice("finetune.prune", f.prune, PRUNE)
+    _choice("finetune.importance", f.importance, IMPORTANCE)
+    if f.K is not None and not 1 <= f.K <= vit.depth:
+        raise ConfigError(f"finetune.K={f.K} must be in [1, {vit.depth}]: the blocks trained per step, of {vit.depth}")
+    if not (0 < f.b_min <= f.b0 <= 1):
+        raise ConfigError(f"finetune.b_min={f.b_min} and finetune.b0={f.b0} must satisfy 0 < b_min <= b0 <= 1")
+    if f.lora and (not isinstance(f.lora_rank, int) or f.lora_rank < 1):
+        raise ConfigError(f"finetune.lora_rank={f.lora_rank!r} must be a positive integer")
+    prunes_client = cfg.split.index is not None and f.where in ("client", "both") and f.b_min < 1
+    if prunes_client and cfg.method.name not in VARYING_TOKENS:
+        raise ConfigError(
+            f"finetune=alast prunes tokens on the client (finetune.where={f.where}), so the cut's token count varies "
+            f"from step to step, and method={cfg.method.name} needs a fixed one. Use method=none or adc, "
+            "finetune.where=server, or finetune.b_min=1 (no pruning)")
+    if cfg.clients.num > 1:
+        raise ConfigError("finetune=alast with several clients is not supported yet; use clients.num=1")
+
+
 def _full_key(message: str) -> str:
     """A method's message names its option (``compression must be ...``): name the full key."""
     first = message.split(" ", 1)[0]
@@ -241,7 +275,7 @@ def resolve_device(name: str) -> torch.device:
 RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
                "train.optimizer", "train.schedule", "train.warmup_epochs", "wire", "clients.num", "clients.scheme",
                "clients.partition", "clients.alpha", "clients.shards_per_client", "clients.min_samples",
-               "clients.local_steps", "clients.fraction", "channel")
+               "clients.local_steps", "clients.fraction", "channel", "finetune")
 # keys client and server must agree on: what each half is, and how the messages between them look
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
@@ -251,6 +285,7 @@ SHARED_KEYS = (
     "eval.batch_size", "wire", "clients.num", "clients.scheme", "clients.partition", "clients.alpha",
     "clients.shards_per_client", "clients.min_samples", "clients.rounds", "clients.local_steps", "clients.fraction",
     "channel",  # the server repairs what a damaging channel delivers: it must know the channel
+    "finetune",  # ALaST on the server's blocks, and what the client's pruning does to the cut
 )
 
 

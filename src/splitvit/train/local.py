@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..link import Exchange, InProcessLink
 from ..models import VisionTransformer
+from ..profiling import timed
 from .evaluation import score
 from .precision import autocast
 
@@ -26,15 +27,22 @@ class LocalTrainer:
         self.optimizer = optimizer
         self.bf16 = bf16
         self.exchange = Exchange(InProcessLink(_no_messages))
+        self.alast = None  # finetune=alast (splitvit.train.alast)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         self.model.train()
-        with autocast(images.device, self.bf16):
+        if self.alast is not None:
+            self.alast.before_step()
+        with timed("forward"), autocast(images.device, self.bf16):
             logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+            loss = F.cross_entropy(logits.float(), labels)
+        with timed("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timed("step"):
+            self.optimizer.step()
+        if self.alast is not None:
+            self.alast.after_step()
         return loss.item()
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from ..data import ClassSpecError, batches, default_workers, eval_subset, load_d
 from ..data.augment import build_augment
 from ..profiling import Profiler, peak_rss_mb
 from ..link import Exchange, InProcessLink, LinkModel, standard_mods
+from .alast import build_alast
 from .baseline import epoch_bytes, uncompressed_bytes
 from .build import build_halves, build_model, build_server, make_optimizer
 from .checkpoint import load_client, save_client
@@ -127,10 +128,12 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
     for w in warnings:
         log.warning(f"warning: {w}")
     channel = ChannelSpec.from_config(cfg.get("channel"))
+    alast = build_alast(cfg, client_model, vit.num_tokens, vit.depth, "client")  # before the optimizer: LoRA adds parameters
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
         None, data.num_classes, bf16=cfg.train.precision == "bf16", channel=channel,
     )
+    client.alast = alast
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
     if cfg.train.resume:
@@ -151,6 +154,8 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
         del server_model  # it lives on the server; this copy only proved both sides start alike
     noise = None if channel.ideal else Channel(channel, compressor.role, compressor.repair, p, seed=CHANNEL_SEED + cfg.seed)
     client.exchange = Exchange(link, standard_mods(p, shaping, noise))  # the mods count into the run's ledger, p
+    client.stages = {side: a for side, a in (("client", client.alast), ("server", server.half.alast if cfg.link.kind == "inprocess"
+                                                                              else None)) if a is not None}
     if cfg.train.get("inspect"):
         client.inspector = Inspector()
     if cfg.train.get("profile"):
@@ -200,7 +205,13 @@ def _fit_whole(cfg: DictConfig, run_dir: Path, data, device) -> dict:
     """``split.index=null``: the model trains in one piece, nothing is sent (pretraining)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.num_classes).to(device)
+    alast = build_alast(cfg, model, model.cfg.num_tokens, model.cfg.depth)  # before the optimizer: LoRA adds parameters
     trainer = LocalTrainer(model, make_optimizer(cfg, model), bf16=cfg.train.precision == "bf16")
+    trainer.alast = alast
+    trainer.stages = {"whole": alast} if alast is not None else {}
+    if cfg.train.get("profile"):
+        trainer.profilers = {"whole": Profiler(device)}
+        trainer.flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
     compressor = NoCompression(data.num_classes, model.cfg.num_tokens, model.cfg.embed_dim)
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
@@ -352,7 +363,7 @@ def profiled(client, step: int):
     profilers = getattr(client, "profilers", None)
     if not profilers:
         return nullcontext()
-    return profilers["client"].step(count_flops=step % client.flop_every == 0)
+    return (profilers.get("client") or profilers["whole"]).step(count_flops=step % client.flop_every == 0)
 
 
 def profile_record(client, run: bool = False) -> dict:
@@ -405,6 +416,7 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
         **(channel_metrics(p.channel) if p.channel else {}),
         **profile_record(client),
         **({"inspect": client.inspector.summary()} if getattr(client, "inspector", None) is not None else {}),
+        **({"alast": {side: a.summary() for side, a in client.stages.items()}} if getattr(client, "stages", None) else {}),
     }
 
 

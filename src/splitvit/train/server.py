@@ -63,6 +63,7 @@ class ServerHalf:
         self.device = next(model.parameters()).device
         self.bf16 = bf16
         self.lock = threading.Lock()  # sessions of several clients share the half: one step at a time
+        self.alast = None  # finetune=alast on the server's blocks (splitvit.train.alast)
 
     def train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         with self.lock:
@@ -74,6 +75,8 @@ class ServerHalf:
 
     def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.train()
+        if self.alast is not None:
+            self.alast.before_step()
         with timed("decode"):
             packet = self.compressor.server_decode(message)
         with timed("forward"), autocast(self.device, self.bf16):
@@ -84,6 +87,8 @@ class ServerHalf:
             loss.backward()
         with timed("step"):
             self.optimizer.step()
+        if self.alast is not None:
+            self.alast.after_step()
         with timed("encode"):
             reply = self.compressor.server_encode_grad(packet)
             return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
@@ -97,12 +102,15 @@ class ServerHalf:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "compressor": self.compressor.server_state()}  # the method's server side only
+                "compressor": self.compressor.server_state(),  # the method's server side only
+                **({"alast": self.alast.state_dict()} if self.alast is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.compressor.load_server_state(state["compressor"])
+        if self.alast is not None:
+            self.alast.load_state_dict(state["alast"])
 
 
 class Session:
