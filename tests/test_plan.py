@@ -15,7 +15,7 @@ PAPER = ["main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk"
 
 
 CPU = ["pretrain", "main_none", "main_adc", "main_bottlenet", "main_topk", "main_randtopk", "main_c3sl", "main_quant",
-       "main_fedlite", "main_lowrank", "adc_merge_only", "adc_select_only", "adc_feature", "clients", "channel", "channel_research"]
+       "main_fedlite", "main_lowrank", "adc_merge_only", "adc_select_only", "adc_feature", "clients", "channel", "channel_research", "alast"]
 
 
 def test_every_paper_and_cpu_experiment_is_shipped():
@@ -31,6 +31,7 @@ def test_every_paper_and_cpu_experiment_is_shipped():
     ("clients", 1, None),
     ("channel", 1, None),
     ("channel_research", 1, None),
+    ("alast", 1, None),
 ])
 def test_cpu_protocol_jobs(name, count, must):
     listed = jobs([f"+experiment=cpu/{name}"])
@@ -40,9 +41,11 @@ def test_cpu_protocol_jobs(name, count, must):
         assert cfg.split.index is None and cfg.dataset.classes == "0:50"
     else:  # the fine-tuning protocol: the committed checkpoint, the other 50 classes, split a quarter in
         assert cfg.model.checkpoint.startswith("pretrained/") and cfg.dataset.classes == "50:100"
-        assert cfg.split.index == 2 and cfg.train.lr == 1e-4
+        assert cfg.split.index == (None if name == "alast" else 2) and cfg.train.lr == 1e-4
         if name.startswith("channel"):  # a fixed 392 steps: every method and channel trains on the same samples
             assert cfg.train.budget_epochs is None and cfg.train.max_steps == 392 and cfg.channel.name == "awgn"
+        elif name == "alast":  # in one piece, profiled, a fixed 392 steps
+            assert cfg.train.budget_epochs is None and cfg.train.max_steps == 392 and cfg.train.profile
         else:
             assert cfg.train.budget_epochs == 2
 
