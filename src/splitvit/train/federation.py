@@ -319,6 +319,8 @@ class Coordinator:
         """``(client, what)`` was applied: move the round on; close it and start the next as they come."""
         with self.cond:
             self.heard[client] = time.monotonic()
+            if (client, what) not in self.left:  # dropped while its event was being applied: the round went on
+                return
             self.left.remove((client, what))
             self._advance()
             self.cond.notify_all()
