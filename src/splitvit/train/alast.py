@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models.alast import IMPORTANCE, PRUNE, Schedule, add_lora, keep_counts, patch
+from ..profiling import timed
 
 SELECT = ("top", "sample")
 WHERE = ("client", "server", "both")
@@ -97,6 +98,18 @@ class ALaST:
         self.budgets, self.previous = list(state["budgets"]), state["previous"]
         self.generator.set_state(state["generator"])
         self.trained_counts = list(state["trained_counts"])
+
+
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, alast: "ALaST | None") -> None:
+    """A training step's end, wherever the loss is taken: backward and the optimizer's step (timed as
+    phases under ``train.profile``), then ALaST's budget update when it schedules these blocks."""
+    with timed("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with timed("step"):
+        optimizer.step()
+    if alast is not None:
+        alast.after_step()
 
 
 def stage_K(K: int, blocks: int, depth: int) -> int:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..link import Exchange, InProcessLink
 from ..models import VisionTransformer
 from ..profiling import timed
+from .alast import update
 from .evaluation import score
 from .precision import autocast
 
@@ -36,13 +37,7 @@ class LocalTrainer:
         with timed("forward"), autocast(images.device, self.bf16):
             logits = self.model(images)
             loss = F.cross_entropy(logits.float(), labels)
-        with timed("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with timed("step"):
-            self.optimizer.step()
-        if self.alast is not None:
-            self.alast.after_step()
+        update(loss, self.optimizer, self.alast)
         return loss.item()
 
     @torch.no_grad()

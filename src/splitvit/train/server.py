@@ -17,6 +17,7 @@ from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..profiling import Profiler, timed
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
+from .alast import update
 from .checkpoint import atomic_save, load_checkpoint_file
 from .config import ConfigError
 from .federation import Coordinator, Federation
@@ -82,13 +83,7 @@ class ServerHalf:
         with timed("forward"), autocast(self.device, self.bf16):
             logits = self.model(packet.z)
             loss = soft_cross_entropy(logits, packet.targets)  # in float32
-        with timed("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with timed("step"):
-            self.optimizer.step()
-        if self.alast is not None:
-            self.alast.after_step()
+        update(loss, self.optimizer, self.alast)
         with timed("encode"):
             reply = self.compressor.server_encode_grad(packet)
             return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
