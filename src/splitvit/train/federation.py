@@ -287,6 +287,7 @@ class Coordinator:
                     return not self.finished or (client, what) in self.left
                 self.cond.wait(timeout=min(1.0, self.drop_after_s))
                 now = time.monotonic()
+                self.heard[client] = now  # its call is open and waiting for its turn: it is not silent
                 for c in {c for c, _ in self.left}:  # those the round waits for, silent too long: gone
                     if c != client and now - self.heard.get(c, now) > self.drop_after_s:
                         self._drop(c, f"no message for {self.drop_after_s:.0f} s while the round waited for it")
