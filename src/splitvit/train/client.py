@@ -32,6 +32,10 @@ class SplitClient:
         self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
         self.inspector = None  # train.inspect=true: an Inspector (splitvit.train.inspect)
         self.alast = None  # finetune=alast on the client's blocks (splitvit.train.alast)
+        # what the loop records beside the step (splitvit.train.loop.instrument)
+        self.profilers: dict = {}  # train.profile=true: a Profiler per side this process runs
+        self.flop_every = 0  # the profilers count FLOPs (not time) on every flop_every-th step
+        self.stages: dict = {}  # ALaST's controllers by side, for the run files
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         """One split-learning step, top to bottom. Returns the server's loss."""

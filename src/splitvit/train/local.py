@@ -29,6 +29,11 @@ class LocalTrainer:
         self.bf16 = bf16
         self.exchange = Exchange(InProcessLink(_no_messages))
         self.alast = None  # finetune=alast (splitvit.train.alast)
+        self.inspector = None  # train.inspect (split runs only)
+        # what the loop records beside the step (splitvit.train.loop.instrument)
+        self.profilers: dict = {}  # train.profile=true: a Profiler per side this process runs
+        self.flop_every = 0  # the profilers count FLOPs (not time) on every flop_every-th step
+        self.stages: dict = {}  # ALaST's controllers by side, for the run files
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
         self.model.train()

@@ -154,17 +154,7 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
         del server_model  # it lives on the server; this copy only proved both sides start alike
     noise = None if channel.ideal else Channel(channel, compressor.role, compressor.repair, p, seed=CHANNEL_SEED + cfg.seed)
     client.exchange = Exchange(link, standard_mods(p, shaping, noise))  # the mods count into the run's ledger, p
-    client.stages = {side: a for side, a in (("client", client.alast), ("server", server.half.alast if cfg.link.kind == "inprocess"
-                                                                              else None)) if a is not None}
-    if cfg.train.get("inspect"):
-        client.inspector = Inspector()
-    if cfg.train.get("profile"):
-        flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
-        client.profilers = {"client": Profiler(device)}
-        if cfg.link.kind == "inprocess":  # over gRPC the server's phases stay on the server
-            server.profiler, server.flop_every = Profiler(device), flop_every
-            client.profilers["server"] = server.profiler
-        client.flop_every = flop_every
+    instrument(cfg, client, "client", data, device, server if cfg.link.kind == "inprocess" else None)
     optimizers = [client.optimizer] + ([server.optimizer] if cfg.link.kind == "inprocess" else [])
     try:
         summary = _train(cfg, run_dir, data, client, compressor, vit, device, p, ckpt, optimizers)
@@ -208,10 +198,7 @@ def _fit_whole(cfg: DictConfig, run_dir: Path, data, device) -> dict:
     alast = build_alast(cfg, model, model.cfg.num_tokens, model.cfg.depth)  # before the optimizer: LoRA adds parameters
     trainer = LocalTrainer(model, make_optimizer(cfg, model), bf16=cfg.train.precision == "bf16")
     trainer.alast = alast
-    trainer.stages = {"whole": alast} if alast is not None else {}
-    if cfg.train.get("profile"):
-        trainer.profilers = {"whole": Profiler(device)}
-        trainer.flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
+    instrument(cfg, trainer, "whole", data, device)
     compressor = NoCompression(data.num_classes, model.cfg.num_tokens, model.cfg.embed_dim)
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
@@ -357,23 +344,36 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
     return reason
 
 
-def profiled(client, step: int):
-    """The step under the client's profiler (``train.profile=true``), which counts FLOPs instead of
+def instrument(cfg, trainer: SplitClient | LocalTrainer, side: str, data, device, server=None) -> None:
+    """What the loop records beside the step, in one place: ``train.profile`` (a profiler for ``side``,
+    ``client`` or ``whole``, and for the in-process ``server``), ``train.inspect``, and ALaST's stages."""
+    trainer.stages = {name: a for name, a in ((side, trainer.alast), ("server", server.half.alast if server else None))
+                      if a is not None}
+    if cfg.train.get("inspect"):
+        trainer.inspector = Inspector()
+    if cfg.train.get("profile"):
+        trainer.flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
+        trainer.profilers = {side: Profiler(device)}
+        if server is not None:  # over gRPC the server's phases stay on the server
+            server.profiler, server.flop_every = Profiler(device), trainer.flop_every
+            trainer.profilers["server"] = server.profiler
+
+
+def profiled(trainer, step: int):
+    """The step under the trainer's profiler (``train.profile=true``), which counts FLOPs instead of
     time on every ``flop_every``-th step; nothing otherwise."""
-    profilers = getattr(client, "profilers", None)
-    if not profilers:
+    if not trainer.profilers:
         return nullcontext()
-    return (profilers.get("client") or profilers["whole"]).step(count_flops=step % client.flop_every == 0)
+    return next(iter(trainer.profilers.values())).step(count_flops=step % trainer.flop_every == 0)
 
 
-def profile_record(client, run: bool = False) -> dict:
+def profile_record(trainer, run: bool = False) -> dict:
     """Each side's phases since the last evaluation (``run``: over the run), and the process's peak memory."""
-    profilers = getattr(client, "profilers", None)
-    if not profilers:
+    if not trainer.profilers:
         return {}
-    out = {side: prof.summary(run) for side, prof in profilers.items()}
+    out = {side: prof.summary(run) for side, prof in trainer.profilers.items()}
     if not run:
-        for prof in profilers.values():
+        for prof in trainer.profilers.values():
             prof.reset_times()
     return {"profile": {**out, "peak_rss_mb": peak_rss_mb()}}
 
@@ -415,8 +415,8 @@ def evaluate(cfg, client: SplitClient, data, vit, device, p: Progress, losses: l
         "framing_bytes_down": p.framing_down,
         **(channel_metrics(p.channel) if p.channel else {}),
         **profile_record(client),
-        **({"inspect": client.inspector.summary()} if getattr(client, "inspector", None) is not None else {}),
-        **({"alast": {side: a.summary() for side, a in client.stages.items()}} if getattr(client, "stages", None) else {}),
+        **({"inspect": client.inspector.summary()} if client.inspector is not None else {}),
+        **({"alast": {side: a.summary() for side, a in client.stages.items()}} if client.stages else {}),
     }
 
 
