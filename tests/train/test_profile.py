@@ -80,11 +80,10 @@ def test_inspect_measures_purity_gradients_and_attention(tmp_path):
     assert 0 < got["attention_entropy_bits"] <= got["attention_entropy_uniform_bits"] + 1e-6
     assert 0 <= got["clusters_mixed"] <= 1 and got["cluster_label_entropy_bits"] >= 0
     assert got["grad_norm_sent"] > 0 and got["grad_norm_cut"] > 0
-    none = fit(make_cfg(*SMALL, "method=none", "train.max_steps=2", "eval.max_batches=1", "train.inspect=true"), tmp_path / "n")
+    fit(make_cfg(*SMALL, "method=none", "train.max_steps=2", "eval.max_batches=1", "train.inspect=true"), tmp_path / "n")
     row = json.loads((tmp_path / "n" / "metrics.jsonl").read_text().splitlines()[-1])["inspect"]
     assert "clusters_mixed" not in row  # nothing merged
     assert row["grad_norm_sent"] == pytest.approx(row["grad_norm_cut"], rel=1e-5)  # what came back is dL/dh
-    assert none["final_val_acc"] >= 0
 
 
 def test_purity_by_hand():
