@@ -15,6 +15,7 @@ It also prints the batch's cluster purity (the label entropy inside clusters, th
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -66,9 +67,11 @@ def figure8(model, images: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor
     shown = sizes.argsort(descending=True)[:clusters].tolist()
     name = (lambda c: class_names[c]) if class_names else str  # noqa: E731
     fig, axes = plt.subplots(len(shown), per_cluster, figsize=(1.6 * per_cluster, 1.8 * len(shown)), squeeze=False)
-    firsts = []
+    firsts, drawn = [], {}
     for r, t in enumerate(shown):
-        members = (assignment == t).nonzero().flatten()[:per_cluster].tolist()
+        everyone = (assignment == t).nonzero().flatten()
+        drawn[t] = [name(int(labels[i])) for i in everyone]
+        members = everyone[:per_cluster].tolist()
         firsts.append(members[0])
         kept = torch.zeros(grid * grid, dtype=torch.bool)
         kept[token_index[t][token_index[t] > 0] - 1] = True  # token j + 1 is patch j; CLS is not a patch
@@ -110,7 +113,7 @@ def figure8(model, images: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor
     attention_png = out / "show_attention.png"
     fig.savefig(attention_png, dpi=130)
     plt.close(fig)
-    return {**purity, "pictures": [str(clusters_png), str(attention_png)]}
+    return {**purity, "drawn": drawn, "pictures": [str(clusters_png), str(attention_png)]}
 
 
 def show(run_dir: Path, out: Path | None = None, server: Path | None = None, batch: int | None = None,
@@ -147,9 +150,8 @@ def show(run_dir: Path, out: Path | None = None, server: Path | None = None, bat
         br, tr, feature = br or 1.0, tr or 1.0, m.get("feature", "attention")
     else:
         (br, tr), feature = balanced_ratios(0.1), "attention"
-    names = getattr(data, "class_names", None)
     return figure8(model, images, raw, labels, cfg.split.index, br, tr, feature, out or run_dir, clusters=clusters,
-                   seed=cfg.seed, class_names=names)
+                   seed=cfg.seed, class_names=data.test.classes)
 
 
 def main(argv: list[str]) -> int:
@@ -168,5 +170,8 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"{result['clusters']} clusters; label entropy inside a cluster {result['label_entropy_bits']:.3f} bits; "
           f"{result['clusters_mixed']:.1%} of clusters mix classes")
+    for t, names in result["drawn"].items():
+        counts = Counter(names).most_common()
+        print(f"  cluster {t} ({len(names)} images): " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts))
     print("wrote " + ", ".join(result["pictures"]))
     return 0

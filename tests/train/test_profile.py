@@ -99,11 +99,14 @@ def test_purity_by_hand():
     assert ins.summary() == {}  # starts over after each evaluation
 
 
-def test_show_draws_figure_8_from_a_tiny_run(tmp_path):
+def test_show_draws_figure_8_from_a_tiny_run(tmp_path, capsys):
     from splitvit.show import main as show
 
-    fit(make_cfg(*SMALL, "train.max_steps=3", "eval.max_batches=1"), tmp_path / "run")
+    fit(make_cfg(*SMALL, "train.max_steps=3", "eval.max_batches=1", "dataset.classes=[3,5,7]"), tmp_path / "run")
     assert show([str(tmp_path / "run"), "--out", str(tmp_path / "pics"), "--batch", "64", "--clusters", "3"]) == 0
     for name in ("show_clusters.png", "show_attention.png"):
         assert (tmp_path / "pics" / name).stat().st_size > 10_000
+    # the images are labelled by the dataset's class names, not by the ids the subset relabelled them to
+    drawn = capsys.readouterr().out.split("mix classes", 1)[1].split("wrote", 1)[0]
+    assert drawn.count("cluster ") == 3 and {"3", "5"} <= set(drawn.replace(",", " ").split()) and " 0" not in drawn
     assert show([str(tmp_path / "missing")]) == 2

@@ -7,6 +7,7 @@ ordinary datasets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -22,7 +23,7 @@ def parse_classes(spec, classes: list[str]) -> list[int]:
     """The class ids ``spec`` selects from ``classes`` (the dataset's class names), in the spec's order.
 
     ``spec`` is ``"a:b"`` (ids ``a..b-1``; either end may be left out, as a Python slice), a single id
-    or name, or a list of ids and/or names.
+    or name, or a sequence of ids and/or names (a list, a tuple, an OmegaConf list from a config).
     """
     n = len(classes)
     where = f"valid ids are 0..{n - 1} (range a:b with 0 <= a < b <= {n}), or class names such as {classes[0]!r}"
@@ -38,7 +39,7 @@ def parse_classes(spec, classes: list[str]) -> list[int]:
         if not 0 <= lo < hi <= n:
             raise ClassSpecError(f"dataset.classes={spec!r} is out of range or empty; {where}")
         return list(range(lo, hi))
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    items = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else [spec]
     if not items:
         raise ClassSpecError(f"dataset.classes is an empty list; {where}")
     index = {name: i for i, name in enumerate(classes)}

@@ -170,7 +170,7 @@ def load_data(cfg: DictConfig):
     d = cfg.dataset
     try:
         return load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"),
-                            classes=_classes(d.get("classes")))
+                            classes=d.get("classes"))
     except ClassSpecError as e:
         raise ConfigError(str(e)) from None
 
@@ -184,11 +184,6 @@ def reachability(compressor, batch_size: int, vit) -> list[str]:
                 f"{vit.num_tokens} tokens of {vit.embed_dim}: the nearest this method realises is {nominal:.4g} "
                 "(a larger batch, or another target, gets closer)"]
     return []
-
-
-def _classes(spec):
-    """``dataset.classes`` as load_dataset takes it (an OmegaConf list becomes a list)."""
-    return OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
 
 
 def _fit_whole(cfg: DictConfig, run_dir: Path, data, device) -> dict:
