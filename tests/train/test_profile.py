@@ -40,6 +40,21 @@ def test_phases_add_up_to_the_step_on_both_sides(tmp_path, method):
         assert client["flops"]["forward/cls_attention"] > 0
 
 
+def test_over_grpc_the_server_keeps_its_phases_beside_its_checkpoints(tmp_path):
+    s = fit(make_cfg(*RUN, "link=grpc"), tmp_path)
+    assert set(s["profile"]) == {"client", "peak_rss_mb"}  # the client has only its own phases
+    [log] = (tmp_path / "server" / "clients").glob("*/profile.jsonl")
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8]  # one line a checkpoint, i.e. an evaluation
+    last = rows[-1]["server_run"]
+    assert last["steps"] == 6  # as in process: steps 0 and 4 counted FLOPs instead of time
+    assert {"decode", "forward", "backward", "step", "encode"} <= set(last["ms"])
+    assert top_level(last["ms"]) == pytest.approx(last["ms"]["total"], rel=0.05)
+    assert rows[0]["server"]["steps"] == 3
+    inprocess = fit(make_cfg(*RUN), tmp_path / "inprocess")["profile"]["server"]
+    assert last["flops"] == inprocess["flops"]  # the same work, counted on the same sampled step
+
+
 def test_flops_match_a_hand_count_for_a_tiny_vit():
     B, img, p, D, H, depth, C = 3, 8, 4, 16, 2, 3, 5
     vit = VisionTransformer(ViTConfig(img_size=img, patch_size=p, embed_dim=D, depth=depth, num_heads=H, num_classes=C))

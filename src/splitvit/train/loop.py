@@ -349,7 +349,7 @@ def instrument(cfg, trainer: SplitClient | LocalTrainer, side: str, data, device
     if cfg.train.get("profile"):
         trainer.flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
         trainer.profilers = {side: Profiler(device)}
-        if server is not None:  # over gRPC the server's phases stay on the server
+        if server is not None:  # over gRPC the server profiles itself (remote.Sessions)
             server.profiler, server.flop_every = Profiler(device), trainer.flop_every
             trainer.profilers["server"] = server.profiler
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..link import Exchange, standard_mods
+from ..profiling import Profiler
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
 from .build import build_halves, build_server
 from .clients import Clients
@@ -97,6 +98,11 @@ class Sessions:
         if server_digest(server_model, compressor) != hello.init_digest:
             raise Refused(DIGEST_DIFFERS)
         server = build_server(self.cfg, server_model, compressor, vit, self.run_dir / "clients" / hello.run_id / "checkpoints")
+        if self.cfg.train.get("profile"):  # `splitvit serve train.profile=true`: phases beside the checkpoints
+            # FLOPs on the steps the client counts them; without train.eval_every the server cannot know the
+            # epoch's length, and counts them on step 0 only
+            server.profiler, server.flop_every = Profiler(self.device), self.cfg.train.eval_every or sys.maxsize
+            server.profile_log = self.run_dir / "clients" / hello.run_id / "profile.jsonl"
         if hello.resume:
             try:
                 server.restore(hello.resume_step)

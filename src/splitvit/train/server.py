@@ -122,6 +122,8 @@ class Session:
         self.half = half
         self.profiler: Profiler | None = None  # train.profile=true: the server's phases of each training step
         self.flop_every = 0  # count FLOPs (not time) on the steps that are multiples of this
+        self.profile_log: Path | None = None  # over gRPC: where each checkpoint appends the phases since the last
+        self._profiled_to = 0  # the steps profile_log covers (a retried checkpoint call writes nothing twice)
         self.client = client
         self.federation = federation  # several clients: where client halves are handed on or averaged
         self.round = 0  # several clients: the round the client takes part from (a resumed one: the next)
@@ -270,7 +272,19 @@ class Session:
         atomic_save(self.state_dict(), path)
         for old in sorted(self.checkpoint_dir.glob("server-*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
+        if self.profile_log is not None and self.profiler is not None and steps > self._profiled_to:
+            self._log_profile(steps)
         return path
+
+    def _log_profile(self, steps: int) -> None:
+        """The server's phases since the last checkpoint, and over the run so far, as one JSON line: over
+        gRPC they never reach the client's ``metrics.jsonl``, so they stay beside the server's checkpoints."""
+        interval = self.profiler.summary()
+        self.profiler.reset_times()
+        row = {"step": steps, "server": interval, "server_run": self.profiler.summary(run=True)}
+        with self.profile_log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._profiled_to = steps
 
     def restore(self, steps: int) -> None:
         """Go back to the state after ``steps`` training steps, where the client resumes."""
