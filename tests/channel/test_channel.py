@@ -275,3 +275,15 @@ def test_bit_errors_on_a_method_without_digital_payload_warns(tmp_path):
     s = fit(make_cfg(*RUN, "method=none", "channel=bit_errors", "train.max_steps=2"), tmp_path)
     assert any("nothing will change" in w for w in s["warnings"])
     assert s["channel_bit_errors"] == 0
+
+
+def test_a_channel_is_idle_only_where_the_method_sends_nothing_it_acts_on():
+    from splitvit.channel import ANALOG, DIGITAL, PROTECTED, idle
+
+    floats = {"z": ANALOG, "grad": ANALOG, "labels": PROTECTED}
+    codes = {**floats, "codes": DIGITAL}
+    assert "channel=awgn" in idle(ChannelSpec("bit_errors", ber=1e-3), floats, "none")
+    assert idle(ChannelSpec("bit_errors", ber=1e-3), codes, "quant") is None
+    assert idle(ChannelSpec("awgn"), floats, "none") is None
+    assert idle(ChannelSpec("packet_loss", loss=0.1), floats, "none") is None  # loses packets of anything
+    assert "channel=bit_errors" in idle(ChannelSpec("rayleigh"), {"codes": DIGITAL, "labels": PROTECTED}, "x")

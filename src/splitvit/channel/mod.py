@@ -174,6 +174,16 @@ def _saturate(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return y.clamp(-big, big).to(dtype)
 
 
+def idle(spec: ChannelSpec, roles: dict[str, str], method: str) -> str | None:
+    """Why ``spec`` would change nothing that a method whose tensors have these ``roles`` sends, or None."""
+    acts_on = {"awgn": ANALOG, "rayleigh": ANALOG, "bit_errors": DIGITAL}.get(spec.kind)
+    if acts_on is None or acts_on in roles.values():
+        return None
+    other = "channel=awgn or rayleigh for noise on floats" if acts_on == DIGITAL else "channel=bit_errors"
+    return (f"channel={spec.kind} acts on {acts_on} payloads, and method {method} sends none: nothing will "
+            f"change. Use {other}")
+
+
 def erasures(header: Header, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The elements a message lost without ARQ, as a boolean mask per tensor (flat element spans in the
     header's ``lost`` field); :class:`~splitvit.wire.WireError` when that field is malformed."""

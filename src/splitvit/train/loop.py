@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..channel import DIGITAL, Channel, ChannelSpec, channel_metrics
+from ..channel import Channel, ChannelSpec, channel_metrics, idle
 from ..compression import NoCompression
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..data.augment import build_augment
@@ -121,13 +121,11 @@ def fit(cfg: DictConfig, run_dir: str | Path, prepared=None) -> dict:
     if cfg.split.index is None:
         return _fit_whole(cfg, run_dir, data, device)
     client_model, server_model, compressor, vit = build_halves(cfg, data.num_classes, device)
+    channel = ChannelSpec.from_config(cfg.get("channel"))
     warnings = reachability(compressor, cfg.train.batch_size, vit)
-    if cfg.get("channel") is not None and cfg.channel.name == "bit_errors" and DIGITAL not in compressor.roles.values():
-        warnings.append(f"channel=bit_errors flips bits of digital payloads, and method {cfg.method.name} sends only "
-                        "analog ones (floats): nothing will change. Use channel=awgn or rayleigh for noise on floats")
+    warnings += filter(None, [idle(channel, compressor.roles, cfg.method.name)])
     for w in warnings:
         log.warning(f"warning: {w}")
-    channel = ChannelSpec.from_config(cfg.get("channel"))
     alast = build_alast(cfg, client_model, vit.num_tokens, vit.depth, "client")  # before the optimizer: LoRA adds parameters
     client = SplitClient(
         client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
