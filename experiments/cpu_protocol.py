@@ -5,8 +5,10 @@
 Every job is one ``splitvit train`` of a ``cpu/`` experiment (the same jobs as
 ``splitvit train --multirun +experiment=cpu/<name>``, which does the same one experiment at a
 time); each goes to ``OUT/<experiment>/<its overrides>``, with one PyTorch thread per job. A job
-whose ``summary.json`` exists is skipped, so the script can be stopped and started again. Seed 0 of
-every experiment runs before seed 1. Then: ``splitvit report OUT --out docs/cpu_protocol``.
+whose ``summary.json`` exists is skipped, and one that was stopped half-way goes on from its last
+evaluation's checkpoint (``train.resume=true``: the same numbers as a run never stopped), so the
+script can be stopped and started again at any time. Seed 0 of every experiment runs before seed 1.
+Then: ``splitvit report OUT --out docs/cpu_protocol``.
 """
 
 from __future__ import annotations
@@ -84,10 +86,13 @@ def main() -> int:
         if (run_dir / "summary.json").is_file() and not args.measure:  # finished meanwhile (by another run of this script)
             return 0
         run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = not args.measure and (run_dir / "checkpoints" / "client.pt").is_file()
         t0 = time.time()
-        with open(run_dir / "stdout.log", "a" if args.measure else "w") as log:
-            rc = subprocess.call([splitvit, "train", *job, f"run_dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"{'ok ' if rc == 0 else f'rc={rc}'} {time.time() - t0:7.0f} s  {run_dir}", flush=True)
+        with open(run_dir / "stdout.log", "a" if args.measure or resumed else "w") as log:
+            rc = subprocess.call([splitvit, "train", *job, *(["train.resume=true"] if resumed else []), f"run_dir={run_dir}"],
+                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"{'ok ' if rc == 0 else f'rc={rc}'} {time.time() - t0:7.0f} s  {run_dir}{' (resumed)' if resumed else ''}",
+              flush=True)
         return rc
 
     with ThreadPoolExecutor(args.jobs) as pool:
