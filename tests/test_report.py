@@ -119,7 +119,8 @@ def test_report_shows_the_paper_beside_ours(tmp_path):
     assert [r["paper_acc"] for r in rows] == [0.772, None]  # cifar100 row first
     from splitvit.report import markdown
 
-    assert "| 0.772 |" in markdown(rows)
+    assert "| 0.772 |" in markdown(rows) and "| paper |" in markdown(rows)
+    assert "paper" not in markdown(rows[1:])  # no row the paper reports: no column of dashes
     assert (tmp_path / "accuracy_vs_compression.png") in plots(rows, tmp_path)
 
 

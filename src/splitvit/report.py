@@ -185,11 +185,12 @@ COLUMNS = ["method", "options", "dataset", "model", "seeds", "target", "nominal"
 
 def markdown(rows: list[dict]) -> str:
     modes = [m for m in ("uncompressed", "tokens", "compressed") if any(f"acc_{m}" in r for r in rows)]
+    with_paper = any(r.get("paper_acc") is not None for r in rows)  # a column of dashes says nothing
     head = ("| method | options | target | measured | MB up | MB down | steps | wall s | final acc | best acc | "
-            + "".join(f"final acc, {m} eval | " for m in modes) + "paper | seeds |")
-    lines = [head, "|---|---|" + "--:|" * (10 + len(modes))]
+            + "".join(f"final acc, {m} eval | " for m in modes) + ("paper | " if with_paper else "") + "seeds |")
+    lines = [head, "|---|---|" + "--:|" * (9 + len(modes) + with_paper)]
     for r in rows:
-        paper = "-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}"
+        paper = ("-" if r.get("paper_acc") is None else f"{r['paper_acc']:.3f}") + " | " if with_paper else ""
         def acc(v, sd):  # the spread over seeds, where there are seeds to spread over
             return f"{v:.4f} ± {sd:.4f}" if r["runs_n"] > 1 else f"{v:.4f}"
 
@@ -197,7 +198,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['options'] or '-'} | {r['target']:.3f} | {r['measured']:.3f} | "
             f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | {r['wall_s']:,.0f} | "
-            f"{acc(r['final_acc'], r['final_acc_sd'])} | {acc(r['best_acc'], r['best_acc_sd'])} | {also}{paper} | {r['seeds']} |"
+            f"{acc(r['final_acc'], r['final_acc_sd'])} | {acc(r['best_acc'], r['best_acc_sd'])} | {also}{paper}{r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
