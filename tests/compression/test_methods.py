@@ -139,6 +139,22 @@ def test_quant_error_is_half_a_step(bits, granularity):
     assert ((z - h).abs() <= step_size / 2 + 1e-5).all()
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_quant_sends_zero_as_exactly_zero(granularity):
+    """A gradient is mostly near zero with a few large entries: its small entries must not come back
+    as a fraction of the range (a min-max grid without zero made 2-bit training diverge)."""
+    g = torch.randn(3, N, D) * 1e-4
+    g[:, :, 0], g[:, :, 1] = 1.0, -1.0  # the outliers that set the range, in every token
+    g[0, 0, 2] = 0.0
+    for bits in (1, 2, 4):
+        c = make("quant", bits=bits, granularity=granularity)
+        z = c.decode_grad(c.encode_grad(g), g)
+        assert z[0, 0, 2] == 0.0
+        assert (z[..., 2:].abs() <= 1e-4 * 6).all()  # the small entries round to the zero code
+        assert (z - g).norm() < (0.5 if bits > 1 else 1.01) * g.norm()  # 1 bit: {0, 2} or {-2, 0}, so 0 at worst
+    assert (z[..., 2:] == 0).all()
+
+
 def test_c3sl_unbinds_approximately_and_handles_ragged_batches():
     c = build_compressor("c3sl", C, 65, 128, R=2)
     h = torch.randn(5, 65, 128)  # 5 = 2 + 2 + 1
