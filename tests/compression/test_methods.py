@@ -155,6 +155,16 @@ def test_quant_sends_zero_as_exactly_zero(granularity):
     assert (z[..., 2:] == 0).all()
 
 
+def test_slacc_sends_zero_as_exactly_zero():
+    g = torch.randn(3, N, D) * 1e-4
+    g[0, 0], g[1, 1] = 1.0, -1.0  # each channel's range is [-1, 1]
+    g[2, 2, 5] = 0.0
+    c = make("slacc", bits=2, groups=1)
+    z = c.decode_grad(c.encode_grad(g), g)
+    assert z[2, 2, 5] == 0.0 and (z[2:] == 0).all()  # the near-zero entries: the zero code, not a third of the range
+    assert (z - g).norm() < 0.5 * g.norm()
+
+
 def test_c3sl_unbinds_approximately_and_handles_ragged_batches():
     c = build_compressor("c3sl", C, 65, 128, R=2)
     h = torch.randn(5, 65, 128)  # 5 = 2 + 2 + 1

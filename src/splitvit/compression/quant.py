@@ -31,6 +31,17 @@ from .base import Compressor, bits_for
 GRANULARITIES = ("tensor", "token")
 
 
+def affine_grid(lo: torch.Tensor, hi: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A grid of ``levels`` steps over ``[min(lo, 0), max(hi, 0)]`` (elementwise, for any shape of
+    ranges) with 0.0 on it: returns its origin, its step and the code of zero. A value ``x`` is coded
+    ``round(x / scale + zero)``, clamped to ``[0, levels]``, and decoded ``code * scale + origin``;
+    ``origin = -(zero * scale)`` decodes the zero code to exactly 0.0."""
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
+    zero = (-lo / scale).round_()
+    return -(zero * scale), scale, zero
+
+
 class Quantizer:
     """Pack ``x [B, N, D]`` into ``{codes, lo, scale}`` and back."""
 
@@ -49,10 +60,7 @@ class Quantizer:
             lo, hi = x.min().reshape(1), x.max().reshape(1)
         else:
             lo, hi = x.amin(-1), x.amax(-1)  # [B, N]
-        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)  # the range holds zero
-        scale = torch.where(hi > lo, (hi - lo) / self.levels, torch.ones_like(hi))
-        zero = (-lo / scale).round_()  # the code of 0.0; lo = -zero * scale decodes it to exactly 0.0
-        lo = -(zero * scale)
+        lo, scale, zero = affine_grid(lo, hi, self.levels)
         zero_b = zero if self.granularity == "tensor" else zero[..., None]
         scale_b = scale if self.granularity == "tensor" else scale[..., None]
         codes = (x / scale_b + zero_b).round_().clamp_(0, self.levels).reshape(B, N * D)
