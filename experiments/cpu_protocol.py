@@ -48,6 +48,30 @@ def cost(job: list[str]) -> float:
     return STEP_COST.get(method, 1.0) / ratio
 
 
+LOCK = ".running"  # in a job's run directory while a process of this machine runs it: its PID
+
+
+def claim(lock: Path) -> bool:
+    """Take a job's lock, unless a live process holds it (two runs of this script on one folder never run
+    one job twice; a lock left by a process that died is taken over)."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text()), 0)
+                return False  # its process is alive
+            except PermissionError:  # alive, another user's
+                return False
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: take it over
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+    return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="dataset.root: the folder that holds cifar-100-python/")
@@ -86,11 +110,17 @@ def main() -> int:
         if (run_dir / "summary.json").is_file() and not args.measure:  # finished meanwhile (by another run of this script)
             return 0
         run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = not args.measure and (run_dir / "checkpoints" / "client.pt").is_file()
-        t0 = time.time()
-        with open(run_dir / "stdout.log", "a" if args.measure or resumed else "w") as log:
-            rc = subprocess.call([splitvit, "train", *job, *(["train.resume=true"] if resumed else []), f"run_dir={run_dir}"],
-                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+        if not claim(run_dir / LOCK):
+            print(f"skipped: {run_dir} is running in process {(run_dir / LOCK).read_text().strip()}", flush=True)
+            return 0
+        try:
+            resumed = not args.measure and (run_dir / "checkpoints" / "client.pt").is_file()
+            t0 = time.time()
+            with open(run_dir / "stdout.log", "a" if args.measure or resumed else "w") as log:
+                rc = subprocess.call([splitvit, "train", *job, *(["train.resume=true"] if resumed else []), f"run_dir={run_dir}"],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            (run_dir / LOCK).unlink(missing_ok=True)
         print(f"{'ok ' if rc == 0 else f'rc={rc}'} {time.time() - t0:7.0f} s  {run_dir}{' (resumed)' if resumed else ''}",
               flush=True)
         return rc
