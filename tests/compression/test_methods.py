@@ -129,8 +129,9 @@ def test_forged_positions_are_refused():
 
 @pytest.mark.parametrize("bits", [1, 3, 8])
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
-def test_quant_error_is_half_a_step(bits, granularity):
-    c = make("quant", bits=bits, granularity=granularity)
+@pytest.mark.parametrize("grid", ["minmax", "zero"])
+def test_quant_error_is_half_a_step(bits, granularity, grid):
+    c = make("quant", bits=bits, granularity=granularity, grid=grid)
     h = torch.randn(3, N, D)
     msg = c.compress(h, None, True)[0]
     assert msg["codes"].shape == (3, math.ceil(N * D * bits / 8))
@@ -140,29 +141,21 @@ def test_quant_error_is_half_a_step(bits, granularity):
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
-def test_quant_sends_zero_as_exactly_zero(granularity):
-    """A gradient is mostly near zero with a few large entries: its small entries must not come back
-    as a fraction of the range (a min-max grid without zero made 2-bit training diverge)."""
+def test_quant_zero_grid_sends_a_near_zero_gradient_as_zero(granularity):
+    """A gradient is mostly near zero with a few large entries: on the zero grid its small entries come
+    back as 0; on a 2-bit min-max grid, as plus or minus a third of the range."""
     g = torch.randn(3, N, D) * 1e-4
     g[:, :, 0], g[:, :, 1] = 1.0, -1.0  # the outliers that set the range, in every token
     g[0, 0, 2] = 0.0
     for bits in (1, 2, 4):
-        c = make("quant", bits=bits, granularity=granularity)
+        c = make("quant", bits=bits, granularity=granularity, grad_grid="zero")
         z = c.decode_grad(c.encode_grad(g), g)
-        assert z[0, 0, 2] == 0.0
-        assert (z[..., 2:].abs() <= 1e-4 * 6).all()  # the small entries round to the zero code
+        assert z[0, 0, 2] == 0.0 and (z[..., 2:] == 0).all()
         assert (z - g).norm() < (0.5 if bits > 1 else 1.01) * g.norm()  # 1 bit: {0, 2} or {-2, 0}, so 0 at worst
-    assert (z[..., 2:] == 0).all()
-
-
-def test_slacc_sends_zero_as_exactly_zero():
-    g = torch.randn(3, N, D) * 1e-4
-    g[0, 0], g[1, 1] = 1.0, -1.0  # each channel's range is [-1, 1]
-    g[2, 2, 5] = 0.0
-    c = make("slacc", bits=2, groups=1)
-    z = c.decode_grad(c.encode_grad(g), g)
-    assert z[2, 2, 5] == 0.0 and (z[2:] == 0).all()  # the near-zero entries: the zero code, not a third of the range
-    assert (z - g).norm() < 0.5 * g.norm()
+    minmax = make("quant", bits=2, granularity=granularity)
+    z = minmax.decode_grad(minmax.encode_grad(g), g)
+    assert torch.allclose(z[..., 2:].abs(), torch.tensor(1 / 3))
+    assert c.q.grid == "minmax"  # the activations keep theirs
 
 
 def test_c3sl_unbinds_approximately_and_handles_ragged_batches():
@@ -217,6 +210,7 @@ def test_slacc_gives_more_bits_to_high_entropy_channels():
 
 @pytest.mark.parametrize("name,bad,match", [
     ("quant", {"bits": 0}, r"\[1, 8\]"),
+    ("quant", {"grad_grid": "exact"}, r"method.grad_grid must be one of minmax, zero"),
     ("c3sl", {"R": 0}, "positive"),
     ("topk", {"compression": 1.5}, r"\(0, 1\]"),
     ("lowrank", {"compression": 0.0}, r"\(0, 1\]"),

@@ -1,19 +1,26 @@
 """Uniform ``b``-bit quantization of activations and gradients, bit-packed on the wire.
 
-Affine quantization with an exact zero, as PyTorch's and TFLite's (Jacob et al., CVPR 2018): the range
-``[min(x, 0), max(x, 0)]`` in ``2**b - 1`` steps of ``scale``, its origin ``lo`` moved to a whole number
-of steps below zero, so that 0.0 is a code and comes back as exactly 0.0. Codes are
-``round((x - lo) / scale)`` in ``[0, 2**b - 1]`` with ``lo``/``scale`` (float32) per tensor or per token;
-every value is within half a step of its code. Why the exact zero matters: a cut's gradient is
-mostly near zero with a few large entries. On a plain min-max grid with no zero, at 2 bits every
-near-zero entry came back as about a third of the range, an error four times the gradient's own
-norm with a bias, and the CPU protocol's 2-bit run diverged. Each sample's codes are packed into
-``ceil(N*D*b / 8)`` bytes. The client
+Codes are ``round((x - lo) / scale)`` in ``[0, 2**b - 1]`` with ``lo``/``scale`` (float32) per tensor
+or per token. Each sample's codes are packed into ``ceil(N*D*b / 8)`` bytes. The client
 back-propagates the server's (dequantized) gradient straight into ``h`` (straight-through); the
 gradient travels quantized the same way.
 
 ``bits`` may be given directly, or through ``compression`` as ``round(32 * compression)``,
 clamped to [1, 8] (so ``compression`` above 0.25 sends 8 bits: use ``wire.dtype`` for 16).
+
+The grid (``grid`` for the activations, ``grad_grid`` for the gradients):
+
+- ``minmax`` (default): ``2**b - 1`` steps from the minimum to the maximum. Every step serves the
+  values, but 0.0 is in general not on the grid.
+- ``zero``: affine quantization with an exact zero, as PyTorch's and TFLite's (Jacob et al., CVPR
+  2018): the range stretched to hold 0 and its origin moved a whole number of steps below it, so
+  0.0 comes back as exactly 0.0. A cut's gradient is mostly near zero with a few large entries: on
+  a 2-bit min-max grid each near-zero entry comes back as about a third of the range (an error four
+  times the gradient's norm, with a bias), on this grid as 0 (an error below its norm). Activations
+  lose levels to the stretch instead. Which matters more is measured in the README (CPU protocol,
+  quantization's grid).
+
+Every value is within half a step of its code on either grid.
 
 Nominal vs measured: nominal is ``b / 32``; measured adds the scales (8 bytes per tensor, or per
 token with ``granularity=token``: ``64 / (D * b)`` more) and the labels.
@@ -31,26 +38,20 @@ from .base import Compressor, bits_for
 GRANULARITIES = ("tensor", "token")
 
 
-def affine_grid(lo: torch.Tensor, hi: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A grid of ``levels`` steps over ``[min(lo, 0), max(hi, 0)]`` (elementwise, for any shape of
-    ranges) with 0.0 on it: returns its origin, its step and the code of zero. A value ``x`` is coded
-    ``round(x / scale + zero)``, clamped to ``[0, levels]``, and decoded ``code * scale + origin``;
-    ``origin = -(zero * scale)`` decodes the zero code to exactly 0.0."""
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
-    zero = (-lo / scale).round_()
-    return -(zero * scale), scale, zero
+GRIDS = ("minmax", "zero")
 
 
 class Quantizer:
     """Pack ``x [B, N, D]`` into ``{codes, lo, scale}`` and back."""
 
-    def __init__(self, bits: int, granularity: str):
+    def __init__(self, bits: int, granularity: str, grid: str = "minmax", key: str = "method.grid"):
         if not isinstance(bits, int) or not 1 <= bits <= 8:
             raise ValueError(f"method.bits must be an integer in [1, 8] (0 bits carry nothing; use wire.dtype for 16), got {bits}")
         if granularity not in GRANULARITIES:
             raise ValueError(f"method.granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-        self.bits, self.granularity = bits, granularity
+        if grid not in GRIDS:
+            raise ValueError(f"{key} must be one of {', '.join(GRIDS)}, got {grid!r}")
+        self.bits, self.granularity, self.grid = bits, granularity, grid
         self.levels = (1 << bits) - 1
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -60,10 +61,17 @@ class Quantizer:
             lo, hi = x.min().reshape(1), x.max().reshape(1)
         else:
             lo, hi = x.amin(-1), x.amax(-1)  # [B, N]
-        lo, scale, zero = affine_grid(lo, hi, self.levels)
-        zero_b = zero if self.granularity == "tensor" else zero[..., None]
-        scale_b = scale if self.granularity == "tensor" else scale[..., None]
-        codes = (x / scale_b + zero_b).round_().clamp_(0, self.levels).reshape(B, N * D)
+        if self.grid == "zero":  # the range holds 0; the origin a whole number of steps below it
+            lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+        scale = torch.where(hi > lo, (hi - lo) / self.levels, torch.ones_like(hi))
+        expand = (lambda t: t) if self.granularity == "tensor" else (lambda t: t[..., None])  # noqa: E731
+        if self.grid == "zero":
+            zero = (-lo / scale).round_()  # the code of 0.0, which decodes as zero * scale + lo == 0.0 exactly
+            lo = -(zero * scale)
+            codes = x / expand(scale) + expand(zero)
+        else:
+            codes = (x - expand(lo)) / expand(scale)
+        codes = codes.round_().clamp_(0, self.levels).reshape(B, N * D)
         return {"codes": pack_rows(codes, self.bits), "lo": lo, "scale": scale}
 
     def decode(self, m: dict[str, torch.Tensor], N: int, D: int) -> torch.Tensor:
@@ -95,9 +103,12 @@ class Quantizer:
 class Quant(Compressor):
     name = "quant"
 
-    def __init__(self, bits: int | None = None, compression: float | None = 0.125, granularity: str = "tensor", **kwargs):
+    def __init__(self, bits: int | None = None, compression: float | None = 0.125, granularity: str = "tensor",
+                 grid: str = "minmax", grad_grid: str = "minmax", **kwargs):
         super().__init__(**kwargs)
-        self.q = Quantizer(bits_for(compression) if bits is None else bits, granularity)
+        bits = bits_for(compression) if bits is None else bits
+        self.q = Quantizer(bits, granularity, grid)
+        self.grad_q = Quantizer(bits, granularity, grad_grid, key="method.grad_grid")
         self.roles.update(codes=DIGITAL, lo=PROTECTED, scale=PROTECTED)
 
     def repair_digital(self, message, erased, counts) -> None:
@@ -114,13 +125,13 @@ class Quant(Compressor):
         return Schema(self.q.schema("B", N, D))
 
     def encode_grad(self, grad):
-        return self.q.encode(grad)
+        return self.grad_q.encode(grad)
 
     def decode_grad(self, message, sent):
-        return self.q.decode(message, sent.shape[1], sent.shape[2]).to(sent.dtype)
+        return self.grad_q.decode(message, sent.shape[1], sent.shape[2]).to(sent.dtype)
 
     def grad_schema(self, sent) -> Schema:
-        return Schema(self.q.schema(sent.shape[0], sent.shape[1], sent.shape[2]))
+        return Schema(self.grad_q.schema(sent.shape[0], sent.shape[1], sent.shape[2]))
 
     def target_ratio(self) -> float:
         return self.q.bits / 32

@@ -4,9 +4,7 @@ Reconstructed from the SL-ACC paper's abstract (no public code). Each step the s
 entropy of every channel (a ``bins``-bin histogram of its ``B*N`` values), sorts the channels by
 entropy and cuts them into ``groups`` equal groups. Group ``g`` (0 = lowest entropy) is quantized
 uniformly with ``bits`` plus an offset symmetric around zero (-1/+1 for two groups, -2/-1/+1/+2 for
-four), clamped to [1, 8]: more bits where the channel carries more information, ``bits`` on average.
-Each channel's grid holds an exact zero, as ``quant``'s (:func:`~splitvit.compression.quant.affine_grid`):
-without it a near-zero gradient entry comes back as a fraction of its channel's range. On the wire: each channel's group
+four), clamped to [1, 8]: more bits where the channel carries more information, ``bits`` on average. On the wire: each channel's group
 (``uint8 [D]``), ``lo`` and ``scale`` per channel (float32), and each group's codes, bit-packed per
 sample. The gradient comes back compressed the same way (its own entropies).
 
@@ -26,7 +24,6 @@ from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
 from .base import Compressor, bits_for
-from .quant import affine_grid
 
 
 def channel_entropy(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -59,15 +56,16 @@ class EntropyGroupedQuantizer:
         group = torch.empty(D, dtype=torch.uint8, device=x.device)
         group[order] = torch.repeat_interleave(torch.arange(self.groups, device=x.device), torch.tensor(self.sizes, device=x.device)).to(torch.uint8)
         lo, hi = flat.amin(0), flat.amax(0)
-        origins, scales = torch.zeros(D, device=x.device), torch.ones(D, device=x.device)
-        message = {"group": group}
+        message = {"group": group, "lo": lo}
+        scales = torch.ones(D, device=x.device)
         for g, b in enumerate(self.group_bits):  # a handful of groups, each a whole-tensor op
             ch = (group == g).nonzero().squeeze(1)
             levels = (1 << b) - 1
-            origins[ch], scales[ch], zero = affine_grid(lo[ch], hi[ch], levels)  # 0.0 is a code (see quant)
-            codes = (x[:, :, ch] / scales[ch] + zero).round_().clamp_(0, levels).reshape(B, -1)
+            scale = torch.where(hi[ch] > lo[ch], (hi[ch] - lo[ch]) / levels, torch.ones_like(lo[ch]))
+            scales[ch] = scale
+            codes = ((x[:, :, ch] - lo[ch]) / scale).round_().clamp_(0, levels).reshape(B, -1)
             message[f"codes{g}"] = pack_rows(codes, b)
-        message["lo"], message["scale"] = origins, scales
+        message["scale"] = scales
         return message
 
     def decode(self, m: dict[str, torch.Tensor], N: int) -> torch.Tensor:
