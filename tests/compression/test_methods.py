@@ -143,7 +143,7 @@ def test_quant_error_is_half_a_step(bits, granularity, grid):
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
 def test_quant_zero_grid_sends_a_near_zero_gradient_as_zero(granularity):
     """A gradient is mostly near zero with a few large entries: on the zero grid its small entries come
-    back as 0; on a 2-bit min-max grid, as plus or minus a third of the range."""
+    back as 0; on a 2-bit min-max grid, as plus or minus a sixth of the range (1/3 here)."""
     g = torch.randn(3, N, D) * 1e-4
     g[:, :, 0], g[:, :, 1] = 1.0, -1.0  # the outliers that set the range, in every token
     g[0, 0, 2] = 0.0

@@ -15,10 +15,10 @@ The grid (``grid`` for the activations, ``grad_grid`` for the gradients):
 - ``zero``: affine quantization with an exact zero, as PyTorch's and TFLite's (Jacob et al., CVPR
   2018): the range stretched to hold 0 and its origin moved a whole number of steps below it, so
   0.0 comes back as exactly 0.0. A cut's gradient is mostly near zero with a few large entries: on
-  a 2-bit min-max grid each near-zero entry comes back as about a third of the range (an error four
-  times the gradient's norm, with a bias), on this grid as 0 (an error below its norm). Activations
-  lose levels to the stretch instead. Which matters more is measured in the README (CPU protocol,
-  quantization's grid).
+  a 2-bit min-max grid each near-zero entry comes back as a level about a sixth of the range from
+  zero (an error four times the gradient's norm), on this grid as 0 (an error below its norm).
+  Activations lose levels to the stretch instead. Which matters, at which bit width, is measured in
+  the README (the CPU protocol: "Why 2 bits diverge").
 
 Every value is within half a step of its code on either grid.
 
