@@ -99,3 +99,23 @@ def test_an_experiment_runs_as_a_multirun(tmp_path):
     assert r.returncode == 0, r.stderr
     summaries = list(sweep.rglob("summary.json"))
     assert len(summaries) == 1 and json.loads(summaries[0].read_text())["steps"] == 2
+
+
+def test_the_protocol_runner_never_runs_a_job_twice(tmp_path):
+    """experiments/cpu_protocol.py locks a job's run directory while a live process runs it."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "cpu_protocol.py"
+    spec = importlib.util.spec_from_file_location("cpu_protocol", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    lock = tmp_path / runner.LOCK
+    assert runner.claim(lock) and lock.read_text().strip() == str(os.getpid())
+    assert not runner.claim(lock)  # held by a live process: this one
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(child.stdout)  # a process that has exited: its lock is taken over
+    assert runner.claim(lock) and lock.read_text().strip() == str(os.getpid())
+    lock.write_text("not a pid")
+    assert runner.claim(lock)
