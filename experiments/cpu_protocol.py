@@ -7,7 +7,8 @@ Every job is one ``splitvit train`` of a ``cpu/`` experiment (the same jobs as
 time); each goes to ``OUT/<experiment>/<its overrides>``, with one PyTorch thread per job. A job
 whose ``summary.json`` exists is skipped, and one that was stopped half-way goes on from its last
 evaluation's checkpoint (``train.resume=true``: the same numbers as a run never stopped), so the
-script can be stopped and started again at any time. Seed 0 of every experiment runs before seed 1.
+script can be stopped and started again at any time; a job's folder is locked while it runs, so two
+runs of the script on one folder share the work. Seed 0 of every experiment runs before seed 1.
 Then: ``splitvit report OUT --out docs/cpu_protocol``.
 """
 
