@@ -64,6 +64,24 @@ def fake_run(root, name, seed=0, acc=0.5, **config):
     (d / "summary.json").write_text(json.dumps(summary))
 
 
+def test_a_run_made_before_a_key_existed_counts_as_its_default(tmp_path):
+    """An older splitvit wrote no channel section and no quant grids: its run is the same setting as a
+    newer run at those keys' defaults, and a newer run away from them is another setting."""
+    import yaml
+
+    from splitvit.report import aggregate, find_runs
+
+    fake_run(tmp_path, "old", seed=0, method="quant")
+    fake_run(tmp_path, "new", seed=1, method="quant")
+    fake_run(tmp_path, "zero", seed=0, method="quant", **{"method.grad_grid": "zero"})
+    old = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del old["channel"], old["method"]["grid"], old["method"]["grad_grid"], old["train"]["profile"]
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(old))
+    rows = aggregate(find_runs([str(tmp_path)]))
+    assert sorted(r["seeds"] for r in rows) == [1, 2]
+    assert [r["options"] for r in rows if r["seeds"] == 1] == ["grad_grid=zero"]
+
+
 @pytest.mark.parametrize("key, a, b", [
     ("train.batch_size", 16, 32),            # a training key: the bug that averaged two batch sizes
     ("method.compression", 0.1, 0.2),        # a method option

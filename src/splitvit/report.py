@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import statistics
 import sys
@@ -77,7 +78,42 @@ def _config_of(run_dir: Path, summary: dict) -> dict:
     return flat
 
 
+CONF = Path(__file__).parent / "conf"
+GROUPS = tuple(sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra")))
+
+
+def _choices(config: dict) -> tuple[str, ...]:
+    """The run's option in each config group, as overrides (``method=quant``), from its ``name`` (or
+    ``kind``) key; a group the run lacks keeps the default option."""
+    out = []
+    for group in GROUPS:
+        name = config.get(f"{group}.name", config.get(f"{group}.kind"))
+        if isinstance(name, str) and (CONF / group / f"{name}.yaml").is_file():
+            out.append(f"{group}={name}")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(choices: tuple[str, ...]) -> dict:
+    """The default config for these group options, flat: what a key means in a run made before it existed."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("splitvit.conf", version_base=None):
+        return _flatten(OmegaConf.to_container(compose("config", overrides=list(choices)), resolve=False))
+
+
+def _fill_defaults(config: dict) -> dict:
+    """``config`` with the keys it lacks set to their defaults for its group options."""
+    for key, value in _defaults(_choices(config)).items():
+        config.setdefault(key, value)
+    return config
+
+
 def find_runs(dirs: list[str]) -> list[dict]:
+    """Every run under ``dirs``. Runs made by an older splitvit lack the keys added since; they count
+    as those keys' defaults (what the code did before the key existed), so that runs of one setting
+    made by two versions are one row."""
     runs = []
     for d in dirs:
         root = Path(d)
@@ -89,6 +125,8 @@ def find_runs(dirs: list[str]) -> list[dict]:
             run["curve"] = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
             run["run_dir"] = str(summary.parent)
             run["config"] = _config_of(summary.parent, run)
+            if (summary.parent / "config.yaml").is_file():
+                _fill_defaults(run["config"])
             runs.append(run)
     return runs
 
