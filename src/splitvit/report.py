@@ -299,8 +299,8 @@ def _title(rows: list[dict]) -> str:
     budget = common("train.budget_epochs")
     if budget not in (None, "None"):
         parts.append(f"budget: bytes of {budget} uncompressed epochs")
-    seeds = max(r["seeds"] for r in rows)
-    parts.append(f"{seeds} seed{'s' if seeds > 1 else ''}")
+    fewest, most = min(r["seeds"] for r in rows), max(r["seeds"] for r in rows)
+    parts.append(f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} seeds a setting")
     return ", ".join(parts)
 
 
