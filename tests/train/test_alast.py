@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -144,14 +145,11 @@ def test_alast_runs_whole_and_split_and_resumes_exactly(tmp_path):
     base = (*SMALL, "finetune=alast", "finetune.b_min=0.25", "finetune.alpha=0.05", "train.batch_size=64",
             "train.epochs=2", "eval.max_batches=1")
     fit(make_cfg(*base, "split.index=null", "train.max_steps=4"), tmp_path / "whole")
-    import json as _json
-
-    whole = _json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[-1])["alast"]["whole"]
+    whole = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[-1])["alast"]["whole"]
     assert len(whole["budgets"]) == 3 and whole["tokens"][0] == 65 and min(whole["tokens"]) < 65  # b_min 0.25, alpha 0.05
     fit(make_cfg(*base, "train.max_steps=8"), tmp_path / "straight")
     fit(make_cfg(*base, "train.max_steps=4"), tmp_path / "resumed")
     s = fit(make_cfg(*base, "train.max_steps=8", "train.resume=true"), tmp_path / "resumed")
-    import json
 
     last = lambda d: {k: v for k, v in json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]).items()  # noqa: E731
                       if k not in ("wall_s", "time_s", "eval_bytes_up", "eval_bytes_down", "train_loss")}  # the resumed run evaluated at 4 too
