@@ -104,9 +104,14 @@ def _defaults(choices: tuple[str, ...]) -> dict:
 
 
 def _fill_defaults(config: dict) -> dict:
-    """``config`` with the keys it lacks set to their defaults for its group options."""
-    for key, value in _defaults(_choices(config)).items():
-        config.setdefault(key, value)
+    """``config`` with the keys it lacks set to their defaults for its group options. A group whose
+    option splitvit does not ship (a user's own method, say) has no defaults to take."""
+    choices = _choices(config)
+    chosen = {c.split("=", 1)[0] for c in choices}
+    unknown = {k.split(".", 1)[0] for k in config} & set(GROUPS) - chosen
+    for key, value in _defaults(choices).items():
+        if key.split(".", 1)[0] not in unknown:
+            config.setdefault(key, value)
     return config
 
 
