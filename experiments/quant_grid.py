@@ -5,8 +5,10 @@
 One batch of 128 training images of CIFAR-100 classes 50-99 through the committed pretrained model
 (new head, split after block 2, as the CPU protocol): the gradient at the cut, quantized at 2 and
 4 bits on the ``minmax`` and the ``zero`` grid. Prints, for each, the share of near-zero entries
-(within ``max / 2**bits`` of zero), the cosine with the true gradient at the cut, and the cosine
-of the client's weight gradients it gives with those the true gradient gives.
+(within ``max / 2**bits`` of zero), the cosine with the true gradient at the cut, the cosine of
+the client's weight gradients it gives with those the true gradient gives, and how much of its
+error is a per-token feature-mean: a part the loss cannot see (the true gradient has none; the
+first line measures it), which ``method.grad_center=true`` drops, with the cosine that is left.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     z = h.detach().requires_grad_()
     F.cross_entropy(server(z), y).backward()
     g = z.grad
+    print(f"the true gradient's per-token feature-mean: {(g.mean(-1).abs().mean() / g.pow(2).mean().sqrt()).item():.1e} of its RMS")
     true = client_grads(client, x, g)
     for bits in (2, 4):
         for grid in ("minmax", "zero"):
@@ -54,8 +57,12 @@ def main() -> None:
             cut = F.cosine_similarity(back.flatten(), g.flatten(), 0).item()
             error = ((back - g).norm() / g.norm()).item()
             weights = F.cosine_similarity(client_grads(client, x, back), true, 0).item()
+            mean = (back - g).mean(-1, keepdim=True)
+            unseen = (mean.pow(2).sum() * g.shape[-1] / (back - g).pow(2).sum()).item()
+            centered = F.cosine_similarity(client_grads(client, x, back - back.mean(-1, keepdim=True)), true, 0).item()
             print(f"{bits} bits, {grid:6}: near-zero entries {near:.3f}; at the cut cosine {cut:.3f}, error {error:.2f} "
-                  f"x the norm; client weight gradients cosine {weights:.3f}")
+                  f"x the norm ({unseen:.0%} of it a feature-mean); client weight gradients cosine {weights:.3f}, "
+                  f"centered {centered:.3f}")
 
 
 if __name__ == "__main__":

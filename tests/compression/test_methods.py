@@ -158,6 +158,22 @@ def test_quant_zero_grid_sends_a_near_zero_gradient_as_zero(granularity):
     assert c.q.grid == "minmax"  # the activations keep theirs
 
 
+def test_quant_grad_center_removes_the_error_the_loss_cannot_see():
+    """The gradient at a pre-norm ViT's cut has no per-token feature-mean; on a 2-bit min-max grid most
+    of its quantization error is one. Centering drops that part, and only that part."""
+    g = torch.randn(3, N, D) * 1e-3
+    g[:, :, 0], g[:, :, 1] = 1.0, -0.6
+    g -= g.mean(-1, keepdim=True)  # what a LayerNorm's backward gives
+    plain, centered = make("quant", bits=2), make("quant", bits=2, grad_center=True)
+    message = plain.encode_grad(g)
+    z, zc = plain.decode_grad(message, g), centered.decode_grad(message, g)
+    torch.testing.assert_close(zc, z - z.mean(-1, keepdim=True))
+    assert zc.mean(-1).abs().max() < 1e-6 and z.mean(-1).abs().min() > 0.05
+    assert (zc - g).norm() < 0.5 * (z - g).norm()
+    with pytest.raises(ValueError, match="method.grad_center must be true or false"):
+        make("quant", grad_center="yes")
+
+
 def test_c3sl_unbinds_approximately_and_handles_ragged_batches():
     c = build_compressor("c3sl", C, 65, 128, R=2)
     h = torch.randn(5, 65, 128)  # 5 = 2 + 2 + 1
