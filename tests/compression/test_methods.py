@@ -158,19 +158,29 @@ def test_quant_zero_grid_sends_a_near_zero_gradient_as_zero(granularity):
     assert c.q.grid == "minmax"  # the activations keep theirs
 
 
-def test_quant_grad_center_removes_the_error_the_loss_cannot_see():
+@pytest.mark.parametrize("name", ["quant", "slacc"])
+def test_grad_center_removes_the_error_the_loss_cannot_see(name):
     """The gradient at a pre-norm ViT's cut has no per-token feature-mean; on a 2-bit min-max grid most
     of its quantization error is one. Centering drops that part, and only that part."""
     g = torch.randn(3, N, D) * 1e-3
     g[:, :, 0], g[:, :, 1] = 1.0, -0.6
     g -= g.mean(-1, keepdim=True)  # what a LayerNorm's backward gives
-    plain, centered = make("quant", bits=2), make("quant", bits=2, grad_center=True)
+    plain, centered = make(name, bits=2), make(name, bits=2, grad_center=True)
+    h = torch.randn(3, N, D, requires_grad=True)
+    packet = plain.client_encode(h, torch.rand(3, N).softmax(-1), torch.zeros(3, dtype=torch.long))
     message = plain.encode_grad(g)
-    z, zc = plain.decode_grad(message, g), centered.decode_grad(message, g)
+    z, zc = plain.client_decode_grad(message, packet), centered.client_decode_grad(message, packet)
     torch.testing.assert_close(zc, z - z.mean(-1, keepdim=True))
-    assert zc.mean(-1).abs().max() < 1e-6 and z.mean(-1).abs().min() > 0.05
-    assert (zc - g).norm() < 0.5 * (z - g).norm()
-    with pytest.raises(ValueError, match="method.grad_center must be true or false"):
+    assert zc.mean(-1).abs().max() < 1e-6
+    assert (zc - g).norm() < (z - g).norm()
+    if name == "quant":  # one grid for the whole tensor: every near-zero entry is off by the same level
+        assert z.mean(-1).abs().min() > 0.05 and (zc - g).norm() < 0.5 * (z - g).norm()
+
+
+def test_grad_center_is_refused_where_the_gradient_is_not_the_tokens():
+    with pytest.raises(ValueError, match=r"split.grad_center=true needs a method whose gradient is that of the tokens \(.*quant"):
+        build_compressor("topk", C, N, D, grad_center=True)
+    with pytest.raises(ValueError, match="split.grad_center must be true or false"):
         make("quant", grad_center="yes")
 
 

@@ -71,6 +71,26 @@ def test_resume_refuses_a_different_experiment(tmp_path):
         fit(make_cfg(*SMALL, "train.resume=true"), tmp_path / "elsewhere")
 
 
+def test_a_checkpoint_older_than_a_key_resumes_with_its_default():
+    """A run saved before ``split.grad_center`` and ``method.grid`` existed ran with their defaults: it
+    resumes under today's defaults, and not under another value of either, nor another split."""
+    from omegaconf import OmegaConf
+
+    from splitvit.train.config import resume_mismatch
+
+    now = make_cfg(*SMALL, "method=quant")
+    old = OmegaConf.to_container(now, resolve=True)
+    del old["split"]["grad_center"], old["method"]["grid"], old["channel"]
+    assert resume_mismatch(old, now) == []
+    assert resume_mismatch(old, make_cfg(*SMALL, "method=quant", "split.grad_center=true")) == [
+        "split.grad_center: checkpoint False, now True"]
+    assert resume_mismatch(old, make_cfg(*SMALL, "method=quant", "method.grid=zero")) == [
+        "method.grid: checkpoint 'minmax', now 'zero'"]
+    assert resume_mismatch(old, make_cfg(*SMALL, "method=quant", "split.index=1")) == ["split.index: checkpoint 2, now 1"]
+    old["split"]["index"] = None  # no split: None is a value, not a missing key
+    assert resume_mismatch(old, now) == ["split.index: checkpoint None, now 2"]
+
+
 def test_budget_stops_at_the_bytes_of_uncompressed_epochs(tmp_path):
     none = fit(make_cfg(*SMALL, "method=none", "train.batch_size=128", "train.budget_epochs=1", "train.epochs=5"), tmp_path / "none")
     assert none["steps"] == 12 and none["stopped_by"] == "budget"  # 1438 images, batch 128

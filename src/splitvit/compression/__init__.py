@@ -23,20 +23,28 @@ METHODS: dict[str, type[Compressor]] = {
 
 
 def build_compressor(
-    name: str, num_classes: int, tokens: int, dim: int, seed: int = 0, wire_dtype: str = "float32", **options: Any
+    name: str, num_classes: int, tokens: int, dim: int, seed: int = 0, wire_dtype: str = "float32",
+    grad_center: bool = False, **options: Any
 ) -> Compressor:
     """``method=<name>`` and its options -> a compressor for activations ``[B, tokens, dim]``.
 
-    ``seed`` seeds any randomness it has (client and server build it from the same config).
+    ``seed`` seeds any randomness it has (client and server build it from the same config);
+    ``grad_center`` is ``split.grad_center`` (see :class:`Compressor`).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     cls = METHODS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "tokens", "dim", "wire_dtype", "seed", "kwargs")]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters
+               if p not in ("self", "num_classes", "tokens", "dim", "wire_dtype", "seed", "grad_center", "kwargs")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}")
-    return cls(num_classes=num_classes, tokens=tokens, dim=dim, wire_dtype=wire_dtype, seed=seed, **options)
+    if grad_center is True and not cls.grad_of_tokens:
+        takes = ", ".join(n for n, m in METHODS.items() if m.grad_of_tokens)
+        raise ValueError(f"split.grad_center=true needs a method whose gradient is that of the tokens ({takes}); "
+                         f"method {name!r} sends back the gradient of its code or of chosen values")
+    return cls(num_classes=num_classes, tokens=tokens, dim=dim, wire_dtype=wire_dtype, seed=seed,
+               grad_center=grad_center, **options)
 
 
 __all__ = [

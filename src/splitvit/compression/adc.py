@@ -25,6 +25,7 @@ class ADC(Compressor):
     """
 
     name = "adc"
+    grad_of_tokens = True
 
     def __init__(
         self,

@@ -9,6 +9,14 @@ A step, as DESIGN.md draws it::
     client: grad = c.client_decode_grad(grad_message, packet)
             packet.sent.backward(grad)
 
+``grad_center`` (``split.grad_center``): the client subtracts each token's mean over the features
+from the gradient it decodes. The true gradient of the tokens the server's blocks read has none
+(every path from a pre-norm ViT's residual stream to the loss starts with a LayerNorm, which removes
+that mean; measured on the CPU protocol: 1e-8 of its RMS), so in a lossy gradient that part is error
+the loss cannot see, which the client's blocks would otherwise follow. On a min-max quantization
+grid it is most of the error at 2 bits: README, the CPU protocol, "Why 2 bits diverge". Only for
+methods whose gradient is that of the tokens (``grad_of_tokens``).
+
 ``packet.sent`` is the client-side tensor that keeps the autograd graph back to the client blocks;
 ``p.received`` is the server-side leaf whose gradient is sent back. A method with learned parts
 keeps them in ``client_modules`` / ``server_modules`` so each side's optimizer finds them, and its
@@ -71,10 +79,20 @@ class Compressor(ABC):
     """
 
     name = "base"
+    # the gradient that comes back is dL/dz of the tokens the server's blocks read ([..., D]: one row a
+    # token), rather than of a code (BottleNet++, C3-SL) or of values at positions (Top-K)
+    grad_of_tokens = False
 
-    def __init__(self, num_classes: int, tokens: int, dim: int, wire_dtype: str = "float32", seed: int = 0):
+    def __init__(self, num_classes: int, tokens: int, dim: int, wire_dtype: str = "float32", seed: int = 0,
+                 grad_center: bool = False):
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire.dtype must be one of {', '.join(WIRE_DTYPES)}, got {wire_dtype!r}")
+        if not isinstance(grad_center, bool):
+            raise ValueError(f"split.grad_center must be true or false, got {grad_center!r}")
+        if grad_center and not self.grad_of_tokens:
+            raise ValueError(f"split.grad_center=true needs a method whose gradient is that of the tokens; method "
+                             f"{self.name!r} sends back the gradient of its code or of chosen values")
+        self.grad_center = grad_center
         self.num_classes = num_classes
         self.tokens, self.dim = tokens, dim  # N and D of the activations at the cut
         self.seed = seed  # seeds whatever randomness a method has
@@ -143,7 +161,10 @@ class Compressor(ABC):
         return self.encode_grad(packet.received.grad)
 
     def client_decode_grad(self, message: dict[str, torch.Tensor], packet: ClientPacket) -> torch.Tensor:
-        return self.decode_grad(message, packet.sent)
+        grad = self.decode_grad(message, packet.sent)
+        if self.grad_center:  # what the loss cannot see (the module docstring): drop it
+            grad = grad - grad.mean(-1, keepdim=True)
+        return grad
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:

@@ -104,6 +104,7 @@ class ProductQuantizer:
 
 class FedLite(Compressor):
     name = "fedlite"
+    grad_of_tokens = True
 
     def __init__(self, q: int = 8, L: int = 64, lam: float = 0.1, max_iter: int = 10, fit_points: int = 2048, **kwargs):
         super().__init__(**kwargs)

@@ -73,6 +73,7 @@ class SubspaceCompressor:
 
 class LowRank(Compressor):
     name = "lowrank"
+    grad_of_tokens = True
 
     def __init__(self, compression: float = 0.1, energy: float = 0.95, iters: int = 2, error_feedback: bool = True,
                  rank: int | None = None, **kwargs):

@@ -8,6 +8,7 @@ from .base import Compressor
 
 class NoCompression(Compressor):
     name = "none"
+    grad_of_tokens = True
 
     def compress(self, h, cls_attn, training):
         return {"z": self.to_wire(h)}, h

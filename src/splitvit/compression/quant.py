@@ -22,12 +22,9 @@ The grid (``grid`` for the activations, ``grad_grid`` for the gradients):
 
 Every value is within half a step of its code on either grid.
 
-``grad_center``: the client subtracts each token's mean over the features from the gradient it
-decodes. The true gradient at the cut has none (every path from a block's residual stream to the
-loss starts with a LayerNorm, which removes the mean; measured: 1e-8 of its RMS), so that part of
-the decoded gradient is quantization error the loss cannot see, and the client's blocks would
-otherwise follow it. On the ``minmax`` grid it is most of the error at 2 bits (the near-zero
-entries all come back as the same level): README, CPU protocol, "Why 2 bits diverge".
+On the ``minmax`` grid most of a 2-bit gradient's error is a per-token mean over the features (the
+near-zero entries all come back as the same level), which the loss cannot see and the client can
+drop: ``split.grad_center=true`` (see :class:`~splitvit.compression.base.Compressor`).
 
 Nominal vs measured: nominal is ``b / 32``; measured adds the scales (8 bytes per tensor, or per
 token with ``granularity=token``: ``64 / (D * b)`` more) and the labels.
@@ -109,13 +106,11 @@ class Quantizer:
 
 class Quant(Compressor):
     name = "quant"
+    grad_of_tokens = True
 
     def __init__(self, bits: int | None = None, compression: float | None = 0.125, granularity: str = "tensor",
-                 grid: str = "minmax", grad_grid: str = "minmax", grad_center: bool = False, **kwargs):
+                 grid: str = "minmax", grad_grid: str = "minmax", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(grad_center, bool):
-            raise ValueError(f"method.grad_center must be true or false, got {grad_center!r}")
-        self.grad_center = grad_center
         bits = bits_for(compression) if bits is None else bits
         self.q = Quantizer(bits, granularity, grid)
         self.grad_q = Quantizer(bits, granularity, grad_grid, key="method.grad_grid")
@@ -138,10 +133,7 @@ class Quant(Compressor):
         return self.grad_q.encode(grad)
 
     def decode_grad(self, message, sent):
-        grad = self.grad_q.decode(message, sent.shape[1], sent.shape[2])
-        if self.grad_center:  # what the loss cannot see (the module docstring): drop it
-            grad = grad - grad.mean(-1, keepdim=True)
-        return grad.to(sent.dtype)
+        return self.grad_q.decode(message, sent.shape[1], sent.shape[2]).to(sent.dtype)
 
     def grad_schema(self, sent) -> Schema:
         return Schema(self.grad_q.schema(sent.shape[0], sent.shape[1], sent.shape[2]))

@@ -106,6 +106,7 @@ class EntropyGroupedQuantizer:
 
 class SLACC(Compressor):
     name = "slacc"
+    grad_of_tokens = True
 
     def __init__(self, bits: int | None = None, compression: float | None = 0.125, groups: int = 4, bins: int = 32, **kwargs):
         super().__init__(**kwargs)

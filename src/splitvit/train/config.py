@@ -158,7 +158,8 @@ def validate(cfg: DictConfig) -> None:
     try:
         vit = replace(PRESETS[m.name], **{k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m[k] is not None})
         compressor = build_compressor(
-            cfg.method.name, 2, vit.num_tokens, vit.embed_dim, wire_dtype=cfg.wire.dtype, **method_options(cfg.method)
+            cfg.method.name, 2, vit.num_tokens, vit.embed_dim, wire_dtype=cfg.wire.dtype,
+        grad_center=cfg.split.get("grad_center", False), **method_options(cfg.method)
         )
         compressor.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
@@ -319,14 +320,38 @@ def config_diff(ours: dict, theirs: dict, names=("server", "client")) -> list[st
     return [f"{k}: {names[0]} {ours.get(k)!r}, {names[1]} {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
+_ABSENT = object()
+
+
+def _lookup(tree, key: str):
+    """``tree``'s value at dotted ``key``, or ``_ABSENT`` where the key is not there (``None`` is a value)."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+def _resume_leaves(tree: dict) -> dict:
+    out: dict = {}
+    for key in RESUME_KEYS:
+        value = _lookup(tree, key)
+        if value is not _ABSENT:
+            _flatten(key, value, out)
+    return out
+
+
 def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
-    now = OmegaConf.to_container(cfg, resolve=True)
-    defaults = known_keys()[0]
-    flat = lambda tree: {k: _get(tree, k) for k in RESUME_KEYS}  # noqa: E731
-    theirs = flat(saved)
-    for key in theirs:  # a checkpoint older than a key ran with the key's default
-        if _get(saved, key.split(".")[0]) is None and key in defaults:
+    """``key: checkpoint a, now b`` for every :data:`RESUME_KEYS` leaf that differs. A checkpoint made
+    before a key existed ran with that key's default (its group option's, for a group's key)."""
+    top, groups = known_keys()
+    if _lookup(saved, "channel") is _ABSENT:  # from before channels: the link was ideal
+        saved = {**saved, "channel": {k.removeprefix("channel."): v for k, v in groups["channel"]["ideal"].items()}}
+    theirs, now = _resume_leaves(saved), _resume_leaves(OmegaConf.to_container(cfg, resolve=True))
+    for key in now.keys() - theirs.keys():
+        group = key.split(".", 1)[0]
+        option = _lookup(saved, f"{group}.{'kind' if group == 'link' else 'name'}")
+        defaults = groups[group].get(option, {}) if group in groups and isinstance(option, str) else top
+        if key in defaults:
             theirs[key] = defaults[key]
-    if theirs.get("channel") is None:  # from before channels: the link was ideal
-        theirs["channel"] = {k.removeprefix("channel."): v for k, v in known_keys()[1]["channel"]["ideal"].items()}
-    return config_diff(theirs, flat(now), ("checkpoint", "now"))
+    return config_diff(theirs, now, ("checkpoint", "now"))
