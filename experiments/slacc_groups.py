@@ -1,0 +1,56 @@
+"""Why SL-ACC at a mean of 2 bits cannot train (README, CPU protocol, "Why 2 bits diverge").
+
+    python experiments/slacc_groups.py --data /path/to/data
+
+One batch of 128 training images of CIFAR-100 classes 50-99 through the committed pretrained model
+(new head, split after block 2, as the CPU protocol): the activations at the cut, sent by ``quant``
+and by ``slacc`` at the same mean bits. Prints each one's error (relative to the activations' norm)
+and cosine, and for ``slacc`` each entropy group's bits and its share of the squared error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from splitvit.compression import build_compressor
+from splitvit.data import batches, load_dataset
+from splitvit.models import create_model, load_checkpoint, split
+
+CHECKPOINT = Path(__file__).parents[1] / "pretrained" / "vit_nano_patch8_32-cifar100_0-49.safetensors"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="dataset.root: the folder that holds cifar-100-python/")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = create_model("vit_nano_patch8_32", num_classes=50)
+    load_checkpoint(model, CHECKPOINT, new_head=True)
+    client, _ = split(model, 2)
+    data = load_dataset("cifar100", args.data, classes="50:100", normalize="imagenet")
+    x, _ = next(batches(data.train, 128, 32, 3, shuffle_seed=0))
+    with torch.no_grad():
+        h, attn = client(x)
+    B, N, D = h.shape
+    for compression in (0.0625, 0.125):
+        for name in ("quant", "slacc"):
+            c = build_compressor(name, 50, N, D, compression=compression)
+            message, _ = c.compress(h, attn, True)
+            _, z = c.decompress(message)
+            error = ((z - h).norm() / h.norm()).item()
+            cosine = F.cosine_similarity(z.flatten(), h.flatten(), 0).item()
+            line = f"{name:5} at {compression}: error {error:.2f} x the norm, cosine {cosine:.3f}"
+            if name == "slacc":  # its groups, lowest entropy first, as the message says
+                squared = (z - h).pow(2).reshape(-1, D).sum(0)
+                shares = ", ".join(f"{bits} bits {(squared[message['group'] == g].sum() / squared.sum()).item():.0%}"
+                                   for g, bits in enumerate(c.q.group_bits))
+                line += f"; its groups' share of the squared error: {shares}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
