@@ -71,6 +71,29 @@ def test_resume_refuses_a_different_experiment(tmp_path):
         fit(make_cfg(*SMALL, "train.resume=true"), tmp_path / "elsewhere")
 
 
+def test_grad_center_in_a_run(tmp_path):
+    """``split.grad_center``: a no-op where the gradient is exact (none: the true gradient has no
+    per-token feature-mean), a different run where 2-bit codes put one there (quant)."""
+    import torch
+
+    def client_weights(run_dir):
+        return torch.load(run_dir / "checkpoints" / "client.pt", weights_only=False)["client"]
+
+    runs = {}
+    for method in ("none", "quant"):
+        for center in ("false", "true"):
+            run_dir = tmp_path / f"{method}-{center}"
+            fit(make_cfg(*SMALL, f"method={method}", "method.bits=2" if method == "quant" else "wire.dtype=float32",
+                         f"split.grad_center={center}", "train.max_steps=4"), run_dir)
+            runs[method, center] = client_weights(run_dir)
+    def largest_difference(method):
+        return max((runs[method, "true"][n] - w).abs().max().item() for n, w in runs[method, "false"].items())
+
+    # Adam at lr 1e-4 moves a weight by up to 1e-4 a step: float rounding stays far below one step,
+    # the 2-bit codes' feature-mean moves weights by steps
+    assert largest_difference("none") < 1e-5 < 1e-4 < largest_difference("quant")
+
+
 def test_a_checkpoint_older_than_a_key_resumes_with_its_default():
     """A run saved before ``split.grad_center`` and ``method.grid`` existed ran with their defaults: it
     resumes under today's defaults, and not under another value of either, nor another split."""

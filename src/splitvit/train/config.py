@@ -159,7 +159,7 @@ def validate(cfg: DictConfig) -> None:
         vit = replace(PRESETS[m.name], **{k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m[k] is not None})
         compressor = build_compressor(
             cfg.method.name, 2, vit.num_tokens, vit.embed_dim, wire_dtype=cfg.wire.dtype,
-        grad_center=cfg.split.get("grad_center", False), **method_options(cfg.method)
+            grad_center=cfg.split.grad_center, **method_options(cfg.method)
         )
         compressor.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
