@@ -14,23 +14,14 @@ and the cosine of the client's weight gradients it gives, as sent and centred (`
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from quant_grid import CHECKPOINT, client_grads  # experiments/, beside this script
 
 from splitvit.compression import build_compressor
 from splitvit.data import batches, load_dataset
 from splitvit.models import create_model, load_checkpoint, split
-
-CHECKPOINT = Path(__file__).parents[1] / "pretrained" / "vit_nano_patch8_32-cifar100_0-49.safetensors"
-
-
-def client_grads(client, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    client.zero_grad()
-    h, _ = client(x)
-    h.backward(grad)
-    return torch.cat([p.grad.flatten() for p in client.parameters() if p.grad is not None])
 
 
 def main() -> None:
