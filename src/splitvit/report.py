@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import statistics
 import sys
@@ -55,64 +54,21 @@ def paper_accuracy(row: dict, reference: list[dict]) -> float | None:
     return None
 
 
-def _flatten(tree, prefix: str = "", out: dict | None = None) -> dict:
-    out = {} if out is None else out
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            _flatten(v, f"{prefix}{k}.", out)
-    else:
-        out[prefix[:-1]] = json.dumps(tree, sort_keys=True) if isinstance(tree, list) else tree
-    return out
-
-
 def _config_of(run_dir: Path, summary: dict) -> dict:
     """The run's resolved config as flat dotted keys; from the summary alone for runs without config.yaml."""
     path = run_dir / "config.yaml"
     if path.is_file():
         from omegaconf import OmegaConf
 
-        return _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        from .train.config import leaves, with_defaults
+
+        # runs made by an older splitvit lack the keys added since: they ran with those keys' defaults
+        flat = with_defaults(leaves(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
+        return {k: json.dumps(v, sort_keys=True) if isinstance(v, list) else v for k, v in flat.items()}
     flat = {"method.name": summary["method"], "dataset.name": summary.get("dataset"), "model.name": summary.get("model"),
             "split.index": summary.get("split_index"), "eval.mode": summary.get("eval_mode"), "seed": summary.get("seed")}
     flat.update({f"method.{k}": v for k, v in summary.get("method_options", {}).items()})
     return flat
-
-
-CONF = Path(__file__).parent / "conf"
-GROUPS = tuple(sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra")))
-
-
-def _choices(config: dict) -> tuple[str, ...]:
-    """The run's option in each config group, as overrides (``method=quant``), from its ``name`` (or
-    ``kind``) key; a group the run lacks keeps the default option."""
-    out = []
-    for group in GROUPS:
-        name = config.get(f"{group}.name", config.get(f"{group}.kind"))
-        if isinstance(name, str) and (CONF / group / f"{name}.yaml").is_file():
-            out.append(f"{group}={name}")
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=None)
-def _defaults(choices: tuple[str, ...]) -> dict:
-    """The default config for these group options, flat: what a key means in a run made before it existed."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    with initialize_config_module("splitvit.conf", version_base=None):
-        return _flatten(OmegaConf.to_container(compose("config", overrides=list(choices)), resolve=False))
-
-
-def _fill_defaults(config: dict) -> dict:
-    """``config`` with the keys it lacks set to their defaults for its group options. A group whose
-    option splitvit does not ship (a user's own method, say) has no defaults to take."""
-    choices = _choices(config)
-    chosen = {c.split("=", 1)[0] for c in choices}
-    unknown = {k.split(".", 1)[0] for k in config} & set(GROUPS) - chosen
-    for key, value in _defaults(choices).items():
-        if key.split(".", 1)[0] not in unknown:
-            config.setdefault(key, value)
-    return config
 
 
 def find_runs(dirs: list[str]) -> list[dict]:
@@ -130,8 +86,6 @@ def find_runs(dirs: list[str]) -> list[dict]:
             run["curve"] = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
             run["run_dir"] = str(summary.parent)
             run["config"] = _config_of(summary.parent, run)
-            if (summary.parent / "config.yaml").is_file():
-                _fill_defaults(run["config"])
             runs.append(run)
     return runs
 

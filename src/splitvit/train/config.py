@@ -46,11 +46,12 @@ OPTIONAL_TYPES = {
 NUMBER_OR_RANGE = {"channel.snr_db"}  # a number, or [lo, hi]
 
 
-def _leaves(tree, prefix: str = "") -> dict:
+def leaves(tree, prefix: str = "") -> dict:
+    """A nested config as flat dotted keys (``train.lr``), lists kept as values."""
     out = {}
     for k, v in (tree or {}).items():
         if isinstance(v, dict):
-            out.update(_leaves(v, f"{prefix}{k}."))
+            out.update(leaves(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -61,12 +62,40 @@ def known_keys() -> tuple[dict, dict[str, dict[str, dict]]]:
     """The keys the shipped configs define, with their default values: ``(top-level keys, {group: {option: keys}})``."""
     root = resources.files("splitvit") / "conf"
     top = yaml.safe_load(root.joinpath("config.yaml").read_text())
-    top = {k: v for k, v in _leaves({k: v for k, v in top.items() if k not in ("defaults", "hydra")}).items()}
+    top = {k: v for k, v in leaves({k: v for k, v in top.items() if k not in ("defaults", "hydra")}).items()}
     groups = {}
     for group in GROUPS:
-        groups[group] = {f.name[:-5]: _leaves(yaml.safe_load(f.read_text()), f"{group}.")
+        groups[group] = {f.name[:-5]: leaves(yaml.safe_load(f.read_text()), f"{group}.")
                          for f in root.joinpath(group).iterdir() if f.name.endswith(".yaml")}
     return top, groups
+
+
+@lru_cache(maxsize=1)
+def default_options() -> dict[str, str]:
+    """The option each config group takes where a config chooses none: ``config.yaml``'s defaults list."""
+    root = resources.files("splitvit") / "conf"
+    listed = yaml.safe_load(root.joinpath("config.yaml").read_text())["defaults"]
+    return {group: item[group] for item in listed if isinstance(item, dict) for group in item if group in GROUPS}
+
+
+def option_key(group: str) -> str:
+    """The key that names a group's option: ``link.kind``, ``method.name``."""
+    return f"{group}.{'kind' if group == 'link' else 'name'}"
+
+
+def with_defaults(flat: dict) -> dict:
+    """A run's config as flat dotted leaves, with every key it lacks set to its default: the top level's,
+    and each group's for the option the run chose (the default option for a group the run has no key
+    of, as a checkpoint from before channels). That is what the code did before the key existed.
+    A group whose option splitvit does not ship (a user's own method) has no defaults to take."""
+    top, groups = known_keys()
+    out = {**top, **flat}
+    for group in GROUPS:
+        has_group = any(k.startswith(f"{group}.") for k in flat)
+        option = flat.get(option_key(group)) if has_group else default_options()[group]
+        for key, value in (groups[group].get(option, {}) if isinstance(option, str) else {}).items():
+            out.setdefault(key, value)
+    return out
 
 
 def _kind(value) -> str:
@@ -81,11 +110,11 @@ def check_keys(cfg: DictConfig) -> None:
     for group in GROUPS:
         if group not in cfg:
             continue
-        option = str(OmegaConf.select(cfg, f"{group}.name" if group != "link" else "link.kind", default=""))
+        option = str(OmegaConf.select(cfg, option_key(group), default=""))
         known.update(groups[group].get(option) or {k: v for opts in groups[group].values() for k, v in opts.items()})
     tree = OmegaConf.to_container(cfg, resolve=False)
     tree.pop("hydra", None)
-    for key, value in _leaves(tree).items():
+    for key, value in leaves(tree).items():
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -320,38 +349,13 @@ def config_diff(ours: dict, theirs: dict, names=("server", "client")) -> list[st
     return [f"{k}: {names[0]} {ours.get(k)!r}, {names[1]} {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
-_ABSENT = object()
-
-
-def _lookup(tree, key: str):
-    """``tree``'s value at dotted ``key``, or ``_ABSENT`` where the key is not there (``None`` is a value)."""
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _ABSENT
-        tree = tree[part]
-    return tree
-
-
-def _resume_leaves(tree: dict) -> dict:
-    out: dict = {}
-    for key in RESUME_KEYS:
-        value = _lookup(tree, key)
-        if value is not _ABSENT:
-            _flatten(key, value, out)
-    return out
+def _resume_leaves(flat: dict) -> dict:
+    return {k: v for k, v in flat.items() if any(k == key or k.startswith(f"{key}.") for key in RESUME_KEYS)}
 
 
 def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     """``key: checkpoint a, now b`` for every :data:`RESUME_KEYS` leaf that differs. A checkpoint made
-    before a key existed ran with that key's default (its group option's, for a group's key)."""
-    top, groups = known_keys()
-    if _lookup(saved, "channel") is _ABSENT:  # from before channels: the link was ideal
-        saved = {**saved, "channel": {k.removeprefix("channel."): v for k, v in groups["channel"]["ideal"].items()}}
-    theirs, now = _resume_leaves(saved), _resume_leaves(OmegaConf.to_container(cfg, resolve=True))
-    for key in now.keys() - theirs.keys():
-        group = key.split(".", 1)[0]
-        option = _lookup(saved, f"{group}.{'kind' if group == 'link' else 'name'}")
-        defaults = groups[group].get(option, {}) if group in groups and isinstance(option, str) else top
-        if key in defaults:
-            theirs[key] = defaults[key]
+    before a key existed ran with that key's default (see :func:`with_defaults`)."""
+    theirs = _resume_leaves(with_defaults(leaves(saved)))
+    now = _resume_leaves(leaves(OmegaConf.to_container(cfg, resolve=True)))
     return config_diff(theirs, now, ("checkpoint", "now"))
