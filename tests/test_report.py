@@ -80,7 +80,7 @@ def test_a_run_made_before_a_key_existed_counts_as_its_default(tmp_path):
     rows = aggregate(find_runs([str(tmp_path)]))
     assert sorted(r["seeds"] for r in rows) == [1, 2]
     assert [r["options"] for r in rows if r["seeds"] == 1] == ["grad_grid=zero"]
-    from splitvit.train.config import with_defaults
+    from splitvit.config_keys import with_defaults
 
     own = with_defaults({"method.name": "mine", "method.k": 3, "seed": 0})  # a method splitvit does not ship
     assert not any(k.startswith("method.") and k not in ("method.name", "method.k") for k in own)

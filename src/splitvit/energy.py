@@ -166,7 +166,9 @@ def run_flops(run: dict, cache: dict) -> int:
         return prof["total"] - prof.get("wait", 0)  # in process the wait holds the server's step
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(f"{run['run_dir']}/config.yaml")
+    from .config_keys import load_run_config
+
+    cfg = OmegaConf.create(load_run_config(f"{run['run_dir']}/config.yaml"))  # an older run: today's keys at their defaults
     key = json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "method", "split", "wire")}
                      | {"batch": cfg.train.batch_size, "classes": run.get("num_classes")}, sort_keys=True, default=str)
     if key not in cache:

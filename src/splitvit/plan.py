@@ -83,7 +83,7 @@ def composition_error(e: Exception, job: list[str]) -> str:
     import difflib
     import re
 
-    from .train.config import GROUPS, known_keys
+    from .config_keys import GROUPS, known_keys
 
     text = str(e)
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)

@@ -19,6 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from .config_keys import leaves, load_run_config
+
 PAPER_CSV = Path(__file__).parent / "reference" / "paper_2509.15058.csv"
 PAPER_SETTING = ("deit_tiny_patch16_224", "cifar100")  # the paper's panel when our runs are on something else
 
@@ -58,12 +60,8 @@ def _config_of(run_dir: Path, summary: dict) -> dict:
     """The run's resolved config as flat dotted keys; from the summary alone for runs without config.yaml."""
     path = run_dir / "config.yaml"
     if path.is_file():
-        from omegaconf import OmegaConf
-
-        from .train.config import leaves, with_defaults
-
         # runs made by an older splitvit lack the keys added since: they ran with those keys' defaults
-        flat = with_defaults(leaves(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
+        flat = leaves(load_run_config(path))
         return {k: json.dumps(v, sort_keys=True) if isinstance(v, list) else v for k, v in flat.items()}
     flat = {"method.name": summary["method"], "dataset.name": summary.get("dataset"), "model.name": summary.get("model"),
             "split.index": summary.get("split_index"), "eval.mode": summary.get("eval_mode"), "seed": summary.get("seed")}

@@ -43,8 +43,7 @@ def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
     compressor = build_compressor(
         cfg.method.name, num_classes, model.cfg.num_tokens, model.cfg.embed_dim, seed=cfg.seed,
         wire_dtype=cfg.wire.dtype,
-        grad_center=cfg.split.get("grad_center", False),  # a run saved before the key existed: off
-        **method_options(cfg.method),
+        grad_center=cfg.split.grad_center, **method_options(cfg.method),
     )
     compressor.client_modules.to(device)
     compressor.server_modules.to(device)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import replace
-from functools import lru_cache
-from importlib import resources
 
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ..channel import ChannelSpec
 from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_compressor
+from ..config_keys import GROUPS, known_keys, leaves, option_key, under, with_defaults
 from ..data import DATASETS, NORMALIZATIONS
 from ..data.partition import PARTITIONS
 from ..data.augment import AUGMENTATIONS
@@ -31,7 +29,6 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what it may be."""
 
 
-GROUPS = ("method", "dataset", "model", "link", "logger", "channel", "finetune")  # config groups whose option files hold a key's subtree
 # keys whose shipped default is null, and what they take when set (other nulls take anything)
 OPTIONAL_TYPES = {
     "train.max_steps": int, "train.budget_epochs": float, "train.eval_every": int, "eval.max_batches": int,
@@ -44,58 +41,6 @@ OPTIONAL_TYPES = {
 
 
 NUMBER_OR_RANGE = {"channel.snr_db"}  # a number, or [lo, hi]
-
-
-def leaves(tree, prefix: str = "") -> dict:
-    """A nested config as flat dotted keys (``train.lr``), lists kept as values."""
-    out = {}
-    for k, v in (tree or {}).items():
-        if isinstance(v, dict):
-            out.update(leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-@lru_cache(maxsize=1)
-def known_keys() -> tuple[dict, dict[str, dict[str, dict]]]:
-    """The keys the shipped configs define, with their default values: ``(top-level keys, {group: {option: keys}})``."""
-    root = resources.files("splitvit") / "conf"
-    top = yaml.safe_load(root.joinpath("config.yaml").read_text())
-    top = {k: v for k, v in leaves({k: v for k, v in top.items() if k not in ("defaults", "hydra")}).items()}
-    groups = {}
-    for group in GROUPS:
-        groups[group] = {f.name[:-5]: leaves(yaml.safe_load(f.read_text()), f"{group}.")
-                         for f in root.joinpath(group).iterdir() if f.name.endswith(".yaml")}
-    return top, groups
-
-
-@lru_cache(maxsize=1)
-def default_options() -> dict[str, str]:
-    """The option each config group takes where a config chooses none: ``config.yaml``'s defaults list."""
-    root = resources.files("splitvit") / "conf"
-    listed = yaml.safe_load(root.joinpath("config.yaml").read_text())["defaults"]
-    return {group: item[group] for item in listed if isinstance(item, dict) for group in item if group in GROUPS}
-
-
-def option_key(group: str) -> str:
-    """The key that names a group's option: ``link.kind``, ``method.name``."""
-    return f"{group}.{'kind' if group == 'link' else 'name'}"
-
-
-def with_defaults(flat: dict) -> dict:
-    """A run's config as flat dotted leaves, with every key it lacks set to its default: the top level's,
-    and each group's for the option the run chose (the default option for a group the run has no key
-    of, as a checkpoint from before channels). That is what the code did before the key existed.
-    A group whose option splitvit does not ship (a user's own method) has no defaults to take."""
-    top, groups = known_keys()
-    out = {**top, **flat}
-    for group in GROUPS:
-        has_group = any(k.startswith(f"{group}.") for k in flat)
-        option = flat.get(option_key(group)) if has_group else default_options()[group]
-        for key, value in (groups[group].get(option, {}) if isinstance(option, str) else {}).items():
-            out.setdefault(key, value)
-    return out
 
 
 def _kind(value) -> str:
@@ -319,28 +264,9 @@ SHARED_KEYS = (
 )
 
 
-def _get(tree: dict | None, key: str):
-    for part in key.split("."):
-        tree = (tree or {}).get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def _flatten(key: str, value, out: dict) -> dict:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{key}.{k}", v, out)
-    else:
-        out[key] = value
-    return out
-
-
 def shared_config(cfg: DictConfig) -> dict:
     """The :data:`SHARED_KEYS` of ``cfg`` as flat dotted leaves: what a client shows the server in the handshake."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    out: dict = {}
-    for key in SHARED_KEYS:
-        _flatten(key, _get(tree, key), out)
-    return out
+    return under(leaves(OmegaConf.to_container(cfg, resolve=True)), SHARED_KEYS)
 
 
 def config_diff(ours: dict, theirs: dict, names=("server", "client")) -> list[str]:
@@ -349,13 +275,9 @@ def config_diff(ours: dict, theirs: dict, names=("server", "client")) -> list[st
     return [f"{k}: {names[0]} {ours.get(k)!r}, {names[1]} {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
-def _resume_leaves(flat: dict) -> dict:
-    return {k: v for k, v in flat.items() if any(k == key or k.startswith(f"{key}.") for key in RESUME_KEYS)}
-
-
 def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     """``key: checkpoint a, now b`` for every :data:`RESUME_KEYS` leaf that differs. A checkpoint made
     before a key existed ran with that key's default (see :func:`with_defaults`)."""
-    theirs = _resume_leaves(with_defaults(leaves(saved)))
-    now = _resume_leaves(leaves(OmegaConf.to_container(cfg, resolve=True)))
+    theirs = under(with_defaults(leaves(saved)), RESUME_KEYS)
+    now = under(leaves(OmegaConf.to_container(cfg, resolve=True)), RESUME_KEYS)
     return config_diff(theirs, now, ("checkpoint", "now"))
