@@ -29,7 +29,7 @@ COMMON = ["train.batch_size=64", "train.progress=false", "eval.max_batches=1", "
 
 def run(n: int, method: list[str], steps: int, local: int, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    # one client is plain split learning (its own path: no rounds), so the cap is on steps, all clients together
+    # the cap is on steps, all clients together
     args = [*COMMON, *method, f"clients.num={n}", f"clients.local_steps={local}", f"train.max_steps={steps * n}"]
     serve_log = (out / "serve.out").open("w")
     server = subprocess.Popen([sys.executable, "-m", "splitvit", "serve", *args, "listen=127.0.0.1:0", "link.once=true",
@@ -60,7 +60,10 @@ def main() -> None:
     ap.add_argument("--method", default="none", help="none, or adc (at compression 0.1)")
     ap.add_argument("--steps", type=int, default=30, help="training steps per client")
     ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
+    if args.smoke:
+        args.clients, args.steps, args.local_steps = "2", 2, 1
     method = ["method=none"] if args.method == "none" else ["method=adc", "method.compression=0.1"]
     print(f"SplitFed-V2 over gRPC on loopback, vit_mini_patch4_32 split after block 2, batch 64, method {args.method}, "
           f"{args.steps} steps per client, {os.cpu_count()} cores")

@@ -15,27 +15,27 @@ import time
 import torch
 from hydra import compose, initialize_config_module
 
-from splitvit.link import InProcessLink
-from splitvit.train import SplitClient
-from splitvit.train.loop import build_halves, build_server, make_optimizer
+from splitvit.train.pair import build_pair
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def images_per_s(cfg, steps: int, device: torch.device, num_classes: int = 100) -> float:
-    client_model, server_model, compressor, vit = build_halves(cfg, num_classes, device)
-    bf16 = cfg.train.precision == "bf16"
-    server = build_server(cfg, server_model, compressor, vit, None)
-    client = SplitClient(client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
-                         InProcessLink(server.handle), num_classes, bf16=bf16)
+    client, _, _, vit = build_pair(cfg, num_classes, device)
     B = cfg.train.batch_size
     images = torch.randn(B, 3, vit.img_size, vit.img_size, device=device)
     labels = torch.randint(0, num_classes, (B,), device=device)
-    for step in range(5):  # warm-up: kernels, allocator, Adam state
+    warm = min(5, steps)
+    for step in range(warm):  # warm-up: kernels, allocator, Adam state
         client.train_step(images, labels, step)
-    torch.cuda.synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
-    for step in range(5, 5 + steps):
+    for step in range(warm, warm + steps):
         client.train_step(images, labels, step)
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return steps * B / (time.perf_counter() - t0)
 
 
@@ -45,18 +45,25 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--split", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, seconds (CI runs every benchmark so; "
+                    "the numbers mean nothing)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_throughput.py needs a CUDA GPU; none is visible here")
-    device = torch.device("cuda")
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.model}, batch {args.batch}, "
+    if args.smoke:
+        args.model, args.batch, args.split, args.steps = "vit_mini_patch4_32", 4, 2, 1
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        raise SystemExit("gpu_throughput.py needs a CUDA GPU; none is visible here (--smoke runs it on the CPU)")
+    else:
+        device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{name}, torch {torch.__version__}; {args.model}, batch {args.batch}, "
           f"split after block {args.split}, {args.steps} timed steps")
     print(f"{'method':<16} {'precision':<10} {'images/s':>9}")
     for method in (["method=none"], ["method=adc", "method.compression=0.1"]):
         for precision in ("fp32", "bf16"):
             with initialize_config_module("splitvit.conf", version_base=None):
                 cfg = compose("config", overrides=[*method, f"model={args.model}", f"train.batch_size={args.batch}",
-                                                   f"split.index={args.split}", f"train.precision={precision}", "device=cuda"])
+                                                   f"split.index={args.split}", f"train.precision={precision}", f"device={device.type}"])
             label = cfg.method.name + (f" {cfg.method.compression}" if cfg.method.name == "adc" else "")
             print(f"{label:<16} {precision:<10} {images_per_s(cfg, args.steps, device):9.1f}")
 

@@ -4,7 +4,7 @@ Both links carry the same wire messages; the difference is the transport: protob
 the kernel's loopback, and the two processes sharing the CPU. Prints steps/s, wire MB/s (both
 directions) and the gRPC framing the messages gained, for ``none`` and ADC at 0.1.
 
-    python benchmarks/link_throughput.py [--model vit_mini_patch4_32] [--batch 128] [--steps 30]
+    python benchmarks/link_throughput.py [--model vit_mini_patch4_32] [--batch 128] [--steps 30] [--smoke]
 """
 
 from __future__ import annotations
@@ -17,37 +17,36 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from splitvit.link import InProcessLink
-from splitvit.train import SplitClient
-from splitvit.train.loop import Progress, build_halves, build_server, make_optimizer
+from splitvit.link import CountBytes, Exchange
+from splitvit.train.pair import build_pair
 from splitvit.train.remote import connect
 from splitvit.train.server import server_digest
+from splitvit.train.state import Progress
 
 
 def run(cfg, link_kind: str, steps: int, num_classes: int = 100) -> dict:
-    device = torch.device("cpu")
-    client_model, server_model, compressor, vit = build_halves(cfg, num_classes, device)
-    tmp = Path(tempfile.mkdtemp())
-    if link_kind == "inprocess":
-        server = build_server(cfg, server_model, compressor, vit, tmp)
-        link = InProcessLink(server.handle)
-    else:
-        link = connect(cfg, tmp, Progress(), num_classes, server_digest(server_model, compressor))
-    client = SplitClient(client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules), link, num_classes)
+    client, session, progress, vit = build_pair(cfg, num_classes)
+    if link_kind == "grpc":  # the same client, its messages to a `splitvit serve` process instead
+        # the server plans the client's round from its samples: one round of every step timed here
+        samples = cfg.train.batch_size * (steps + 3)
+        link = connect(cfg, Path(tempfile.mkdtemp()), Progress(), num_classes,
+                       server_digest(session.half.model, session.half.compressor), samples=samples)
+        client.exchange = Exchange(link, [CountBytes(progress)])
+    link = client.exchange.link
     g = torch.Generator().manual_seed(0)
     B = cfg.train.batch_size
     images = torch.randn(B, 3, vit.img_size, vit.img_size, generator=g)
     labels = torch.randint(0, num_classes, (B,), generator=g)
     for step in range(3):  # warm-up: allocator, Adam state, the connection
         client.train_step(images, labels, step)
-    up0, down0 = client.train_traffic.up, client.train_traffic.down
-    f0 = link.framing_up + link.framing_down
+    up0, down0 = progress.bytes_up, progress.bytes_down
+    f0 = progress.framing_up + progress.framing_down
     t0 = time.perf_counter()
     for step in range(3, 3 + steps):
         client.train_step(images, labels, step)
     dt = time.perf_counter() - t0
-    wire = client.train_traffic.up - up0 + client.train_traffic.down - down0
-    framing = link.framing_up + link.framing_down - f0
+    wire = progress.bytes_up - up0 + progress.bytes_down - down0
+    framing = progress.framing_up + progress.framing_down - f0
     link.close()
     return {"steps_s": steps / dt, "mb_s": wire / dt / 1e6, "mb_step": wire / steps / 1e6, "framing": framing / wire}
 
@@ -58,11 +57,15 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--split", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.steps = 4, 2
     print(f"model {args.model}, batch {args.batch}, split after block {args.split}, {args.steps} steps, "
           f"{torch.get_num_threads()} threads; gRPC server in a separate process on 127.0.0.1")
     print(f"{'method':<10} {'link':<10} {'steps/s':>8} {'MB/step':>8} {'wire MB/s':>10} {'framing':>9} {'vs in-process':>14}")
-    for method in (["method=none"], ["method=adc", "method.compression=0.1"]):
+    methods = (["method=none"], ["method=adc", "method.compression=0.1"])
+    for method in methods[:1] if args.smoke else methods:
         base = None
         for link in ("inprocess", "grpc"):
             with initialize_config_module("splitvit.conf", version_base=None):

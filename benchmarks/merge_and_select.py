@@ -61,7 +61,10 @@ def main():
     ap.add_argument("--dim", type=int, default=192)
     ap.add_argument("--compression", type=float, default=0.1)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
+    if args.smoke:
+        args.batches, args.tokens, args.dim, args.repeat = [8], 17, 16, 1
     r = args.compression ** 0.5
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={args.tokens} D={args.dim} xi={args.compression}; "
           "median ms")

@@ -3,7 +3,7 @@
 The split step pays for serialising the activations up and the gradient down, the schema checks on
 both, and the detach at the cut. Everything else is the same arithmetic.
 
-    python benchmarks/split_overhead.py [--model deit_tiny_patch16_224] [--batch 32] [--repeat 5]
+    python benchmarks/split_overhead.py [--model deit_tiny_patch16_224] [--batch 32] [--repeat 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from splitvit.compression import build_compressor
-from splitvit.link import InProcessLink
-from splitvit.models import create_model, split
-from splitvit.train import SplitClient, SplitServer
+from hydra import compose, initialize_config_module
+
+from splitvit.models import create_model
+from splitvit.train.pair import build_pair
 
 
 def median_s(step, repeat):
@@ -38,7 +38,10 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--split", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.batch, args.split, args.repeat = "vit_mini_patch4_32", 4, 2, 1
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 224 if "224" in args.model else 32, 224 if "224" in args.model else 32)
@@ -53,12 +56,10 @@ def main():
         loss.backward()
         opt.step()
 
-    model = create_model(args.model, num_classes=100)
-    client_model, server_model = split(model, args.split)
-    vit = model.cfg
-    c = build_compressor("none", 100, vit.num_tokens, vit.embed_dim)
-    server = SplitServer(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-4), args.batch, vit.num_tokens, vit.embed_dim)
-    client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-4), InProcessLink(server.handle), 100)
+    with initialize_config_module("splitvit.conf", version_base=None):
+        cfg = compose("config", overrides=["method=none", f"model={args.model}", f"train.batch_size={args.batch}",
+                                           f"split.index={args.split}", "train.lr=1e-4"])
+    client, _, progress, _ = build_pair(cfg, 100)
     steps = iter(range(10**9))
 
     def split_step():
@@ -70,7 +71,8 @@ def main():
         a.append(median_s(one_piece, 1))
         b.append(median_s(split_step, 1))
     t_whole, t_split = statistics.median(a), statistics.median(b)
-    mb = (client.train_traffic.up + client.train_traffic.down) / client.train_traffic.messages / 1e6
+    train = progress.counts("train")
+    mb = (train.up + train.down) / train.messages / 1e6
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, batch {args.batch}, split after block {args.split}")
     print(f"one piece:            {t_whole * 1e3:9.1f} ms/step")
     print(f"split, method=none:   {t_split * 1e3:9.1f} ms/step  ({mb:.1f} MB on the wire per step, both ways)")

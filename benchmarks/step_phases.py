@@ -47,7 +47,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4, help="steps per run; the first counts FLOPs, the rest are timed")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the raw profiles here")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps = 2
+        GEOMETRIES.clear()
+        GEOMETRIES["smoke: vit_mini_patch4_32 of depth 3, split 2, batch 128"] = [
+            "model=vit_mini_patch4_32", "model.depth=3", "model.embed_dim=32", "model.num_heads=2", "split.index=2"]
     if args.threads:
         torch.set_num_threads(args.threads)
     raw = {}

@@ -1,4 +1,4 @@
-"""Run the CPU protocol's fine-tuning comparison (DESIGN.md), a few jobs at a time, seed by seed.
+"""Run the CPU protocol's fine-tuning comparison (docs/architecture.md), a few jobs at a time, seed by seed.
 
     python experiments/cpu_protocol.py --data /path/to/data --out runs/cpu [--seeds 0,1] [--jobs 2]
 
@@ -115,7 +115,7 @@ def main() -> int:
             print(f"skipped: {run_dir} is running in process {(run_dir / LOCK).read_text().strip()}", flush=True)
             return 0
         try:
-            resumed = not args.measure and (run_dir / "checkpoints" / "client.pt").is_file()
+            resumed = not args.measure and (run_dir / "checkpoints" / "clients.pt").is_file()
             t0 = time.time()
             with open(run_dir / "stdout.log", "a" if args.measure or resumed else "w") as log:
                 rc = subprocess.call([splitvit, "train", *job, *(["train.resume=true"] if resumed else []), f"run_dir={run_dir}"],

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from splitvit.compression.quant import Quantizer
 from splitvit.data import batches, load_dataset
-from splitvit.export import joined_state
+from splitvit.export import checkpoint_of, joined_state
 from splitvit.models import create_model, load_checkpoint, split
 
 CHECKPOINT = Path(__file__).parents[1] / "pretrained" / "vit_nano_patch8_32-cifar100_0-49.safetensors"
@@ -63,7 +63,7 @@ def main() -> None:
     if args.run is None:
         load_checkpoint(model, CHECKPOINT, new_head=True)
     else:
-        model.load_state_dict(joined_state(args.run / "checkpoints" / "client.pt")[0])
+        model.load_state_dict(joined_state(checkpoint_of(args.run))[0])
     client, server = split(model, 2)
     data = load_dataset("cifar100", args.data, classes="50:100", normalize="imagenet")
     x, y = next(batches(data.train, 128, 32, 3, shuffle_seed=0))

@@ -94,16 +94,16 @@ def test_ctrl_c_saves_the_step_reached_and_says_how_to_continue(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "splitvit.cli", "train", *SMALL, "train.epochs=50", f"run_dir={run_dir}"],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "client.pt").is_file() and time.time() < deadline:
+    while not (run_dir / "checkpoints" / "clients.pt").is_file() and time.time() < deadline:
         time.sleep(0.2)  # the first evaluation has checkpointed: training is under way
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "interrupted after step" in err and "train.resume=true" in err and f"run_dir={run_dir}" in err
-    state = torch.load(run_dir / "checkpoints" / "client.pt", weights_only=True)
+    state = torch.load(run_dir / "checkpoints" / "clients.pt", weights_only=True)
     step = state["progress"]["step"]
-    assert f"after step {step}" in err
-    assert (run_dir / "checkpoints" / f"server-{step:09d}.pt").is_file()
+    assert f"after step {step}" in err and "saved a checkpoint there" in err
+    assert state["hub"]["ledger"]["step"] == step  # the server's half, at the same step
     # and the command it prints continues the run
     r = run("train", *SMALL, "train.epochs=50", "train.max_steps=" + str(step + 2), "train.resume=true",
             f"run_dir={run_dir}", cwd=tmp_path)
@@ -118,17 +118,16 @@ def test_resume_hint_only_when_a_checkpoint_exists(tmp_path):
 
 def test_a_truncated_checkpoint_names_the_file(tmp_path):
     assert run("train", *SMALL, "train.max_steps=2", f"run_dir={tmp_path}", cwd=tmp_path).returncode == 0
-    ckpt = tmp_path / "checkpoints" / "client.pt"
+    ckpt = tmp_path / "checkpoints" / "clients.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     r = run("train", *SMALL, "train.max_steps=4", "train.resume=true", f"run_dir={tmp_path}", cwd=tmp_path)
     assert r.returncode == 2 and str(ckpt) in r.stderr and "truncated" in r.stderr and "Traceback" not in r.stderr
-    (server,) = (tmp_path / "checkpoints").glob("server-*.pt")
-    server.write_bytes(b"PK\x03\x04 not a zip")
+    ckpt.write_bytes(b"PK\x03\x04 not a zip")
     from splitvit.train.checkpoint import load_checkpoint_file
     from splitvit.train import ConfigError
 
     with pytest.raises(ConfigError, match="truncated"):
-        load_checkpoint_file(server)
+        load_checkpoint_file(ckpt)
 
 
 def test_shell_completion_installs_for_splitvit_and_completes_after_the_subcommand(tmp_path):
@@ -143,13 +142,13 @@ def test_shell_completion_installs_for_splitvit_and_completes_after_the_subcomma
 
 
 def test_a_malformed_reply_is_a_link_error_with_exit_3(tmp_path, monkeypatch, capsys):
-    from splitvit.train.server import SplitServer
+    from splitvit.train.server import Session
     from splitvit.wire import encode
 
     def nested_header(self, payload):  # a server that answers with a tensor of the wrong shape
         return encode({"grad": torch.zeros(3, 3)}, {"kind": "grad", "step": "0", "loss": "1.0"})
 
-    monkeypatch.setattr(SplitServer, "handle", nested_header)
+    monkeypatch.setattr(Session, "handle", nested_header)
     with pytest.raises(SystemExit) as e:
         main(["train", *SMALL, "train.max_steps=2", f"run_dir={tmp_path}", "hydra.output_subdir=null"])
     assert e.value.code == 3

@@ -28,9 +28,9 @@ def test_exported_model_gives_the_logits_of_the_two_halves_chained(split_run, tm
     assert cli(["export", str(split_run), "--out", str(out)]) == 0
     cfg = make_cfg(*SMALL, "dataset.classes=0:6")
     client, server, _, _ = build_halves(cfg, 6, torch.device("cpu"))
-    client.load_state_dict(torch.load(split_run / "checkpoints" / "client.pt", weights_only=True)["client"])
-    (server_file,) = (split_run / "checkpoints").glob("server-*.pt")
-    server.load_state_dict(torch.load(server_file, weights_only=True)["model"])
+    state = torch.load(split_run / "checkpoints" / "clients.pt", weights_only=True)
+    client.load_state_dict(state["members"][0]["model"])
+    server.load_state_dict(state["hub"]["halves"][0]["model"])
     whole = create_model("vit_mini_patch4_32", num_classes=6, embed_dim=64, depth=3, num_heads=2)
     load_checkpoint(whole, out)
     x = torch.randn(5, 3, 32, 32)
@@ -40,7 +40,7 @@ def test_exported_model_gives_the_logits_of_the_two_halves_chained(split_run, tm
 
 
 def test_provenance_is_in_the_metadata(split_run, tmp_path):
-    meta = export(split_run / "checkpoints" / "client.pt", tmp_path / "m.safetensors")
+    meta = export(split_run / "checkpoints" / "clients.pt", tmp_path / "m.safetensors")
     assert read_metadata(tmp_path / "m.safetensors") == meta
     summary = json.loads((split_run / "summary.json").read_text())
     assert meta["model"] == "vit_mini_patch4_32" and json.loads(meta["geometry"])["embed_dim"] == 64
@@ -74,24 +74,37 @@ def test_same_class_count_keeps_the_head_unless_told(tmp_path):
     assert torch.equal(kept.head.weight, head) and not torch.equal(fresh.head.weight, head)
 
 
+def grpc_files(run, where):
+    """A run's checkpoint as the two machines of a gRPC run hold it: the client's file without the server's
+    side, and the server's round file (``federation/round-<steps>.pt``: the hub's state)."""
+    state = torch.load(run / "checkpoints" / "clients.pt", weights_only=True)
+    hub = state.pop("hub")
+    where.mkdir(parents=True, exist_ok=True)
+    torch.save(state, where / "clients.pt")
+    torch.save(hub, where / f"round-{hub['ledger']['step']:09d}.pt")
+    return where / "clients.pt", where / f"round-{hub['ledger']['step']:09d}.pt"
+
+
 def test_a_grpc_run_exports_from_both_checkpoint_files(split_run, tmp_path):
-    # the client's run directory without the server's half, as on the client machine of a gRPC run
-    client_only = tmp_path / "client.pt"
-    client_only.write_bytes((split_run / "checkpoints" / "client.pt").read_bytes())
+    client_only, server_file = grpc_files(split_run, tmp_path / "grpc")
     with pytest.raises(ExportError, match="--server"):
         export(client_only, tmp_path / "m.safetensors", None)
-    (server_file,) = (split_run / "checkpoints").glob("server-*.pt")
     assert cli(["export", "--client", str(client_only), "--server", str(server_file), "--out", str(tmp_path / "m.safetensors")]) == 0
+    whole = export(split_run / "checkpoints" / "clients.pt", tmp_path / "w.safetensors")
+    assert load_file(tmp_path / "m.safetensors").keys() == load_file(tmp_path / "w.safetensors").keys() and whole
+    assert cli(["export", "--client", str(client_only), "--server", str(server_file.parent), "--out",
+                str(tmp_path / "d.safetensors")]) == 0  # or the server's folder: the round of the same step
 
 
 def test_mismatched_and_corrupt_checkpoints_get_clear_errors(split_run, tmp_path, capsys):
     other = tmp_path / "other"
     fit(make_cfg(*SMALL, "train.max_steps=2", "dataset.classes=0:6"), other)
-    (older,) = (other / "checkpoints").glob("server-*.pt")
-    with pytest.raises(ExportError, match="after 2 steps.*after 4 steps"):
-        export(split_run / "checkpoints" / "client.pt", tmp_path / "m.safetensors", older)
-    broken = tmp_path / "client.pt"
-    broken.write_bytes((split_run / "checkpoints" / "client.pt").read_bytes()[:5000])
+    _, older = grpc_files(other, tmp_path / "older")
+    client_only, _ = grpc_files(split_run, tmp_path / "grpc")
+    with pytest.raises(ExportError, match="after 2 steps.*after 4"):
+        export(client_only, tmp_path / "m.safetensors", older)
+    broken = tmp_path / "clients.pt"
+    broken.write_bytes((split_run / "checkpoints" / "clients.pt").read_bytes()[:5000])
     assert cli(["export", "--client", str(broken), "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "truncated" in err and str(broken) in err and not (tmp_path / "m.safetensors").exists()
@@ -101,6 +114,6 @@ def test_mismatched_and_corrupt_checkpoints_get_clear_errors(split_run, tmp_path
     with pytest.raises(ConfigError, match="bad.safetensors"):
         fit(make_cfg(*SMALL, f"model.checkpoint={bad}", "train.max_steps=1"), tmp_path / "r")
     # another geometry's weights
-    export(split_run / "checkpoints" / "client.pt", tmp_path / "m.safetensors")
+    export(split_run / "checkpoints" / "clients.pt", tmp_path / "m.safetensors")
     with pytest.raises(ConfigError, match="does not fit"):
         fit(make_cfg(*SMALL, "model.embed_dim=32", f"model.checkpoint={tmp_path / 'm.safetensors'}", "train.max_steps=1"), tmp_path / "r2")

@@ -31,7 +31,7 @@ commands:
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
            splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
   export   join a run's client and server halves into one timm-layout .safetensors (model.checkpoint= loads it)
-           splitvit export RUN_DIR [--out model.safetensors] [--server server-000001234.pt]
+           splitvit export RUN_DIR [--out model.safetensors] [--server federation/round-000001234.pt]
   show     what ADC does to a batch (the paper's figure 8): clusters with their kept patches, CLS attention by layer
            splitvit show RUN_DIR [--out DIR] [--clusters 4]
 """
@@ -50,7 +50,7 @@ def format_summary(s: dict, run_dir: Path) -> str:
             f"  test accuracy, val_acc: final {s['final_val_acc']:.4f}, best {s['best_val_acc']:.4f}",
             f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json, checkpoints/)",
         ])
-    several = s.get("per_client") is not None
+    several = s.get("clients", 1) > 1
     who = "" if not several else f", {s['clients']} clients ({s['scheme']}, {s['partition']}), {s['rounds']} rounds"
     if s["final_val_acc"] is None:  # one client of several over gRPC: the round's evaluator is another
         accuracy = "measured by another client (each round's evaluator; see its run directory)"
@@ -90,7 +90,7 @@ def _serve(cfg: DictConfig) -> None:
 
 def _resume_hint(run_dir: Path) -> str:
     """How to continue the run, when it has saved a checkpoint to continue from."""
-    if not (run_dir / "checkpoints" / "client.pt").is_file():
+    if not any((run_dir / "checkpoints" / name).is_file() for name in ("clients.pt", "client.pt")):
         return ""
     args = [a for a in sys.argv[1:] if not a.startswith(("train.resume=", "run_dir=", "--multirun", "-m"))]
     return f"\ncontinue it with: splitvit {sys.argv[0].split()[-1]} {' '.join(args + ['train.resume=true', f'run_dir={run_dir}'])}"
@@ -101,7 +101,7 @@ def _train(cfg: DictConfig) -> float | None:
     from .data import MissingDataset
     from .link.grpc import LinkError
     from .train import ConfigError, fit
-    from .train.loop import Interrupted
+    from .train.common import Interrupted
     from .wire import WireError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -118,8 +118,7 @@ def _train(cfg: DictConfig) -> float | None:
         print(f"splitvit: {message}", file=sys.stderr)
         sys.exit(3 if link else 2)
     except Interrupted as e:
-        saved = "saved a checkpoint there" if e.saved else "saved nothing (train.checkpoint=none)"
-        print(f"splitvit: interrupted after step {e.step}; {saved}{_resume_hint(run_dir)}", file=sys.stderr)
+        print(f"splitvit: interrupted after step {e.step}; {e.saved}{_resume_hint(run_dir)}", file=sys.stderr)
         sys.exit(130)
     print(format_summary(summary, run_dir), flush=True)
     return summary["final_val_acc"]  # what a Hydra sweeper optimises

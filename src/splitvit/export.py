@@ -1,10 +1,12 @@
 """``splitvit export RUN_DIR [--out PATH]``: one timm-layout ``.safetensors`` from a run's checkpoints.
 
-A split run keeps each half on its own side: ``checkpoints/client.pt`` (patch embedding and blocks
-``1..l``) and the server's ``server-<steps>.pt`` (blocks ``l+1..L``, norm and head). Exporting joins
-the two halves as of the client's last checkpoint into the state dict of the whole ViT, with timm's
-names, so ``model.checkpoint=`` (or timm itself) loads it. A run trained over gRPC keeps its server
-half on the server's disk: copy that file over and pass it with ``--server``.
+A split run keeps its clients' halves (patch embedding and blocks ``1..l``) in
+``checkpoints/clients.pt``, and the server's (blocks ``l+1..L``, norm and head) with the state of its
+rounds: in the same file when the run was simulated in one process, in the server's
+``federation/round-<steps>.pt`` when it ran over gRPC (copy that file over and pass it with
+``--server``). Exporting joins the half of the client that evaluated last and the server's half, as of
+the last round both saved, into the state dict of the whole ViT, with timm's names, so
+``model.checkpoint=`` (or timm itself) loads it. A model trained in one piece is in ``client.pt``.
 
 The file's metadata records where the weights came from (all values are strings, as safetensors
 requires): the model preset and geometry, the classes, the dataset and its class subset, the steps,
@@ -41,45 +43,53 @@ def _load(path: Path, what: str) -> dict:
     return state
 
 
-def _server_file(server: Path | None, run_dir: Path | None, steps: int) -> Path:
-    """The server checkpoint after ``steps`` steps: ``server`` itself, or the matching file in its folder."""
-    folder = server if server is not None and server.is_dir() else None
-    if server is not None and folder is None:
-        return server
-    folder = folder or run_dir / "checkpoints"
-    path = folder / f"server-{steps:09d}.pt"
-    if not path.is_file():
-        have = sorted(p.name for p in folder.glob("server-*.pt")) if folder.is_dir() else []
-        raise ExportError(
-            f"no server checkpoint after {steps} steps in {folder} (found: {', '.join(have) or 'none'}). "
-            "A run over gRPC keeps its server half on the server: copy server-<steps>.pt from the server's "
-            "run directory and pass it with --server"
-        )
-    return path
+def checkpoint_of(run_dir: Path) -> Path:
+    """The checkpoint a run directory holds: its clients' (a split run) or its model's (one piece)."""
+    split = run_dir / "checkpoints" / "clients.pt"
+    return split if split.is_file() else run_dir / "checkpoints" / "client.pt"
+
+
+def _server_state(clients: dict, path: Path, server_path: Path | None) -> dict:
+    """The server's side of a split run as of the clients' last round: from the clients' own file (a
+    simulation), or from ``server_path`` (a run over gRPC: the server's ``round-<steps>.pt``, or its folder)."""
+    steps = clients["progress"].get("global_steps", clients["progress"]["step"])
+    if server_path is None:
+        if "hub" not in clients:
+            raise ExportError(f"{path} holds no server half: the run trained over gRPC, and the server keeps its half "
+                              "in its run directory's federation/round-<steps>.pt; copy it over and pass it with --server")
+        return clients["hub"]
+    if server_path.is_dir():
+        server_path = server_path / f"round-{steps:09d}.pt"
+    server = _load(server_path, "server")
+    if "halves" not in server or "ledger" not in server:
+        raise ExportError(f"{server_path} is not a splitvit server checkpoint (federation/round-<steps>.pt)")
+    if server["ledger"]["step"] != steps:
+        raise ExportError(f"{server_path} holds the server half after {server['ledger']['step']} steps, but {path} "
+                          f"is after {steps}: pass the server's round-{steps:09d}.pt")
+    return server
 
 
 def joined_state(client_path: Path, server_path: Path | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """The whole model's state dict, the run's config and its progress, from the run's checkpoints."""
-    client = _load(client_path, "client")
+    state = _load(client_path, "client")
     try:
-        config, progress, weights = client["config"], client["progress"], dict(client["client"])
+        config, progress = state["config"], state["progress"]
+        if config["split"]["index"] is None:  # one piece
+            return fold_lora(dict(state["client"]), config), config, progress
+        history = progress.get("history") or []
+        members = state["members"]
     except KeyError as e:
-        raise ExportError(f"{client_path} lacks {e}: it is not a splitvit client checkpoint") from None
-    if config["split"]["index"] is not None:
-        run_dir = client_path.parent.parent
-        path = _server_file(server_path, run_dir, progress["step"])
-        server = _load(path, "server")
-        if "model" not in server or "last_step" not in server:
-            raise ExportError(f"{path} is not a splitvit server checkpoint")
-        if server["last_step"] + 1 != progress["step"]:
-            raise ExportError(
-                f"{path} holds the server half after {server['last_step'] + 1} steps, but {client_path} is after "
-                f"{progress['step']} steps: pass the server checkpoint of the same step (server-{progress['step']:09d}.pt)"
-            )
-        overlap = sorted(set(weights) & set(server["model"]))
-        if overlap:
-            raise ExportError(f"{client_path} and {path} both hold {overlap[:3]}: they are not two halves of one model")
-        weights.update(server["model"])
+        raise ExportError(f"{client_path} lacks {e}: it is not a splitvit checkpoint") from None
+    # the half of the client that evaluated last (SplitFed: every client holds the average)
+    who = history[-1].get("client", 0) if history else 0
+    member = members.get(who, members.get(str(who))) or members[min(members)]
+    server = _server_state(state, client_path, server_path)
+    half = server["halves"][int(who) % len(server["halves"])]
+    weights = dict(member["model"])
+    overlap = sorted(set(weights) & set(half["model"]))
+    if overlap:
+        raise ExportError(f"{client_path} and its server half both hold {overlap[:3]}: they are not two halves of one model")
+    weights.update(half["model"])
     return fold_lora(weights, config), config, progress
 
 
@@ -105,7 +115,7 @@ def fold_lora(weights: dict[str, torch.Tensor], config: dict) -> dict[str, torch
 
 def provenance(config: dict, progress: dict, num_classes: int) -> dict[str, str]:
     from .models import PRESETS
-    from .train.loop import config_hash
+    from .train.common import config_hash
 
     m = config["model"]
     preset = PRESETS.get(m["name"])
@@ -161,16 +171,16 @@ def export(client_path: Path, out: Path, server_path: Path | None = None) -> dic
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="splitvit export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", nargs="?", type=Path, help="the run directory (its checkpoints/client.pt is read)")
-    ap.add_argument("--client", type=Path, help="the client checkpoint, instead of RUN_DIR")
-    ap.add_argument("--server", type=Path, help="the server checkpoint (server-<steps>.pt) or its folder; "
-                    "default: RUN_DIR/checkpoints, where an in-process run keeps it")
+    ap.add_argument("run_dir", nargs="?", type=Path, help="the run directory (its checkpoints/clients.pt is read)")
+    ap.add_argument("--client", type=Path, help="the clients' checkpoint, instead of RUN_DIR")
+    ap.add_argument("--server", type=Path, help="a run over gRPC: the server's round-<steps>.pt, or its federation "
+                    "folder (an in-process run keeps the server's half with the clients')")
     ap.add_argument("--out", type=Path, help="the .safetensors to write (default: RUN_DIR/model.safetensors)")
     args = ap.parse_args(argv)
     if (args.run_dir is None) == (args.client is None):
         print("splitvit export: error: give a RUN_DIR or --client PATH (one of them)", file=sys.stderr)
         return 2
-    client = args.client or args.run_dir / "checkpoints" / "client.pt"
+    client = args.client or checkpoint_of(args.run_dir)
     out = args.out or (args.run_dir or client.parent) / "model.safetensors"
     if out.suffix != ".safetensors":
         print(f"splitvit export: error: --out {out} must end in .safetensors", file=sys.stderr)

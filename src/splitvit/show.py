@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .compression.merge import balanced_ratios, merge_and_select
-from .export import ExportError, joined_state
+from .export import ExportError, checkpoint_of, joined_state
 from .train.inspect import entropy_bits
 
 
@@ -122,7 +122,7 @@ def show(run_dir: Path, out: Path | None = None, server: Path | None = None, bat
     from .data.base import batches, eval_subset
     from .train.build import build_model
 
-    weights, config, progress = joined_state(run_dir / "checkpoints" / "client.pt", server)
+    weights, config, progress = joined_state(checkpoint_of(run_dir), server)
     cfg = OmegaConf.create(config)
     if data_root is not None:
         cfg.dataset.root = data_root

@@ -13,7 +13,7 @@ def batch(B=32, N=17, D=8, seed=0, dtype=torch.float32):
 
 
 def reference(h, a, assignment, T, k):
-    """Loop oracle for DESIGN.md steps 2-3 given an assignment."""
+    """Loop oracle for ADC's steps 2-3 (docs/architecture.md) given an assignment."""
     z, idx = [], []
     for t in range(T):
         members = assignment == t
@@ -111,5 +111,5 @@ def test_compressor_soft_labels_and_options():
     assert only_batch.token_ratio == 1.0 and only_batch.target_ratio() == 0.25
     with pytest.raises(ValueError, match="options: compression"):
         build_compressor("adc", 5, 17, 8, R=4)
-    with pytest.raises(ValueError, match="adc, none"):
+    with pytest.raises(ValueError, match="adc, bottlenet, c3sl"):
         build_compressor("c3", 5, 17, 8)

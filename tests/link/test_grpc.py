@@ -84,8 +84,8 @@ def test_local_grpc_run_equals_the_inprocess_run(tmp_path, inprocess):
     # the first eval message (256 x 65 x 64 float32, 4.26 MB) is over gRPC's 4 MiB default: it crossed in chunks
     # gRPC framing is a few bytes per chunk: reported apart, small beside the messages
     assert s["framing_bytes_up"] < 1e-3 * (s["bytes_up"] + s["eval_bytes_up"])
-    assert sorted(p.name for p in (tmp_path / "server" / "clients").glob("*/checkpoints/*.pt")) == [
-        "server-000000012.pt", "server-000000024.pt"]
+    assert sorted(p.name for p in (tmp_path / "server" / "federation").glob("*/*.pt")) == [
+        "round-000000012.pt", "round-000000024.pt"]  # the server's side of each round, the last two
 
 
 def certificates(tmp_path: Path, clients=("client",)) -> dict[str, str]:
@@ -134,7 +134,7 @@ def test_serve_and_client_over_mutual_tls_with_token_then_resume_after_a_kill(tm
         cmd = [sys.executable, "-m", "splitvit", "client", f"server={address}", *RUN, *client_tls, f"run_dir={run_dir}"]
         env = {**os.environ, "SPLITVIT_TOKEN": TOKEN}
         client = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ckpt = run_dir / "checkpoints" / "client.pt"
+        ckpt = run_dir / "checkpoints" / "clients.pt"
         deadline = time.monotonic() + 120
         while not ckpt.exists() and client.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -165,7 +165,8 @@ def client(served, token=TOKEN, run_id="a" * 32, **kwargs) -> GrpcLink:
     cfg, server, digest, *_ = served
     link = GrpcLink(server.address, Security(insecure=True, token=token), chunk_bytes=64 * 1024, retries=1,
                     backoff_s=0.01, connect_timeout_s=kwargs.pop("connect_timeout_s", 5), **kwargs)
-    link.connect(run_id, json.dumps(shared_config(cfg)), 10, digest)
+    # a client alone: the server plans its rounds from its samples (here, one round longer than any test)
+    link.connect(run_id, json.dumps(shared_config(cfg)), 10, digest, samples=16 * 10_000)
     return link
 
 
@@ -188,12 +189,12 @@ def test_config_mismatch_is_refused_naming_the_keys(served):
     theirs = shared_config(make_cfg(*RUN, "model.depth=4", "method.compression=0.2", "train.batch_size=16", "eval.batch_size=16"))
     link = GrpcLink(server.address, Security(insecure=True, token=TOKEN), retries=0, connect_timeout_s=2)
     with pytest.raises(LinkError, match=r"method.compression: server 0.1, client 0.2; model.depth: server 3, client 4") as e:
-        link.connect("b" * 32, json.dumps(theirs), 10, digest)
+        link.connect("b" * 32, json.dumps(theirs), 10, digest, samples=100)
     assert "FAILED_PRECONDITION" in str(e.value)
     with pytest.raises(LinkError, match="initial weights"):
-        link.connect("b" * 32, json.dumps(shared_config(cfg)), 10, "0" * 64)
+        link.connect("b" * 32, json.dumps(shared_config(cfg)), 10, "0" * 64, samples=100)
     with pytest.raises(LinkError, match="run id"):
-        link.connect("../../etc", json.dumps(shared_config(cfg)), 10, digest)
+        link.connect("../../etc", json.dumps(shared_config(cfg)), 10, digest, samples=100)
 
 
 def test_bad_messages_are_refused_and_the_server_keeps_serving(served):

@@ -36,19 +36,25 @@ def simulate(tmp_path: Path, *args: str) -> dict:
     return json.loads((tmp_path / "sim" / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("scheme", ["splitfed_v2", "sequential", "splitfed_v1"])
-def test_three_client_processes_equal_the_simulation(tmp_path, scheme):
-    server, address = start_serve(tmp_path, *RUN, f"clients.scheme={scheme}", "--insecure", "link.once=true",
+# every feature at once with SplitFed-V2: each client over its own noisy channel, profiled, inspected,
+# fine-tuned by ALaST on both sides
+EVERYTHING = ["channel=awgn", "channel.snr_db=10", "train.profile=true", "train.inspect=true", "finetune=alast"]
+
+
+@pytest.mark.parametrize("scheme, features", [("splitfed_v2", EVERYTHING), ("sequential", []), ("splitfed_v1", [])],
+                         ids=["splitfed_v2-everything", "sequential", "splitfed_v1"])
+def test_three_client_processes_equal_the_simulation(tmp_path, scheme, features):
+    server, address = start_serve(tmp_path, *RUN, f"clients.scheme={scheme}", *features, "--insecure", "link.once=true",
                                   env=ONE_THREAD)
     try:
-        procs = [splitvit("client", *RUN, f"clients.scheme={scheme}", f"server={address}", "--insecure",
+        procs = [splitvit("client", *RUN, f"clients.scheme={scheme}", *features, f"server={address}", "--insecure",
                           "eval.also=[compressed]", f"clients.id={i}", f"run_dir={tmp_path / f'c{i}'}") for i in range(3)]
         outs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), "\n".join(outs)
         assert server.wait(timeout=30) == 0  # link.once: it stops when the last client closed
     finally:
         stop(server)
-    sim = simulate(tmp_path, f"clients.scheme={scheme}", "eval.also=[compressed]")
+    sim = simulate(tmp_path, f"clients.scheme={scheme}", *features, "eval.also=[compressed]")
     remote = [json.loads((tmp_path / f"c{i}" / "summary.json").read_text()) for i in range(3)]
     for i, s in enumerate(remote):  # every byte of every client, weights included
         assert s["per_client"] == [sim["per_client"][i]]
@@ -62,6 +68,17 @@ def test_three_client_processes_equal_the_simulation(tmp_path, scheme):
     served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
     assert served["stopped_by"] == sim["stopped_by"] == "rounds" and served["steps"] == sim["steps"] == 12
     assert served["bytes_up"] == sim["bytes_up"] and served["bytes_down"] == sim["bytes_down"]
+    if features:  # each client's channel, phases, inspection and ALaST stage, in its own run files
+        for i, s in enumerate(remote):
+            assert s["channel_snr_db_up"] == sim["channel_per_client"][str(i)]["channel_snr_db_up"]
+            assert abs(s["channel_snr_db_up"] - 10) < 0.5 and set(s["profile"]) == {"client", "peak_rss_mb"}
+        assert {"client 0", "client 1", "client 2", "server"} <= set(sim["profile"])
+        row = json.loads((tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert set(row["inspect"]) == {"client 0", "client 1", "client 2"} and "attention_entropy_bits" in row["inspect"]["client 0"]
+        assert {"client 0", "client 1", "client 2", "server"} == set(row["alast"])
+        evaluated = [json.loads(line) for i in range(3) for line in (tmp_path / f"c{i}" / "metrics.jsonl").read_text().splitlines()]
+        assert evaluated and all({"inspect", "alast", "profile", "channel_snr_db_up"} <= set(r) for r in evaluated)
+        assert (tmp_path / "server" / "federation" / "profile.jsonl").is_file()  # the server's phases, by round
 
 
 def test_a_second_run_with_a_taken_id_is_refused_and_sessions_stay_apart(tmp_path):

@@ -40,12 +40,12 @@ def test_phases_add_up_to_the_step_on_both_sides(tmp_path, method):
         assert client["flops"]["forward/cls_attention"] > 0
 
 
-def test_over_grpc_the_server_keeps_its_phases_beside_its_checkpoints(tmp_path):
+def test_over_grpc_the_server_keeps_its_phases_beside_its_rounds(tmp_path):
     s = fit(make_cfg(*RUN, "link=grpc"), tmp_path)
     assert set(s["profile"]) == {"client", "peak_rss_mb"}  # the client has only its own phases
-    [log] = (tmp_path / "server" / "clients").glob("*/profile.jsonl")
+    [log] = (tmp_path / "server" / "federation").glob("*/profile.jsonl")
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [4, 8]  # one line a checkpoint, i.e. an evaluation
+    assert [r["step"] for r in rows] == [4, 8]  # one line a round, i.e. (a client alone) an evaluation
     last = rows[-1]["server_run"]
     assert last["steps"] == 6  # as in process: steps 0 and 4 counted FLOPs instead of time
     assert {"decode", "forward", "backward", "step", "encode"} <= set(last["ms"])

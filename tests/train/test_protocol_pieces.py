@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import SMALL, make_cfg
 from splitvit.data import default_workers, eval_subset, load_dataset
 from splitvit.train import fit
-from splitvit.train.loop import lr_factor
+from splitvit.train.common import lr_factor
 
 
 def test_whole_model_learns_and_sends_nothing(tmp_path):
@@ -28,13 +28,11 @@ def test_cosine_schedule():
 
 def test_the_schedule_reaches_both_halves(tmp_path):
     fit(make_cfg(*SMALL, "train.schedule=cosine", "train.max_steps=4"), tmp_path)
-    state = torch.load(tmp_path / "checkpoints" / "client.pt", weights_only=True)
-    (server,) = (tmp_path / "checkpoints").glob("server-*.pt")
-    server_state = torch.load(server, weights_only=True)
+    state = torch.load(tmp_path / "checkpoints" / "clients.pt", weights_only=True)
     # the last step (3 of 4) ran at 1e-4 * lr_factor(3, 4, 0)
     expected = 1e-4 * lr_factor("cosine", 3, 4, 0)
-    assert state["client_optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
-    assert server_state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
+    assert state["members"][0]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
+    assert state["hub"]["halves"][0]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
 
 
 def sorted_folder(root, classes=4, per_class=30):
@@ -77,8 +75,7 @@ def test_workers_default_to_the_usable_cores_at_most_4():
 @pytest.mark.parametrize("mode, files", [("every_eval", True), ("last", True), ("none", False)])
 def test_checkpoint_modes(tmp_path, mode, files):
     fit(make_cfg(*SMALL, f"train.checkpoint={mode}", "train.max_steps=3", "train.eval_every=1"), tmp_path)
-    assert (tmp_path / "checkpoints" / "client.pt").is_file() == files
-    assert len(list(tmp_path.glob("checkpoints/server-*.pt"))) == (0 if mode == "none" else 1 if mode == "last" else 2)
+    assert (tmp_path / "checkpoints" / "clients.pt").is_file() == files  # both halves, in a simulation
 
 
 def test_eval_every_gives_short_runs_more_points(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from splitvit.compression import METHODS, build_compressor
 from splitvit.link import CountBytes, Exchange, InProcessLink
 from splitvit.models import create_model, split
-from splitvit.train import SplitClient, SplitServer
+from splitvit.train import ServerHalf, Session, SplitClient
 from splitvit.train.state import Progress
 from splitvit.wire import WireError, encode
 
@@ -27,7 +27,7 @@ def build(method, B=16, **opts):
     model = create_model("vit_mini_patch4_32", num_classes=10, embed_dim=32, depth=3, num_heads=2)
     client_model, server_model = split(model, 2)
     c = build_compressor(method, 10, 65, 32, **opts)
-    server = SplitServer(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-3), B, 65, 32)
+    server = Session(ServerHalf(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-3)), B, 65, 32)
     link = RecordingLink(server.handle)
     client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-3), None, 10)
     client.progress = Progress()

@@ -18,21 +18,17 @@ that repair are taken here, on a copy, so that a run's metrics hold them whichev
 from __future__ import annotations
 
 import json
-import struct
 from typing import Callable
 
 import torch
-from safetensors.torch import load as st_load
 
 from ..link.exchange import Reply, Request
-from ..wire import Header, Schema, TensorSpec, WireError, read_header
-from ..wire.codec import DTYPES
+from ..wire import Frame, Header, Schema, TensorSpec, WireError, open_frame
 from .physics import analog, bpsk_error_rate, flip_bits, packet_losses, rayleigh_gains
 from .spec import ChannelSpec
 
 ANALOG, DIGITAL, PROTECTED = "analog", "digital", "protected"
 ROLES = (ANALOG, DIGITAL, PROTECTED)
-_TORCH = {v: k for k, v in DTYPES.items()}
 STATS = ("messages", "snr_messages", "snr_db_sum", "signal", "noise", "bits", "bit_errors", "packets",
          "packets_lost", "bytes_retransmitted", "erased", "dropped", "clamped")
 
@@ -42,15 +38,15 @@ class Channel:
 
     ``role(name)`` is the method's tag of a tensor (:data:`ANALOG`, :data:`DIGITAL` or :data:`PROTECTED`),
     ``repair(message, erased)`` its receiver-side repair (used here only to count what it does), and
-    ``progress`` the run's :class:`~splitvit.train.state.Progress`, whose ``channel`` dict holds the
+    ``state`` the client's entry of the run's ``Progress.channel``, which holds the
     counters and the generator's state.
     """
 
-    def __init__(self, spec: ChannelSpec, role: Callable[[str], str], repair: Callable, progress, seed: int):
-        self.spec, self.role, self.repair, self.progress = spec, role, repair, progress
+    def __init__(self, spec: ChannelSpec, role: Callable[[str], str], repair: Callable, state: dict, seed: int):
+        self.spec, self.role, self.repair, self.state = spec, role, repair, state
         self.generator = torch.Generator().manual_seed(seed)
-        if progress.channel.get("rng") is not None:  # a resumed run goes on where the channel was
-            self.generator.set_state(progress.channel["rng"])
+        if state.get("rng") is not None:  # a resumed run goes on where the channel was
+            self.generator.set_state(state["rng"])
 
     def __call__(self, request: Request, call_next) -> Reply:
         kind = request.header.kind
@@ -67,26 +63,24 @@ class Channel:
             reply.sent_down = len(reply.payload)
             reply.payload, resent = self.transmit(reply.payload, "down")
             reply.resent_down += resent
-        self.progress.channel["rng"] = self.generator.get_state()
+        self.state["rng"] = self.generator.get_state()
         return reply
 
     def transmit(self, payload: bytes, direction: str) -> tuple[bytes, int]:
         """``payload`` as the receiver gets it, and the bytes resent by ARQ."""
         spec, g = self.spec, self.generator
-        header, meta = read_header(payload)
-        (n,) = struct.unpack("<Q", payload[:8])
-        data = bytearray(payload[8 + n:])
-        stats = self.progress.channel.setdefault(direction, dict.fromkeys(STATS, 0))
+        frame = open_frame(payload)
+        stats = self.state.setdefault(direction, dict.fromkeys(STATS, 0))
         stats["messages"] += 1
-        entries = sorted(((name, e) for name, e in header.items() if self.role(name) != PROTECTED),
-                         key=lambda item: item[1]["data_offsets"][0])
+        entries = sorted((name for name in frame.entries if self.role(name) != PROTECTED),
+                         key=lambda name: frame.entries[name]["data_offsets"][0])
         snr_db = spec.snr_db[0]
         if spec.snr_db[1] > spec.snr_db[0]:
             snr_db += (spec.snr_db[1] - spec.snr_db[0]) * torch.rand((), generator=g).item()
         signal = noise = 0.0
         touched = False
-        for name, e in entries:
-            t = _view(data, e)
+        for name in entries:
+            t = frame.view(name)
             if t.numel() == 0:
                 continue
             rows = t.reshape(t.shape[0] if t.dim() > 1 else 1, -1)
@@ -107,15 +101,11 @@ class Channel:
             stats["signal"], stats["noise"] = stats["signal"] + signal, stats["noise"] + noise
         resent, lost = 0, {}
         if spec.kind == "packet_loss":
-            lost, resent = self._packets(data, entries, stats)
+            lost, resent = self._packets(frame, entries, stats)
             touched |= bool(lost)
         if lost:
-            meta = {**meta, "lost": json.dumps(lost, separators=(",", ":"))}
-            head = json.dumps({**header, "__metadata__": meta}, separators=(",", ":")).encode()
-            head += b" " * (-len(head) % 8)
-            out = struct.pack("<Q", len(head)) + head + bytes(data)
-        else:
-            out = payload[: 8 + n] + bytes(data)
+            frame.meta["lost"] = json.dumps(lost, separators=(",", ":"))
+        out = frame.to_bytes()
         if touched:
             self._count_repairs(out, stats)
         return out, resent
@@ -128,42 +118,33 @@ class Channel:
         stats["bit_errors"] += errors
         return True
 
-    def _packets(self, data: bytearray, entries, stats: dict) -> tuple[dict, int]:
+    def _packets(self, frame: Frame, entries: list[str], stats: dict) -> tuple[dict, int]:
         """The unprotected tensors' bytes, in message order, as one stream of packets."""
-        total = sum(e["data_offsets"][1] - e["data_offsets"][0] for _, e in entries)
+        total = sum(frame.entries[n]["data_offsets"][1] - frame.entries[n]["data_offsets"][0] for n in entries)
         spans, lost_tx, resent = packet_losses(total, self.spec.packet_bytes, self.spec.loss, self.spec.arq, self.generator)
         stats["packets"] += -(-total // self.spec.packet_bytes) + lost_tx * self.spec.arq
         stats["packets_lost"] += lost_tx
         stats["bytes_retransmitted"] += resent
         lost: dict[str, list[list[int]]] = {}
         start = 0  # where each tensor begins in the stream
-        for name, e in entries:
-            a, b = e["data_offsets"]
-            size = torch.empty((), dtype=_TORCH[e["dtype"]]).element_size()
+        for name in entries:
+            a, b = frame.entries[name]["data_offsets"]
+            size = frame.element_size(name)
             for s, t in spans:
                 lo, hi = max(s, start), min(t, start + b - a)
                 if lo < hi:
-                    data[a + lo - start: a + hi - start] = bytes(hi - lo)  # what arrived: nothing
+                    frame.data[a + lo - start: a + hi - start] = bytes(hi - lo)  # what arrived: nothing
                     lost.setdefault(name, []).append([(lo - start) // size, -(-(hi - start) // size)])
             start += b - a
         return lost, resent
 
     def _count_repairs(self, payload: bytes, stats: dict) -> None:
-        tensors = st_load(payload)
-        header = Header.from_meta(read_header(payload)[1])
+        frame = open_frame(payload)
+        tensors = {name: frame.view(name).clone() for name in frame.entries}
+        header = Header.from_meta(frame.meta)
         _, counts = self.repair(tensors, erasures(header, tensors))
         for k, v in counts.items():
             stats[k] += v
-
-
-def _view(data: bytearray, entry: dict) -> torch.Tensor:
-    """The tensor ``entry`` describes, as a view into ``data`` (writes go to the message)."""
-    dtype = _TORCH[entry["dtype"]]
-    a, b = entry["data_offsets"]
-    if a == b:
-        return torch.empty(entry["shape"], dtype=dtype)
-    return torch.frombuffer(data, dtype=dtype, count=(b - a) // torch.empty((), dtype=dtype).element_size(),
-                            offset=a).view(entry["shape"])
 
 
 def _saturate(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -232,4 +213,16 @@ def channel_metrics(stats: dict) -> dict:
         for k in totals:
             totals[k] += s[k]
     out.update({f"channel_{k}": v for k, v in totals.items()})
+    return out
+
+
+def combined(states: dict[str, dict]) -> dict:
+    """The counters of several clients' channels (``Progress.channel``: client -> state) as one."""
+    out: dict = {}
+    for state in states.values():
+        for d in ("up", "down"):
+            if d in state:
+                total = out.setdefault(d, dict.fromkeys(STATS, 0))
+                for k in STATS:
+                    total[k] += state[d][k]
     return out

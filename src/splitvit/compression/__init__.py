@@ -1,12 +1,16 @@
-"""Compression methods behind one interface (:class:`Compressor`), built by name."""
+"""Compression methods behind one interface (:class:`Compressor`), each registered by name where it is
+defined (:func:`register_method`). Importing this package imports every module in it, so a new
+method is its own module here (and its ``conf/method/<name>.yaml``), listed nowhere else."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 from .adc import ADC, merge_and_select, select_tokens
-from .base import EVAL_MODES, WIRE_DTYPES, ClientPacket, Compressor, ServerPacket
+from .base import EVAL_MODES, METHODS, WIRE_DTYPES, ClientPacket, Compressor, ServerPacket, register_method
 from .bottlenet import BottleNet
 from .c3sl import C3SL
 from .fedlite import FedLite
@@ -17,9 +21,8 @@ from .quant import Quant
 from .slacc import SLACC
 from .topk import RandTopK, TopK
 
-METHODS: dict[str, type[Compressor]] = {
-    m.name: m for m in (ADC, NoCompression, C3SL, BottleNet, TopK, RandTopK, Quant, FedLite, LowRank, SLACC)
-}
+for _module in pkgutil.iter_modules(__path__):  # the methods not named above register themselves too
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build_compressor(
@@ -32,7 +35,7 @@ def build_compressor(
     ``grad_center`` is ``split.grad_center`` (see :class:`Compressor`).
     """
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
     allowed = [p for p in inspect.signature(cls.__init__).parameters
                if p not in ("self", "num_classes", "tokens", "dim", "wire_dtype", "seed", "grad_center", "kwargs")]
@@ -49,5 +52,5 @@ def build_compressor(
 
 __all__ = [
     "ADC", "SLACC", "BottleNet", "C3SL", "FedLite", "LowRank", "Quant", "RandTopK", "TopK", "EVAL_MODES", "METHODS", "WIRE_DTYPES", "ClientPacket", "Compressor", "NoCompression",
-    "ServerPacket", "build_compressor", "kmeans", "merge_and_select", "select_tokens",
+    "ServerPacket", "build_compressor", "register_method", "kmeans", "merge_and_select", "select_tokens",
 ]

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from ..channel import PROTECTED
 from ..wire import Schema, TensorSpec
-from .base import ClientPacket, Compressor, ServerPacket, on_device
+from .base import ClientPacket, Compressor, ServerPacket, on_device, register_method
 from .merge import FEATURES, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select, select_tokens
 
 __all__ = ["ADC", "FEATURES", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
 
+@register_method
 class ADC(Compressor):
     """ADC as a compressor: merged activations and merged soft labels up, ``dL/dz`` down.
 

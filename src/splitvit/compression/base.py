@@ -1,6 +1,6 @@
 """The one small interface every compression method implements.
 
-A step, as DESIGN.md draws it::
+A step (docs/architecture.md, "One step, both sides")::
 
     client: packet = c.client_encode(h, cls_attn, labels)      # packet.message goes on the wire
     server: p = c.server_decode(message)                          # p.z feeds the server model
@@ -44,6 +44,17 @@ from ..wire import Schema, TensorSpec
 from .merge import check_ratio, select_tokens
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+METHODS: dict[str, type["Compressor"]] = {}  # method=<name> -> its class, filled by @register_method
+
+
+def register_method(cls: type["Compressor"]) -> type["Compressor"]:
+    """Class decorator: ``method=<cls.name>`` builds ``cls``. A new method is its module (imported by
+    :mod:`splitvit.compression`, or by the user's code before the run) and its ``conf/method/<name>.yaml``."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is taken by {METHODS[cls.name].__qualname__}")
+    METHODS[cls.name] = cls
+    return cls
 
 
 def on_device(generator: torch.Generator, device: torch.device) -> torch.Generator:

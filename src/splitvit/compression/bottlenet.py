@@ -16,10 +16,14 @@ from torch import nn
 
 from ..channel import ANALOG
 from ..wire import Schema, TensorSpec
-from .base import Compressor, check_ratio
+from .base import Compressor, check_ratio, register_method
 
 
+@register_method
 class BottleNet(Compressor):
+    """BottleNet++ as a method: a learned token-wise bottleneck ``D -> D' -> D`` (``compression`` = ``D'/D``),
+    its encoder on the client and its decoder on the server (module docstring)."""
+
     name = "bottlenet"
 
     def __init__(self, compression: float = 0.1, **kwargs):

@@ -17,10 +17,14 @@ import torch
 
 from ..channel import ANALOG, PROTECTED
 from ..wire import Schema, TensorSpec
-from .base import Compressor, check_ratio
+from .base import Compressor, check_ratio, register_method
 
 
+@register_method
 class C3SL(Compressor):
+    """C3-SL as a method: ``R`` samples bound into one by circular convolution with seeded keys, unbound on
+    the server; ``R`` directly, or ``round(1 / compression)`` (module docstring)."""
+
     name = "c3sl"
 
     def __init__(self, R: int | None = None, compression: float | None = 0.125, **kwargs):

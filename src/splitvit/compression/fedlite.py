@@ -22,7 +22,7 @@ import torch
 from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import Compressor, on_device
+from .base import Compressor, on_device, register_method
 from .kmeans import kmeans
 
 
@@ -102,7 +102,11 @@ class ProductQuantizer:
         }
 
 
+@register_method
 class FedLite(Compressor):
+    """FedLite as a method: product quantization of each token into ``q`` sub-vectors of ``L`` centroids
+    each, both ways, with the gradient correction of strength ``lam`` (module docstring)."""
+
     name = "fedlite"
     grad_of_tokens = True
 

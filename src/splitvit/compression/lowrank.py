@@ -19,7 +19,7 @@ import torch
 
 from ..channel import ANALOG
 from ..wire import Schema, TensorSpec
-from .base import Compressor, check_ratio
+from .base import Compressor, check_ratio, register_method
 
 
 class SubspaceCompressor:
@@ -71,7 +71,11 @@ class SubspaceCompressor:
         self.basis, self.error = s["basis"], s["error"]
 
 
+@register_method
 class LowRank(Compressor):
+    """Low-rank compression of each sample's ``[N, D]`` activations (and gradient) by subspace iteration,
+    at the rank that keeps ``energy`` under the byte cap ``compression`` (module docstring)."""
+
     name = "lowrank"
     grad_of_tokens = True
 

@@ -1,4 +1,4 @@
-"""ADC's kernels (Alvetreti et al., arXiv 2509.15058; DESIGN.md, "ADC, exactly"): pure functions of
+"""ADC's kernels (Alvetreti et al., arXiv 2509.15058; docs/architecture.md, "ADC, exactly"): pure functions of
 tensors, batched, no loop over samples or clusters. :class:`~splitvit.compression.adc.ADC` wires
 them into a split model; :meth:`~splitvit.compression.base.Compressor.eval_encode` uses
 :func:`select_tokens` for the ``tokens`` evaluation mode of every method.
@@ -48,7 +48,7 @@ def merge_and_select(
     feature: str = "attention",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ADC's double compression of one batch (DESIGN.md, "ADC, exactly", steps 2-3).
+    """ADC's double compression of one batch (docs/architecture.md, "ADC, exactly", steps 2-3).
 
     Args:
         h: activations ``[B, N, D]`` after the last client block, token 0 is CLS.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from ..wire import Schema, TensorSpec
-from .base import Compressor
+from .base import Compressor, register_method
 
 
+@register_method
 class NoCompression(Compressor):
+    """Plain split learning: the activations in ``wire.dtype`` and the class ids, the gradient back raw."""
+
     name = "none"
     grad_of_tokens = True
 

@@ -37,7 +37,7 @@ import torch
 from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import Compressor, bits_for
+from .base import Compressor, bits_for, register_method
 
 GRANULARITIES = ("tensor", "token")
 
@@ -104,7 +104,11 @@ class Quantizer:
         }
 
 
+@register_method
 class Quant(Compressor):
+    """Uniform ``bits``-bit quantization of the activations and the gradient, bit-packed, one scale per
+    tensor or per token; ``bits`` directly or ``round(32 * compression)`` (module docstring)."""
+
     name = "quant"
     grad_of_tokens = True
 

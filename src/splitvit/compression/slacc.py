@@ -23,7 +23,7 @@ import torch
 from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import Compressor, bits_for
+from .base import Compressor, bits_for, register_method
 
 
 def channel_entropy(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -104,7 +104,11 @@ class EntropyGroupedQuantizer:
         return sum(b * n for b, n in zip(self.group_bits, self.sizes)) / self.dim
 
 
+@register_method
 class SLACC(Compressor):
+    """SL-ACC-style quantization: channels grouped by entropy, more bits to the groups that carry more,
+    ``bits`` on average (module docstring)."""
+
     name = "slacc"
     grad_of_tokens = True
 

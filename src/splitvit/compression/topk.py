@@ -17,10 +17,14 @@ import torch
 from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import pack_rows, row_bytes, unpack_rows
-from .base import Compressor, check_ratio, on_device
+from .base import Compressor, check_ratio, on_device, register_method
 
 
+@register_method
 class TopK(Compressor):
+    """Top-K sparsification per sample: the ``compression`` share of the largest ``|h|`` values and
+    their positions (index list or bitmap, the smaller); the gradient comes back at those positions."""
+
     name = "topk"
 
     def __init__(self, compression: float = 0.1, **kwargs):
@@ -122,6 +126,7 @@ class TopK(Compressor):
         return self.kept / (N * D) * self.value_ratio
 
 
+@register_method
 class RandTopK(TopK):
     """Randomized Top-K (Zheng et al. 2023): ``K`` positions drawn without replacement, the top-K
     set holding probability mass ``1 - alpha`` and the rest ``alpha``; plain Top-K when evaluating."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -11,8 +11,15 @@ import torch.nn.functional as F
 
 from .download import MissingDataset
 
-if TYPE_CHECKING:  # files.py builds on this module
-    from .files import FileImageSet
+
+
+class ImageFiles(Protocol):
+    """A labelled set of image files (:class:`~splitvit.data.files.FileImageSet`, which builds on this module)."""
+
+    paths: Sequence
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what timm's DeiT weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,7 +63,7 @@ class Splits:
 class Decoded(torch.utils.data.Dataset):
     """``(uint8 [3, size, size], label)`` per file: decoded and resized to the model input (bilinear)."""
 
-    def __init__(self, ds: FileImageSet, size: int):
+    def __init__(self, ds: ImageFiles, size: int):
         self.ds, self.size = ds, size
 
     def __len__(self) -> int:

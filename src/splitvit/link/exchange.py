@@ -100,9 +100,6 @@ class Exchange:
             raise WireError(f"a reply for client {got.client} reached client {header.client}")
         return tensors, got
 
-    def checkpoint(self, steps: int) -> None:
-        self.link.checkpoint(steps)
-
     def close(self) -> None:
         self.link.close()
 

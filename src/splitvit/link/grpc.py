@@ -56,8 +56,6 @@ class Session(Protocol):
 
     def handle(self, payload: bytes) -> bytes: ...
 
-    def checkpoint(self, steps: int) -> None: ...
-
     def lost(self) -> None: ...  # a call of its client failed
 
 
@@ -270,16 +268,6 @@ class _Service:
             raise
         answered.set()
 
-    def Checkpoint(self, control: pb.Control, context) -> pb.Ack:
-        _, entry = self._current(context)
-        with entry.lock:
-            try:
-                path = entry.session.checkpoint(control.step)
-            except ValueError as e:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-            entry.last_seen = time.monotonic()
-        return pb.Ack(detail=str(path))
-
     def Close(self, control: pb.Control, context) -> pb.Ack:
         sid, entry = self._current(context)
         with self.lock:
@@ -299,8 +287,6 @@ def _handler(service: _Service) -> grpc.GenericRpcHandler:
                         response_serializer=pb.Welcome.SerializeToString),
         "Exchange": ss(service.Exchange, request_deserializer=pb.Chunk.FromString,
                        response_serializer=pb.Chunk.SerializeToString),
-        "Checkpoint": uu(service.Checkpoint, request_deserializer=pb.Control.FromString,
-                         response_serializer=pb.Ack.SerializeToString),
         "Close": uu(service.Close, request_deserializer=pb.Control.FromString,
                     response_serializer=pb.Ack.SerializeToString),
     })
@@ -403,8 +389,6 @@ class GrpcLink:
                                                    response_deserializer=pb.Welcome.FromString)
         self._exchange = self.channel.stream_stream(m + "Exchange", request_serializer=pb.Chunk.SerializeToString,
                                                     response_deserializer=pb.Chunk.FromString)
-        self._checkpoint = self.channel.unary_unary(m + "Checkpoint", request_serializer=pb.Control.SerializeToString,
-                                                    response_deserializer=pb.Ack.FromString)
         self._close = self.channel.unary_unary(m + "Close", request_serializer=pb.Control.SerializeToString,
                                                response_deserializer=pb.Ack.FromString)
 
@@ -466,10 +450,6 @@ class GrpcLink:
         reply, framing_up, framing_down = self._call("step", once)
         self.last_framing = (framing_up, framing_down)
         return reply
-
-    def checkpoint(self, steps: int) -> None:
-        control = pb.Control(step=steps)
-        self._call("checkpoint", lambda: self._checkpoint(control, timeout=self.timeout_s, metadata=self._metadata()))
 
     def close(self, shutdown: bool = False) -> None:
         if self.session_id:

@@ -11,9 +11,6 @@ class Link(Protocol):
     def request(self, payload: bytes) -> bytes:
         """Send one message to the server, return its reply."""
 
-    def checkpoint(self, steps: int) -> None:
-        """Ask the server to save its half after ``steps`` training steps."""
-
     def close(self) -> None:
         """End the session."""
 
@@ -27,16 +24,11 @@ class InProcessLink:
 
     last_framing = (0, 0)
 
-    def __init__(self, handler: Callable[[bytes], bytes], checkpoint: Callable[[int], object] | None = None):
+    def __init__(self, handler: Callable[[bytes], bytes]):
         self.handler = handler
-        self._checkpoint = checkpoint
 
     def request(self, payload: bytes) -> bytes:
         return self.handler(bytes(payload))
-
-    def checkpoint(self, steps: int) -> None:
-        if self._checkpoint is not None:
-            self._checkpoint(steps)
 
     def close(self) -> None:
         pass

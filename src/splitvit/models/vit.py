@@ -191,7 +191,7 @@ PRESETS: dict[str, ViTConfig] = {
     "deit_base_patch16_224": ViTConfig(224, 16, embed_dim=768, depth=12, num_heads=12),
     "vit_tiny_patch4_32": ViTConfig(32, 4, embed_dim=192, depth=12, num_heads=3),
     "vit_mini_patch4_32": ViTConfig(32, 4, embed_dim=128, depth=6, num_heads=4),
-    # the CPU protocol's model (DESIGN.md): 17 tokens, so that the whole comparison fits two CPU cores
+    # the CPU protocol's model (docs/architecture.md): 17 tokens, so that the whole comparison fits two CPU cores
     "vit_nano_patch8_32": ViTConfig(32, 8, embed_dim=64, depth=8, num_heads=4),
 }
 

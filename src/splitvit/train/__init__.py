@@ -3,6 +3,6 @@
 from .client import SplitClient
 from .config import ConfigError, validate
 from .run import fit
-from .server import SplitServer, soft_cross_entropy
+from .server import ServerHalf, Session, soft_cross_entropy
 
-__all__ = ["ConfigError", "SplitClient", "SplitServer", "fit", "soft_cross_entropy", "validate"]
+__all__ = ["ConfigError", "SplitClient", "ServerHalf", "Session", "fit", "soft_cross_entropy", "validate"]

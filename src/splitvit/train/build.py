@@ -1,21 +1,15 @@
-"""Building a run's pieces from its config: the model and its halves, the compressor, the optimizers,
-the server half. A client and a server on different machines each call these and get the same
+"""Building a run's pieces from its config: the model and its halves, the compressor, the optimizers. A client and a server on different machines each call these and get the same
 initial weights as one process would.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from omegaconf import DictConfig
 
-from ..channel import ChannelSpec
 from ..compression import build_compressor
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
-from .alast import build_alast
 from .config import ConfigError, method_options
-from .server import SplitServer
 
 
 def build_model(cfg: DictConfig, num_classes: int):
@@ -54,15 +48,3 @@ def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Op
     params = [p for m in modules for p in m.parameters()]
     kind = torch.optim.AdamW if cfg.train.get("optimizer", "adam") == "adamw" else torch.optim.Adam
     return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-
-def build_server(cfg: DictConfig, server_model, compressor, vit, checkpoint_dir: Path) -> SplitServer:
-    alast = build_alast(cfg, server_model, vit.num_tokens, vit.depth, "server")  # before the optimizer: LoRA adds parameters
-    server = SplitServer(
-        server_model, compressor, make_optimizer(cfg, server_model, compressor.server_modules),
-        max_batch=cfg.train.batch_size, num_tokens=vit.num_tokens, dim=vit.embed_dim,
-        max_eval_batch=cfg.eval.batch_size, checkpoint_dir=checkpoint_dir, bf16=cfg.train.precision == "bf16",
-        channel=ChannelSpec.from_config(cfg.get("channel")),
-    )
-    server.half.alast = alast
-    return server

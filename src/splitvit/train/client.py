@@ -21,7 +21,7 @@ class SplitClient:
 
     def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
                  exchange: Exchange | None, num_classes: int, bf16: bool = False, client_id: int = 0,
-                 channel: ChannelSpec | None = None):
+                 channel: ChannelSpec | None = None, alast=None, inspector=None):
         self.model = model
         self.client_id = client_id
         self.compressor = compressor
@@ -30,15 +30,12 @@ class SplitClient:
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
-        self.inspector = None  # train.inspect=true: an Inspector (splitvit.train.inspect)
-        self.alast = None  # finetune=alast on the client's blocks (splitvit.train.alast)
-        # what the loop records beside the step (splitvit.train.loop.instrument)
-        self.profilers: dict = {}  # train.profile=true: a Profiler per side this process runs
-        self.flop_every = 0  # the profilers count FLOPs (not time) on every flop_every-th step
-        self.stages: dict = {}  # ALaST's controllers by side, for the run files
+        self.inspector = inspector  # train.inspect=true: an Inspector (splitvit.train.inspect)
+        self.alast = alast  # finetune=alast on the client's blocks (splitvit.train.alast)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
-        """One split-learning step, top to bottom. Returns the server's loss."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[float, bool]:
+        """One split-learning step, top to bottom. Returns the server's loss, and whether the server's reply
+        says a cap was reached at this step (its round ends here)."""
         self.model.train()
         if self.alast is not None:  # finetune=alast: which client blocks train, on how many tokens
             self.alast.before_step()
@@ -64,7 +61,7 @@ class SplitClient:
             self.optimizer.step()  # client step
         if self.alast is not None:
             self.alast.after_step()
-        return header.loss
+        return header.loss, header.mode == "stop"
 
     @torch.no_grad()
     def evaluate(self, batches, mode: str) -> tuple[float, float]:

@@ -1,14 +1,15 @@
-"""Several clients and one server (``clients.num > 1``): the round loop every client process runs, and
-the simulation of all of them in one process.
+"""The one training loop of a split run, whatever the number of clients: the round loop every client
+process runs, and the simulation of all of them in one process.
 
-Each client is a :class:`Member`: its share of the training set, its own client half, its own
-instance of the method (its client side) and optimizer, and its own exchange path, whose mods count
-its bytes under its id. :class:`Simulation` holds every member and the server's side: one
-:class:`~.server.ServerHalf` (``splitfed_v1``: one copy per client), a :class:`~.server.Session` per
-client, the :class:`~.federation.Federation` that hands client halves on or averages them, and the
-referee that closes rounds. Every message, weights included, is serialised and goes through a
-session exactly as it would over gRPC, where one process runs one member
-(:class:`~.remote.RemoteClient`). A round, top to bottom, is :func:`_round`.
+A single client is a federation of one (:mod:`splitvit.train.schemes`): nothing is handed on and a
+round runs up to its next evaluation, so the same loop is plain split learning, step for step. Each
+client is a :class:`Member`: its share of the training set, its own client half, its own instance of
+the method (its client side) and optimizer, its own ALaST stage, inspector and profiler, and its own
+exchange path, whose mods count its bytes under its id and play its channel. :class:`Simulation` holds
+every member and the server's side, a :class:`~.hub.Hub`, as ``splitvit serve`` has. Every message,
+weights included, is serialised and goes through a session exactly as it would over gRPC, where one
+process runs one member (:class:`~.remote.RemoteClient`). A round, top to bottom, is :func:`_round`;
+the architecture page (``docs/architecture.md``) draws it.
 """
 
 from __future__ import annotations
@@ -17,26 +18,33 @@ import copy
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data import batches
+from ..channel import Channel, ChannelSpec, channel_metrics, combined, idle
+from ..data import batches, num_batches
 from ..data.augment import build_augment
 from ..data.partition import histograms, partition
-from ..link import Exchange, InProcessLink, standard_mods
+from ..link import Exchange, InProcessLink, LinkModel, standard_mods
+from ..profiling import Profiler, peak_rss_mb
 from ..wire import Header, Schema
+from .alast import build_alast
+from .baseline import uncompressed_bytes
 from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_resumable
 from .client import SplitClient
-from .baseline import uncompressed_bytes
 from .config import ConfigError
-from .federation import SAMPLES, RoundPlan, half_schema, half_state, load_half_state
-from .hub import Hub
-from .loop import Interrupted, _StopBetweenSteps, _test_batches, evaluate, lr_factor, make_summary, reachability, workers
+from .federation import SAMPLES, half_schema, half_state, load_half_state
+from .hub import Hub, client_template
+from .inspect import Inspector
+from .common import (Interrupted, StopBetweenSteps, evaluate, lr_factor, make_summary, reachability, test_batches,
+                        workers)
+from .schemes import RoundPlan, build_scheme
 from .state import CAPS, Progress
 from .tracking import make_tracker
 
@@ -44,15 +52,17 @@ log = logging.getLogger(__name__)
 
 BUDGET_COUNTS = ("training messages (activations up, gradients down) of all clients; weights and control messages "
                  "are not included")
+CHANNEL_SEED = 0x6368616E  # a channel's generator: seed + this (+ the client's share), apart from the run's other randomness
 
 
 @dataclass
 class Member:
-    """One simulated client and where it stands in its own data."""
+    """One client and where it stands in its own data."""
 
     id: int
     indices: torch.Tensor  # its samples of the training set
     client: SplitClient
+    profiler: Profiler | None = None  # train.profile=true: its side of each step
     epoch: int = 0  # passes over its own samples completed
     batch_in_epoch: int = 0
     steps: int = 0  # its training steps: the step ids of its messages
@@ -62,25 +72,30 @@ class Member:
     _batches: Iterator | None = field(default=None, repr=False)
 
     def state_dict(self) -> dict:
-        return {"model": self.client.model.state_dict(), "optimizer": self.client.optimizer.state_dict(),
-                "compressor": self.client.compressor.client_state(), "epoch": self.epoch,
+        c = self.client
+        return {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
+                "compressor": c.compressor.client_state(), "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version,
-                "told_stop": self.told_stop}
+                "told_stop": self.told_stop, **({"alast": c.alast.state_dict()} if c.alast is not None else {})}
 
     def load_state_dict(self, s: dict) -> None:
-        self.client.model.load_state_dict(s["model"])
-        self.client.optimizer.load_state_dict(s["optimizer"])
-        self.client.compressor.load_client_state(s["compressor"])
+        c = self.client
+        c.model.load_state_dict(s["model"])
+        c.optimizer.load_state_dict(s["optimizer"])
+        c.compressor.load_client_state(s["compressor"])
+        if c.alast is not None:
+            c.alast.load_state_dict(s["alast"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
         self.told_stop = s.get("told_stop", False)
 
     # -- what a client sends besides its training steps (see splitvit.wire.protocol) ----------------
-    def upload(self, round_: int, scheme: str) -> bool:
-        """Its half to the server (``weights`` up). Returns whether the reply says the run is over."""
+    def upload(self, round_: int, hand_on: bool) -> bool:
+        """Its half to the server (``weights`` up); ``hand_on``: the server's current half is now this one.
+        Returns whether the reply says the run is over."""
         tensors = {**half_state(self.client), SAMPLES: torch.tensor(self.trained, dtype=torch.int64)}
         _, ack = self.client.exchange(Header("weights", client=self.id, step=round_), tensors, Schema({}), "control")
-        if scheme == "sequential":
-            self.version = ack.step  # the server's current half is now this one
+        if hand_on:
+            self.version = ack.step
         self.told_stop |= ack.mode == "stop"
         return ack.mode == "stop"
 
@@ -104,35 +119,57 @@ class Member:
 
 class Clients:
     """The clients a process runs (all of them in a simulation, one in a ``splitvit client``): the
-    split of the training set, each local client's half, method and optimizer, and its batches."""
+    split of the training set, each local client's half, method, optimizer and instruments, and its
+    batches."""
 
     def __init__(self, cfg: DictConfig, data, device, progress: Progress, local: list[int]):
         c = cfg.clients
         self.cfg, self.data, self.device, self.p = cfg, data, device, progress
-        self.scheme = c.scheme
+        self.scheme = build_scheme(c.scheme)
         try:  # every process computes the whole split from the seed: the server plans from its sizes
-            self.parts = partition(data.train.labels, c.num, c.partition, alpha=c.alpha,
-                                   shards_per_client=c.shards_per_client, min_samples=c.min_samples, seed=cfg.seed)
+            self.parts = partition(data.train.labels, c.num, c.partition, alpha=c.alpha, shards_per_client=c.shards_per_client,
+                                   min_samples=c.min_samples if c.num > 1 else 1, seed=cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.sizes = [len(x) for x in self.parts]
         client_model, self.server_model, compressor, self.vit = build_halves(cfg, data.num_classes, device)
         self.compressor = compressor
-        self.bf16 = cfg.train.precision == "bf16"
+        self.channel = ChannelSpec.from_config(cfg.get("channel"))
+        bf16 = cfg.train.precision == "bf16"
+        # FLOPs are counted (not time) on every flop_every-th step of a client: once an evaluation interval
+        self.flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
         # every client starts from the same half (the seed's), with its own copy of it and of the method
         self.members: dict[int, Member] = {}
         for i in local:
             model, method = copy.deepcopy(client_model), copy.deepcopy(compressor)
+            alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "client")  # before the optimizer: LoRA adds parameters
             client = SplitClient(model, method, make_optimizer(cfg, model, method.client_modules), None,
-                                 data.num_classes, bf16=self.bf16, client_id=i)
-            self.members[i] = Member(i, self.parts[i], client)
-        self.template = half_state(SplitClient(client_model, compressor, None, None, data.num_classes))
+                                 data.num_classes, bf16=bf16, client_id=i, channel=self.channel, alast=alast,
+                                 inspector=Inspector() if cfg.train.get("inspect") else None)
+            self.members[i] = Member(i, self.parts[i], client, Profiler(device) if cfg.train.get("profile") else None)
+        self.template = client_template(cfg, client_model, compressor, self.vit, data.num_classes)
         self.half_schema = half_schema(self.template)
         self.augment = build_augment(cfg.dataset.get("augment", "none"))
 
+    def mods(self, m: Member, shaping: LinkModel | None) -> list:
+        """What every message of member ``m`` goes through: the byte count, the link-time model, its channel."""
+        noise = None
+        if not self.channel.ideal:  # each client's own generator; client 0's is the one a single client always had
+            method = m.client.compressor
+            noise = Channel(self.channel, method.role, method.repair, self.p.channel.setdefault(str(m.id), {}),
+                            seed=CHANNEL_SEED + self.cfg.seed + 1_000_003 * m.id)
+        return standard_mods(self.p, shaping, noise)
+
     def plan(self, round_: int) -> RoundPlan:
         c = self.cfg.clients
-        return RoundPlan.make(self.cfg.seed, round_, self.sizes, c.scheme, c.fraction, self.cfg.train.batch_size, c.local_steps)
+        return self.scheme.plan(self.cfg.seed, round_, self.sizes, c.fraction, self.cfg.train.batch_size, c.local_steps,
+                                self.p.global_steps, self.cfg.train.eval_every)
+
+    def shuffle_seed(self, m: Member) -> int:
+        """The seed of member ``m``'s order in its current pass: each client its own; a federation of one
+        shuffles the whole set as plain split learning always has."""
+        base = self.cfg.seed * 100_003 + m.epoch
+        return base if self.cfg.clients.num == 1 else base + 10_007 * (m.id + 1)
 
     def next_batch(self, m: Member) -> tuple[torch.Tensor, torch.Tensor]:
         """The member's next batch of its own samples, in a seeded order per client and pass."""
@@ -141,22 +178,26 @@ class Clients:
             if m._batches is None:
                 m._batches = batches(
                     self.data.train, cfg.train.batch_size, self.vit.img_size, self.vit.in_chans,
-                    shuffle_seed=(cfg.seed * 100_003 + 10_007 * (m.id + 1) + m.epoch), device=self.device,
-                    start=m.batch_in_epoch, augment=self.augment, workers=workers(cfg), indices=m.indices,
+                    shuffle_seed=self.shuffle_seed(m), device=self.device, start=m.batch_in_epoch, augment=self.augment,
+                    workers=workers(cfg), indices=None if cfg.clients.num == 1 else m.indices,
                 )
             batch = next(m._batches, None)
-            if batch is not None:
-                m.batch_in_epoch += 1
-                return batch
-            m.epoch, m.batch_in_epoch, m._batches = m.epoch + 1, 0, None
+            if batch is None:  # a pass ends where its batches do
+                m.epoch, m.batch_in_epoch, m._batches = m.epoch + 1, 0, None
+                continue
+            m.batch_in_epoch += 1
+            if m.batch_in_epoch == -(-len(m.indices) // cfg.train.batch_size):  # its last: the next pass starts
+                m.epoch, m.batch_in_epoch, m._batches = m.epoch + 1, 0, None
+            return batch
 
-    def global_samples(self) -> int:
-        """Samples trained on by all clients, from their steps (each client's batches are its own passes)."""
-        B, total = self.cfg.train.batch_size, 0
+    def epochs(self) -> float:
+        """Passes over the training set by all clients: each client's whole passes, and its batches into the
+        current one, in proportion to its share of the set."""
+        B, total = self.cfg.train.batch_size, 0.0
         for c, n in enumerate(self.sizes):
             steps, per_pass = self.p.client_steps.get(str(c), 0), -(-n // B)
-            total += steps // per_pass * n + min(steps % per_pass * B, n)
-        return total
+            total += (steps // per_pass + steps % per_pass / per_pass) * n
+        return total / len(self.data.train)
 
     def set_lr(self, lr: float) -> None:
         for opt in [m.client.optimizer for m in self.members.values()] + self.server_optimizers():
@@ -165,6 +206,43 @@ class Clients:
 
     def server_optimizers(self) -> list:
         return []
+
+    def server_profiler(self) -> Profiler | None:
+        return None
+
+    def server_alast(self) -> dict:
+        return {}
+
+    def records(self, run: bool = False) -> dict:
+        """What the run measures beside accuracy and bytes, by side (``client`` alone, ``client <i>`` with
+        several in this process): its phases (``train.profile``, since the last call; ``run``: over the
+        run), the channel's counters, and, since the last evaluation, what the method does at the cut
+        (``train.inspect``) and ALaST's state."""
+        several = len(self.members) > 1
+        name = (lambda m: f"client {m.id}") if several else (lambda m: "client")  # noqa: E731
+        out: dict = {}
+        profiles = {name(m): m.profiler for m in self.members.values() if m.profiler is not None}
+        if self.server_profiler() is not None:
+            profiles["server"] = self.server_profiler()
+        if profiles:
+            out["profile"] = {**{side: prof.summary(run) for side, prof in profiles.items()}, "peak_rss_mb": peak_rss_mb()}
+            if not run:
+                for prof in profiles.values():
+                    prof.reset_times()
+        if self.p.channel:
+            out.update(channel_metrics(combined(self.p.channel)))
+            if len(self.p.channel) > 1:
+                out["channel_per_client"] = {c: channel_metrics(combined({c: s})) for c, s in sorted(self.p.channel.items())}
+        if run:
+            return out
+        inspected = {name(m): m.client.inspector.summary() for m in self.members.values() if m.client.inspector is not None}
+        if inspected:
+            out["inspect"] = inspected if several else inspected["client"]
+        alast = {**{name(m): m.client.alast.summary() for m in self.members.values() if m.client.alast is not None},
+                 **self.server_alast()}
+        if alast:
+            out["alast"] = alast
+        return out
 
     def state_dict(self) -> dict:
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "progress": asdict(self.p),
@@ -195,12 +273,20 @@ class Simulation(Clients):
     def __init__(self, cfg: DictConfig, run_dir: Path, data, device, shaping, progress: Progress):
         super().__init__(cfg, data, device, progress, list(range(cfg.clients.num)))
         self.hub = Hub(cfg, data.num_classes, device)  # keeps no state of its own: clients.pt holds it
+        if cfg.train.get("profile"):
+            self.hub.profile(Profiler(device), self.flop_every)
         for m in self.members.values():
             session = self.hub.session(m.id, self.sizes[m.id])
-            m.client.exchange = Exchange(InProcessLink(session.handle), standard_mods(progress, shaping))
+            m.client.exchange = Exchange(InProcessLink(session.handle), self.mods(m, shaping))
 
     def server_optimizers(self) -> list:
         return self.hub.server_optimizers()
+
+    def server_profiler(self) -> Profiler | None:
+        return self.hub.profiler
+
+    def server_alast(self) -> dict:
+        return self.hub.alast_summary()
 
     def stopped_by(self) -> str | None:
         return self.hub.ledger.stopped_by
@@ -222,10 +308,9 @@ class Simulation(Clients):
 
 def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clients=None) -> dict:
     """Train ``clients.num`` clients under ``clients.scheme`` round by round until a cap, the byte
-    budget or ``clients.rounds`` ends the run (checked at the end of each round: a round is never cut);
-    the round's evaluator evaluates its half with the server's when due. With ``link=grpc`` this
-    process is client ``clients.id`` of a ``splitvit serve`` (``make_clients``: :class:`~.remote.RemoteClient`),
-    and the server decides when the run ends."""
+    budget or ``clients.rounds`` ends the run; the round's evaluator evaluates its half with the
+    server's when due. With ``link=grpc`` this process is client ``clients.id`` of a ``splitvit serve``
+    (``make_clients``: :class:`~.remote.RemoteClient`), and the server decides when the run ends."""
     remote = cfg.link.kind != "inprocess"
     p = Progress()
     ckpt = run_dir / "checkpoints" / "clients.pt"
@@ -237,37 +322,51 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     if state is not None:
         clients.load_state_dict(state)
         log.info("resumed from %s after round %d (step %d)", ckpt, p.round, p.step)
-    for w in reachability(clients.compressor, cfg.train.batch_size, clients.vit):
+    warnings = reachability(clients.compressor, cfg.train.batch_size, clients.vit)
+    warnings += filter(None, [idle(clients.channel, clients.compressor.roles, cfg.method.name)])
+    for w in warnings:
         log.warning(f"warning: {w}")
     _save_partition(run_dir, clients, data)
 
-    B, n_train, vit = cfg.train.batch_size, len(data.train), clients.vit
+    B, vit = cfg.train.batch_size, clients.vit
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tracker = make_tracker(cfg, run_dir)
     steps_per_pass = sum(-(-n // B) for n in clients.sizes)  # all clients' steps in one pass over the set
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_pass
+    total_steps = cfg.train.epochs * steps_per_pass
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
     warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_pass)
     losses: list[float] = []
     keep = cfg.train.get("checkpoint", "every_eval")
+    clock = [time.perf_counter()]  # since the wall time was last added to p.wall_s
+
+    def tick() -> None:
+        now = time.perf_counter()
+        p.wall_s += now - clock[0]
+        clock[0] = now
 
     def evaluate_and_save(m: Member, plan: RoundPlan, before: int, final: bool) -> None:
         every = cfg.train.get("eval_every")
         after = p.global_steps
         if not (final or not every or after // every > before // every):
             return
-        record = evaluate(cfg, m.client, data, vit, device, p, losses, epoch=clients.global_samples() / n_train)
-        record.update(round=plan.round + 1, step=after, client=m.id)
+        tick()  # the training time up to here; evaluate() adds its own
+        record = evaluate(cfg, m.client, data, vit, device, p, losses, epoch=clients.epochs())
+        record.update(step=after, **({"round": plan.round + 1, "client": m.id} if cfg.clients.num > 1 else {}),
+                      **clients.records())
         losses.clear()
         tracker.evaluation(record)
         p.history.append(record)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        clock[0] = time.perf_counter()
         weights = p.counts("weights").up + p.counts("weights").down + p.counts("control").up + p.counts("control").down
-        log.info(f"round {plan.round + 1} step {after} epoch {record['epoch']:.2f}: val_loss {record['val_loss']:.4f} "
-                 f"val_acc {record['val_acc']:.4f} sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB "
-                 f"(+{weights / 1e6:.2f} MB weights and control)")
+        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+        log.info(f"round {plan.round + 1} step {after} epoch {record['epoch']:.2f}: train_loss {train_loss} "
+                 f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
+                 + (f" (+{weights / 1e6:.2f} MB weights and control)" if cfg.clients.num > 1 else ""))
 
     caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
     if p.done and p.caps != caps:  # resumed under other caps: it may train on
@@ -275,17 +374,16 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
         clients.go_on()
     p.caps = caps
     over = p.done
-    with _StopBetweenSteps() as interrupt:
+    with StopBetweenSteps() as interrupt:
         try:
             while not over:
-                t0 = time.perf_counter()
                 plan = clients.plan(p.round)
                 over = _round(cfg, clients, plan, p, losses, interrupt, tracker, total_steps, warmup,
                               evaluate_and_save)
                 if over is None:
                     break
                 p.round += 1
-                p.wall_s += time.perf_counter() - t0
+                tick()
                 if keep == "every_eval" and not over:
                     atomic_save(clients.state_dict(), ckpt)
             p.done = True
@@ -296,8 +394,12 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
             if keep != "none":
                 atomic_save(clients.state_dict(), ckpt)
             also = _measure_final(cfg, clients, p, data, vit, device)  # before the link closes
-        except Interrupted:
-            raise Interrupted(p.step, False) from None  # the run resumes from the last round it saved
+        except Interrupted as e:
+            if e.saved and keep != "none":  # the round was closed at the step reached: its state is whole
+                atomic_save(clients.state_dict(), ckpt)
+                raise Interrupted(p.step, "saved a checkpoint there") from None
+            raise Interrupted(p.step, "it resumes from the last round it saved" if keep != "none"
+                              else "saved nothing (train.checkpoint=none)") from None
         finally:
             tracker.close()
             clients.close_link()
@@ -305,6 +407,9 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     summary = make_summary(cfg, clients.compressor, vit, p, reason, data)
     summary.update(clients_summary(cfg, clients, p))
     summary.update(also)
+    summary.update(clients.records(run=True))
+    if warnings:
+        summary["warnings"] = warnings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -313,10 +418,13 @@ def _measure_final(cfg, clients: Clients, p: Progress, data, vit, device) -> dic
     """``eval.also``: the final model measured in more ways, by the client that evaluated the last round
     (over gRPC, only that client's process has it)."""
     last = p.history[-1] if p.history else None
-    evaluator = clients.members.get(last["client"]) if last and last.get("round") == p.round else None
+    if cfg.clients.num == 1:  # alone: its last round is always evaluated
+        evaluator = clients.members[0] if last else None
+    else:
+        evaluator = clients.members.get(last["client"]) if last and last.get("round") == p.round else None
     out = {}
     for mode in (cfg.eval.get("also") or []) if evaluator is not None else []:
-        loss, acc = evaluator.client.evaluate(_test_batches(cfg, data, vit, device), mode)
+        loss, acc = evaluator.client.evaluate(test_batches(cfg, data, vit, device), mode)
         out[f"final_val_acc_{mode}"], out[f"final_val_loss_{mode}"] = acc, loss
         log.info(f"final model, eval.mode={mode}: val_loss {loss:.4f} val_acc {acc:.4f}")
     return out
@@ -325,12 +433,13 @@ def _measure_final(cfg, clients: Clients, p: Progress, data, vit, device) -> dic
 def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[float], interrupt, tracker,
            total: int, warmup: int, evaluate_and_save) -> bool | None:
     """One round, top to bottom, as its plan scripts it: each local client's events in the plan's order.
-    Returns whether the run is over after it, or None when it never started (the run was over)."""
-    over, before, trained = False, p.global_steps, 0
+    A reply that says a cap was reached cuts the plan there, as the server cut it. Returns whether the
+    run is over after it, or None when it never started (the run was over)."""
+    over, cut, before, trained, i = False, False, p.global_steps, 0, 0
     for m in clients.members.values():
         m.trained = 0
-    for i, stage in enumerate(plan.stages):
-        for c, what in stage:
+    while i < len(plan.stages):
+        for c, what in plan.stages[i]:
             if what == "train":
                 trained += 1
             m = clients.members.get(c)
@@ -342,30 +451,42 @@ def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[flo
                         return None
                     over = True
             elif what == "upload":
-                over |= m.upload(plan.round, clients.scheme)
-            elif what == "done":
-                evaluate_and_save(m, plan, before, final=over)
+                over |= m.upload(plan.round, clients.scheme.upload_says_stop())
+            elif what == "done":  # a cut round is the run's last (a cap cut it)
+                evaluate_and_save(m, plan, before, final=over or cut)
                 over |= m.done(plan.round)
             else:
                 images, labels = clients.next_batch(m)
                 clients.set_lr(cfg.train.lr * lr_factor(cfg.train.get("schedule", "constant"), before + trained - 1, total, warmup))
-                losses.append(m.client.train_step(images, labels, m.steps))
+                with m.profiler.step(count_flops=m.steps % clients.flop_every == 0) if m.profiler else nullcontext():
+                    loss, reached = m.client.train_step(images, labels, m.steps)
+                losses.append(loss)
                 m.steps += 1
                 m.trained += labels.shape[0]
                 p.step += 1
                 p.samples += labels.shape[0]
                 vit = clients.vit
                 up, down = uncompressed_bytes(labels.shape[0], vit.num_tokens, vit.embed_dim, clients.data.num_classes,
-                                              m.steps - 1, losses[-1])
+                                              m.steps - 1, losses[-1], stop=reached)
                 p.baseline_up += up
                 p.baseline_down += down
                 tracker.step(p.step, losses[-1], p.bytes_up + p.bytes_down)
+                if reached:  # the server's count reached a cap at this step: the round ends here
+                    plan, cut = clients.scheme.cut(plan, i), True
                 if interrupt.requested:
-                    raise Interrupted(p.step, False)
+                    if len(clients.sizes) > 1:  # the others' rounds go on: this one resumes from its last round
+                        raise Interrupted(p.step, "")
+                    # a federation of one can end its round at any step: this one ends here, to resume from
+                    done = clients.scheme.trained(replace(plan, stages=plan.stages[:i + 1])).steps
+                    for c, k in done.items():
+                        p.client_steps[str(c)] = p.client_steps.get(str(c), 0) + k
+                    p.global_steps, p.round = before + sum(done.values()), p.round + 1
+                    raise Interrupted(p.step, "round closed")
         if i == plan.closing:  # every step of the round is taken
             for c, k in plan.steps.items():
                 p.client_steps[str(c)] = p.client_steps.get(str(c), 0) + k
             p.global_steps = before + sum(plan.steps.values())
+        i += 1
     return over
 
 
@@ -379,8 +500,8 @@ def _save_partition(run_dir: Path, sim: Clients, data) -> None:
 
 
 def clients_summary(cfg, sim: Clients, p: Progress) -> dict:
-    """summary.json's figures for several clients: per client (those this process ran), and the weights
-    and control messages in total."""
+    """summary.json's figures of the clients: per client (those this process ran), and the weights and
+    control messages in total."""
     per_client = []
     for m in sim.members.values():
         t, w, e = p.counts("train", m.id), p.counts("weights", m.id), p.counts("control", m.id)
@@ -397,9 +518,7 @@ def clients_summary(cfg, sim: Clients, p: Progress) -> dict:
         "clients": cfg.clients.num, "scheme": cfg.clients.scheme, "partition": cfg.clients.partition,
         "alpha": cfg.clients.alpha if cfg.clients.partition == "dirichlet" else None,
         "rounds": p.round, "budget_counts": BUDGET_COUNTS, "steps_all_clients": p.global_steps,
-        "eval_model": ("the current client half (the last one handed on) with the server half" if cfg.clients.scheme == "sequential"
-                       else "the averaged client half with the " + ("averaged server-half copies" if cfg.clients.scheme == "splitfed_v1"
-                                                                    else "server half")),
+        "eval_model": sim.scheme.eval_model,
         "weights_bytes_up": weights_up, "weights_bytes_down": weights_down,
         "total_bytes": p.bytes_up + p.bytes_down + weights_up + weights_down,
         "per_client": per_client,

@@ -15,6 +15,7 @@ from ..data import DATASETS, NORMALIZATIONS
 from ..data.partition import PARTITIONS
 from ..data.augment import AUGMENTATIONS
 from ..models import PRESETS
+from .schemes import SCHEMES
 
 DEVICES = ("cpu", "cuda", "auto")
 LINKS = ("inprocess", "grpc")
@@ -22,7 +23,6 @@ PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 CHECKPOINTS = ("every_eval", "last", "none")
-SCHEMES = ("sequential", "splitfed_v1", "splitfed_v2")
 
 
 class ConfigError(ValueError):
@@ -158,11 +158,8 @@ def validate(cfg: DictConfig) -> None:
     _check_clients(cfg)
     _check_channel(cfg, compressor)
     _check_finetune(cfg, vit)
-    if cfg.train.get("profile") and cfg.clients.num > 1:
-        raise ConfigError("train.profile=true measures one client's step: use clients.num=1")
-    if cfg.train.get("inspect") and (cfg.split.index is None or cfg.clients.num > 1):
-        raise ConfigError("train.inspect=true measures what the method does at one client's cut: set split.index, "
-                          "and clients.num=1")
+    if cfg.train.get("inspect") and cfg.split.index is None:
+        raise ConfigError("train.inspect=true measures what the method does at the cut: set split.index")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
 
@@ -195,8 +192,6 @@ def _check_channel(cfg: DictConfig, compressor) -> None:
         raise ConfigError(str(e)) from None
     if spec.ideal:
         return
-    if cfg.clients.num > 1:
-        raise ConfigError(f"channel={spec.kind} with several clients is not supported yet; use clients.num=1 or channel=ideal")
     if cfg.split.index is None:
         raise ConfigError(f"channel={spec.kind} needs a split model (split.index): nothing crosses a link otherwise")
 
@@ -228,8 +223,6 @@ def _check_finetune(cfg: DictConfig, vit) -> None:
             f"finetune=alast prunes tokens on the client (finetune.where={f.where}), so the cut's token count varies "
             f"from step to step, and method={cfg.method.name} needs a fixed one. Use method=none or adc, "
             "finetune.where=server, or finetune.b_min=1 (no pruning)")
-    if cfg.clients.num > 1:
-        raise ConfigError("finetune=alast with several clients is not supported yet; use clients.num=1")
 
 
 def _full_key(message: str) -> str:

@@ -1,106 +1,26 @@
-"""Several clients on one server: which client talks when, and how the client halves are shared.
+"""Several clients on one server: the server's side of sharing the client halves, and the referee
+that applies the clients' messages in the order the round's plan gives.
 
-Three schemes (``clients.scheme``), all on the wire as ``weights`` messages, counted like every other:
-
-- ``sequential`` (vanilla split learning, Gupta & Raskar 2018): the clients of a round take turns on
-  the one server half, in a seeded order; each trains ``clients.local_steps`` steps, then hands its
-  client half on. The hand-off goes through the server: the client uploads its half (``weights`` up)
-  and the next client fetches it (``control`` up, ``weights`` down).
-- ``splitfed_v1`` (Thapa et al. 2020, SplitFed): the clients of a round train in parallel, each
-  against its own copy of the server half; at the round's end the client halves and the server-half
-  copies are averaged by FedAvg, weighted by the samples each trained on this round.
-- ``splitfed_v2``: the clients of a round train in parallel against the one server half, which takes
-  their messages in a seeded random order; the client halves are averaged at the round's end.
-
-A round is a script, :class:`RoundPlan`: who fetches the current half, whose training messages
-come in which order, who uploads, who evaluates. It is a pure function of the seed, the round and
-the clients' sizes (:func:`participants`, :func:`step_order`), so a simulation, which plays the script
-in order, and a gRPC server, whose :class:`Coordinator` holds each message until the script says it
-is due, apply the same messages in the same order. The server's side of the sharing is
-:class:`Federation`: the current client half (the last one handed on, or the last average) and its
-version. The caps end a run only at the end of a round (:func:`caps_reached`).
+Client halves travel as ``weights`` messages, counted like every other. What happens to them, and
+who talks when, is the scheme's (:mod:`splitvit.train.schemes`); :class:`Federation` holds the current
+client half (the last one handed on, or the last average) and its version. :class:`Coordinator`
+plays a round's :class:`~splitvit.train.schemes.RoundPlan` on the server. The caps end a run at the
+end of a round, or, for a scheme that cuts rounds, at the step that reaches them (:func:`caps_reached`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
 
 from ..wire import Schema, TensorSpec
 from .fedavg import fedavg
+from .schemes import RoundPlan, Scheme
 
 SAMPLES = "__samples__"  # the tensor of a weights message that says how many samples the half trained on
-
-
-def _generator(seed: int, round_: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + round_ * 7919 + salt)
-
-
-def participants(seed: int, round_: int, num: int, fraction: float) -> list[int]:
-    """The clients taking part in round ``round_``: ``max(1, round(fraction * num))`` of them, drawn
-    (seeded), in increasing order."""
-    k = min(num, max(1, round(fraction * num)))
-    if k == num:
-        return list(range(num))
-    return sorted(torch.randperm(num, generator=_generator(seed, round_, 1)).tolist()[:k])
-
-
-def step_order(seed: int, round_: int, steps: dict[int, int], scheme: str) -> list[int]:
-    """Which client's training message the server applies at each position of the round.
-
-    ``steps``: client -> its training steps this round. ``sequential``: each client's steps in one
-    run, the clients in a seeded order; the SplitFed schemes: the messages interleaved in a seeded
-    random order (in ``splitfed_v1`` each client has its own server copy, so the order changes
-    nothing but the log; it is drawn all the same)."""
-    g = _generator(seed, round_, 2)
-    ids = sorted(steps)
-    if scheme == "sequential":
-        return [c for i in torch.randperm(len(ids), generator=g).tolist() for c in [ids[i]] * steps[ids[i]]]
-    pool = [c for c in ids for _ in range(steps[c])]
-    return [pool[i] for i in torch.randperm(len(pool), generator=g).tolist()]
-
-
-@dataclass
-class RoundPlan:
-    """A round as a script: ``stages`` run one after another; the events of a stage, ``(client, what)``
-    with ``what`` one of ``fetch``, ``train``, ``upload``, ``done``, may come in any order. The round
-    closes (SplitFed: the average; the run's caps checked) when stage ``closing`` is complete; the
-    ``evaluator`` then holds the round's half, evaluates it when due, and says ``done``."""
-
-    round: int
-    participants: list[int]
-    steps: dict[int, int]
-    stages: list[list[tuple[int, str]]]
-    closing: int
-    evaluator: int
-
-    @classmethod
-    def make(cls, seed: int, round_: int, sizes: list[int], scheme: str, fraction: float, batch_size: int,
-             configured_steps: int | None) -> "RoundPlan":
-        ids = participants(seed, round_, len(sizes), fraction)
-        steps = {c: local_steps(configured_steps, sizes[c], batch_size) for c in ids}
-        order = step_order(seed, round_, steps, scheme)
-        if scheme == "sequential":  # a turn: fetch the half, train, hand it on
-            stages, turns = [], [c for i, c in enumerate(order) if i == 0 or order[i - 1] != c]
-            for c in turns:
-                stages += [[(c, "fetch")]] + [[(c, "train")]] * steps[c] + [[(c, "upload")]]
-            evaluator = turns[-1]
-        else:  # all fetch, the messages in the seeded order, all upload, the average back to all
-            stages = [[(c, "fetch") for c in ids]] + [[(c, "train")] for c in order] + [[(c, "upload") for c in ids]]
-            stages.append([(c, "fetch") for c in ids])
-            evaluator = ids[0]
-        closing = len(stages) - (1 if scheme == "sequential" else 2)
-        return cls(round_, ids, steps, stages + [[(evaluator, "done")]], closing, evaluator)
-
-
-def local_steps(configured: int | None, samples: int, batch_size: int) -> int:
-    """A client's steps per round: ``clients.local_steps``, or one pass over its own samples."""
-    return configured if configured is not None else math.ceil(samples / batch_size)
 
 
 def half_state(client) -> dict[str, torch.Tensor]:
@@ -140,14 +60,10 @@ def caps_reached(cfg, steps: int, samples: int, sent: int, rounds: int, n_train:
 
 
 class Federation:
-    """The server's side of sharing the client half: the current half and its version.
+    """The server's side of sharing the client half: the current half and its version. What an
+    upload does, and what a round's end does, is the scheme's (:mod:`splitvit.train.schemes`)."""
 
-    ``sequential``: an upload replaces the current half (the hand-off to the next client).
-    SplitFed: the uploads of a round are averaged (FedAvg, weighted by their samples) once every
-    client of the round has sent its half; ``average`` does it.
-    """
-
-    def __init__(self, scheme: str, template: dict[str, torch.Tensor]):
+    def __init__(self, scheme: Scheme, template: dict[str, torch.Tensor]):
         self.scheme = scheme
         self.current = {k: v.detach().clone() for k, v in template.items()}
         self.version = 0  # how many times the current half changed
@@ -157,11 +73,11 @@ class Federation:
 
     def upload(self, client: int, tensors: dict[str, torch.Tensor]) -> None:
         samples = int(tensors[SAMPLES])
-        half = {k: v for k, v in tensors.items() if k != SAMPLES}
-        if self.scheme == "sequential":
-            self.current, self.version = half, self.version + 1
-        else:
-            self.pending[client] = (half, samples)
+        self.scheme.upload(self, client, {k: v for k, v in tensors.items() if k != SAMPLES}, samples)
+
+    def replace(self, half: dict[str, torch.Tensor]) -> None:
+        """``half`` is the current half now (a hand-on)."""
+        self.current, self.version = half, self.version + 1
 
     def average(self) -> list[float]:
         """FedAvg of this round's uploads into the current half; returns the weights used, by client."""
@@ -182,22 +98,6 @@ class Federation:
     def load_state_dict(self, state: dict) -> None:
         self.current, self.version, self.stopped = state["current"], state["version"], state.get("stopped", False)
         self.pending.clear()
-
-
-def close_round(federation: "Federation", halves: list, scheme: str, plan: RoundPlan) -> None:
-    """The server's end of a round. SplitFed: the halves the round's clients uploaded are averaged
-    (FedAvg by their samples); SplitFed-V1 also averages the round's server-half copies, on the server
-    (``halves[c]`` is client ``c``'s copy), into every copy. Sequential: nothing (each upload was a hand-on)."""
-    if scheme == "sequential":
-        return
-    ids = sorted(federation.pending)
-    weights = federation.average()
-    if scheme == "splitfed_v1" and ids:
-        for part in ("model", "compressor"):
-            pick = (lambda h: h.model) if part == "model" else (lambda h: h.compressor.server_modules)  # noqa: E731
-            avg = fedavg([pick(halves[c]).state_dict() for c in ids], weights)
-            for h in halves:
-                pick(h).load_state_dict(avg)
 
 
 class Dropped(ValueError):
@@ -247,9 +147,11 @@ class Coordinator:
                 self._start(self.first_round)
             self.cond.notify_all()
 
-    def restart(self, round_: int) -> None:
-        """Go on from the start of round ``round_`` (a resumed run)."""
+    def restart(self, round_: int, back: int | None = None) -> None:
+        """Go on from the start of round ``round_`` (a resumed run); client ``back``, if dropped, is not any more."""
         with self.cond:
+            self.absent.discard(back)
+            self.dropped.discard(back)
             self.stopped = self.finished = False
             self._start(round_)
             self.cond.notify_all()
@@ -271,8 +173,9 @@ class Coordinator:
         self.stages = [list(stage) for stage in self.plan.stages]
         self.left = list(self.stages[0])
         self.dropped = set()
-        for c in sorted(self.absent):  # not back yet: not waited for again
-            self._drop(c, "it has not come back")
+        if set(self.plan.participants) - self.absent:  # (a round of absent clients alone waits for them)
+            for c in sorted(self.absent):  # not back yet: not waited for again
+                self._drop(c, "it has not come back")
 
     def wait(self, client: int, what: str) -> bool:
         """Block until ``(client, what)`` is due; False when the run is over and it never will be.
@@ -292,6 +195,14 @@ class Coordinator:
                     if c != client and now - self.heard.get(c, now) > self.drop_after_s:
                         self._drop(c, f"no message for {self.drop_after_s:.0f} s while the round waited for it")
 
+    def cut(self, scheme: Scheme) -> None:
+        """A cap was reached at the training event now being applied: the round ends there (see
+        :meth:`~splitvit.train.schemes.Scheme.cut`), less the events of clients already dropped."""
+        with self.cond:
+            self.plan = scheme.cut(self.plan, self.stage)
+            self.stages = [[e for e in stage if e[0] not in self.dropped] for stage in self.plan.stages]
+            self.cond.notify_all()
+
     def touch(self, client: int) -> None:
         """Any message of the client: it is alive (an evaluator sends eval messages, not events)."""
         self.heard[client] = time.monotonic()
@@ -304,6 +215,8 @@ class Coordinator:
                 self.cond.notify_all()
 
     def _drop(self, client: int, why: str) -> None:
+        if self.num == 1:  # a client alone is never dropped: no one else could finish its round; it comes back
+            return
         if client in self.dropped or not any(c == client for st in self.stages[self.stage:] for c, _ in st):
             return
         self.dropped.add(client)

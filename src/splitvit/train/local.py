@@ -30,7 +30,7 @@ class LocalTrainer:
         self.exchange = Exchange(InProcessLink(_no_messages))
         self.alast = None  # finetune=alast (splitvit.train.alast)
         self.inspector = None  # train.inspect (split runs only)
-        # what the loop records beside the step (splitvit.train.loop.instrument)
+        # what the loop records beside the step (splitvit.train.whole.instrument)
         self.profilers: dict = {}  # train.profile=true: a Profiler per side this process runs
         self.flop_every = 0  # the profilers count FLOPs (not time) on every flop_every-th step
         self.stages: dict = {}  # ALaST's controllers by side, for the run files

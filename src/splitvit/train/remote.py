@@ -21,14 +21,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..link import Exchange, standard_mods
-from ..profiling import Profiler
+from ..link import Exchange
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
-from .build import build_halves, build_server
 from .clients import Clients
-from .hub import Hub
 from .config import ConfigError, config_diff, resolve_device, shared_config, validate
-from .server import Session, SplitServer, server_digest
+from .hub import Hub
+from .server import Session, server_digest
 from .state import Progress
 
 log = logging.getLogger(__name__)
@@ -60,18 +58,20 @@ def chunk_bytes(link: DictConfig) -> int:
 
 
 class Sessions:
-    """Opens one :class:`SplitServer` per client run, checkpointing under ``<run_dir>/clients/<run id>/``."""
+    """Opens each client's session on the run's :class:`~.hub.Hub`: one client or several, the same way.
+    The rounds of a run of several clients are saved under ``<run_dir>/federation/``; a server of one
+    client serves one run after another, each run's under ``<run_dir>/federation/<run id>/``."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.shared = shared_config(cfg)
-        self.hub: Hub | None = None  # several clients: the run they share
+        self.hub: Hub | None = None  # the run its clients share
+        self.run_id: str | None = None  # one client at a time: whose run the hub is
         self.lock = threading.Lock()
 
-    def __call__(self, hello) -> SplitServer:
-
+    def __call__(self, hello) -> Session:
         if not RUN_ID.fullmatch(hello.run_id):
             raise Refused(f"run id {hello.run_id[:40]!r} is not 32 hex digits")
         # the cheap checks first: nothing is built for a client that is refused
@@ -92,34 +92,17 @@ class Sessions:
                           "Differing keys: " + shown)
         if not 2 <= hello.num_classes <= MAX_CLASSES:
             raise Refused(f"num_classes={hello.num_classes} is not in [2, {MAX_CLASSES}]")
-        if self.cfg.clients.num > 1:
-            return self._join(hello)
-        _, server_model, compressor, vit = build_halves(self.cfg, hello.num_classes, self.device)
-        if server_digest(server_model, compressor) != hello.init_digest:
-            raise Refused(DIGEST_DIFFERS)
-        server = build_server(self.cfg, server_model, compressor, vit, self.run_dir / "clients" / hello.run_id / "checkpoints")
-        if self.cfg.train.get("profile"):  # `splitvit serve train.profile=true`: phases beside the checkpoints
-            # FLOPs on the steps the client counts them; without train.eval_every the server cannot know the
-            # epoch's length, and counts them on step 0 only
-            server.profiler, server.flop_every = Profiler(self.device), self.cfg.train.eval_every or sys.maxsize
-            server.profile_log = self.run_dir / "clients" / hello.run_id / "profile.jsonl"
-        if hello.resume:
-            try:
-                server.restore(hello.resume_step)
-            except ValueError as e:
-                raise Refused(f"cannot resume run {hello.run_id}: {e}") from None
-        return server
-
-    def _join(self, hello) -> Session:
-        """Several clients: the first hello builds the run's :class:`Hub`; each client gets its session."""
         num = self.cfg.clients.num
         if not 0 <= hello.client < num:
             raise Refused(f"client id {hello.client} is not in [0, {num - 1}] (clients.num={num})")
         if hello.samples < 1:
             raise Refused("the client says it holds no training samples")
         with self.lock:
-            if self.hub is None:
-                self.hub = Hub(self.cfg, hello.num_classes, self.device, state_dir=self.run_dir / "federation")
+            # a new run: the first hello, or (one client at a time) another run's
+            if self.hub is None or (num == 1 and hello.run_id != self.run_id):
+                state_dir = self.run_dir / "federation" / (hello.run_id if num == 1 else "")
+                self.hub = Hub(self.cfg, hello.num_classes, self.device, state_dir=state_dir)
+                self.run_id = hello.run_id
             hub = self.hub
         if hello.num_classes != hub.num_classes:
             raise Refused(f"the client has {hello.num_classes} classes; this run's other clients have {hub.num_classes}")
@@ -136,17 +119,18 @@ DIGEST_DIFFERS = ("the client's initial weights of the server half differ from t
 
 
 class RemoteClient(Clients):
-    """``splitvit client clients.id=<i>``: one client of several, talking to ``splitvit serve`` over gRPC."""
+    """``splitvit client clients.id=<i>`` (or ``splitvit train link=grpc``): one client of a run, talking to
+    ``splitvit serve`` over gRPC."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, data, device, shaping, progress: Progress):
-        if not cfg.link.server:
+        if not cfg.link.server and cfg.clients.num > 1:
             raise ConfigError("a client of several needs a running server: start `splitvit serve clients.num=N ...` "
                               "and pass its address as server=HOST:PORT")
         super().__init__(cfg, data, device, progress, [cfg.clients.id])
         me = cfg.clients.id
         link = connect(cfg, run_dir, progress, data.num_classes, server_digest(self.server_model, self.compressor),
                        client=me, samples=self.sizes[me])
-        self.members[me].client.exchange = Exchange(link, standard_mods(progress, shaping))
+        self.members[me].client.exchange = Exchange(link, self.mods(self.members[me], shaping))
         if link.welcome.round > progress.round:  # resumed while the others went on: from the server's next round
             log.info("the run is at round %d; this client takes part from there", link.welcome.round + 1)
             for r in range(progress.round, link.welcome.round):  # the rounds it missed, as planned
@@ -161,8 +145,9 @@ class RemoteClient(Clients):
 
 
 def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = None) -> None:
-    """``splitvit serve``: serve client runs, one at a time, until stopped (or the first ends, ``link.once``);
-    with ``clients.num > 1``, one run of that many clients (``link.once``: stop when they all closed)."""
+    """``splitvit serve``: with one client, serve client runs one at a time until stopped (or the first
+    ends, ``link.once``); with ``clients.num > 1``, one run of that many clients (``link.once``: stop
+    when they all closed)."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +161,7 @@ def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = 
         raise ConfigError(str(e)) from None
     print(f"splitvit serve: listening on {server.address} ({'TLS' if security.tls else 'no TLS'}, "
           f"{'token required' if security.token else 'no token'}); " + (
-              f"serving one client at a time; checkpoints under {run_dir}/clients/" if cfg.clients.num == 1 else
+              f"serving one client at a time; each round's state in {run_dir}/federation/" if cfg.clients.num == 1 else
               f"serving {cfg.clients.num} clients ({cfg.clients.scheme}); each round's state in {run_dir}/federation/"),
           flush=True)
     if ready_file is not None:
@@ -295,8 +280,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 if __name__ == "__main__":  # the local server of `splitvit train link=grpc`: config file, run dir, ready file
-    import threading
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     serve(OmegaConf.load(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -1,5 +1,6 @@
-"""``fit``: one experiment, with one client (:mod:`.loop`) or several (:mod:`.clients`: all of them
-simulated here, or this process as one client of a ``splitvit serve``, :mod:`.remote`)."""
+"""``fit``: one experiment. A split run, with one client or several, all of them simulated here or this
+process as one client of a ``splitvit serve``, trains in :mod:`.clients`; a model in one piece
+(``split.index=null``) in :mod:`.whole`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from . import clients, loop, remote
+from .clients import Simulation, fit_clients
+from .common import prepare
+from .whole import fit_whole
+from .remote import RemoteClient
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``."""
-    prepared = loop.prepare(cfg, run_dir)
-    if loop.num_clients(cfg) > 1:
-        make = remote.RemoteClient if cfg.link.kind == "grpc" else clients.Simulation
-        return clients.fit_clients(cfg, *prepared, make_clients=make)
-    return loop.fit(cfg, run_dir, prepared)
+    run_dir, device, shaping, data = prepare(cfg, run_dir)
+    if cfg.split.index is None:
+        return fit_whole(cfg, run_dir, data, device)
+    make = RemoteClient if cfg.link.kind == "grpc" else Simulation
+    return fit_clients(cfg, run_dir, device, shaping, data, make_clients=make)

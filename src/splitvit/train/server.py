@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 import threading
 import time
-from pathlib import Path
+from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +15,10 @@ from ..channel import ChannelSpec, erasures, lenient
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..profiling import Profiler, timed
-from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, pack, read_header, unpack
+from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, content_digest, pack, unpack
 from .alast import update
-from .checkpoint import atomic_save, load_checkpoint_file
-from .config import ConfigError
 from .federation import Coordinator, Federation
 from .precision import autocast
-
-KEEP_CHECKPOINTS = 2  # the client may have died between the server's save and its own: keep the one before too
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -41,32 +36,24 @@ def server_digest(model: ServerModel, compressor: Compressor) -> str:
     return h.hexdigest()
 
 
-def content_digest(payload: bytes) -> bytes:
-    """SHA-256 of what a message says: its header in a canonical order, then its tensor bytes.
-    (safetensors writes the metadata in no fixed order, so the same message can differ in its bytes.)"""
-    header, meta = read_header(payload)
-    (n,) = struct.unpack("<Q", payload[:8])
-    h = hashlib.sha256(json.dumps([header, meta], sort_keys=True).encode())
-    h.update(memoryview(payload)[8 + n:])
-    return h.digest()
-
-
 class ServerHalf:
     """What every client of a server shares: the server blocks, their optimizer and the method's
     server side. It turns a decoded training message into an optimizer step and the gradient back,
     and an evaluation message into logits; it knows nothing of clients, step order or bytes.
     """
 
-    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer, bf16: bool = False):
+    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer, bf16: bool = False,
+                 alast=None):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
         self.device = next(model.parameters()).device
         self.bf16 = bf16
         self.lock = threading.Lock()  # sessions of several clients share the half: one step at a time
-        self.alast = None  # finetune=alast on the server's blocks (splitvit.train.alast)
+        self.alast = alast  # finetune=alast on the server's blocks (splitvit.train.alast)
 
-    def train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+    def train_step(self, message: dict[str, torch.Tensor], header: Header) -> tuple[Header, dict[str, torch.Tensor]]:
+        """The step of a decoded training message: the reply's header and tensors (the gradient back)."""
         with self.lock:
             return self._train_step(message, header)
 
@@ -74,7 +61,7 @@ class ServerHalf:
         with self.lock:
             return self._eval_step(message, header)
 
-    def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+    def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> tuple[Header, dict[str, torch.Tensor]]:
         self.model.train()
         if self.alast is not None:
             self.alast.before_step()
@@ -86,7 +73,7 @@ class ServerHalf:
         update(loss, self.optimizer, self.alast)
         with timed("encode"):
             reply = self.compressor.server_encode_grad(packet)
-            return pack(Header("grad", client=header.client, step=header.step, loss=loss.item()), reply)
+        return Header("grad", client=header.client, step=header.step, loss=loss.item()), reply
 
     @torch.no_grad()
     def _eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
@@ -112,23 +99,25 @@ class Session:
     """One client's session with a server half: what is per client. It checks each message against
     the session's schemas, applies training steps in order and once (the same step sent again, a
     client retrying after a lost reply, gets the reply it already produced; a step out of order is
-    refused), and names and keeps the checkpoints. A message that fails its schema raises
-    :class:`~splitvit.wire.WireError` before any use. Several sessions may share one half.
+    refused), repairs what a damaging channel did to a message, and hands weights and control messages
+    to the federation. A message that fails its schema raises :class:`~splitvit.wire.WireError` before
+    any use. Several sessions may share one half.
+
+    ``ledger`` (the :class:`~.hub.Hub`) counts each applied training step and says whether it reached a
+    cap that ends the round there; the reply then says ``stop`` (see :mod:`splitvit.wire.protocol`).
     """
 
     def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None, client: int = 0, federation: Federation | None = None,
-                 coordinator: Coordinator | None = None, on_train=None, channel: ChannelSpec | None = None):
+                 client: int = 0, federation: Federation | None = None, coordinator: Coordinator | None = None,
+                 ledger=None, channel: ChannelSpec | None = None):
         self.half = half
         self.profiler: Profiler | None = None  # train.profile=true: the server's phases of each training step
         self.flop_every = 0  # count FLOPs (not time) on the steps that are multiples of this
-        self.profile_log: Path | None = None  # over gRPC: where each checkpoint appends the phases since the last
-        self._profiled_to = 0  # the steps profile_log covers (a retried checkpoint call writes nothing twice)
         self.client = client
-        self.federation = federation  # several clients: where client halves are handed on or averaged
-        self.round = 0  # several clients: the round the client takes part from (a resumed one: the next)
-        self.coordinator = coordinator  # over gRPC: holds each message until the round's plan says it is due
-        self.on_train = on_train  # on_train(client, request bytes, reply bytes, step): the server's own count
+        self.federation = federation  # where client halves are handed on or averaged
+        self.round = 0  # the round the client takes part from (a resumed one: the next)
+        self.coordinator = coordinator  # holds each message until the round's plan says it is due
+        self.ledger = ledger
         eval_batch = max_eval_batch or max_batch
         compressor = half.compressor
         self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
@@ -142,7 +131,6 @@ class Session:
         if federation is not None:
             self.schemas["weights"] = federation.schema  # a client half up
             self.schemas["control"] = Schema({})  # a client asks for the current half
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.last_step = -1  # the last training step applied
         self._last_reply: bytes | None = None
         self._last_payload: bytes | None = None  # the message that step came in: a retry must say the same
@@ -179,50 +167,59 @@ class Session:
     def handle(self, payload: bytes) -> bytes:
         t0 = time.perf_counter()
         message, header = unpack(payload, self.schema_for)
-        if header.kind == "train" and self.profiler is not None:
-            with self.profiler.step(count_flops=bool(self.flop_every) and header.step % self.flop_every == 0):
-                parsed = time.perf_counter() - t0  # unpacking came before the step was known to be one
-                self.profiler.add("decode", parsed)
-                self.profiler.add("total", parsed)
-                return self._handle(payload, message, header)
-        return self._handle(payload, message, header)
-
-    def _handle(self, payload: bytes, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        parsed = time.perf_counter() - t0
         if self.coordinator is not None:
             self.coordinator.touch(self.client)
-        if header.kind in ("weights", "control") and self._fed_cache is not None and self._fed_cache[0] == payload:
-            return self._fed_cache[1]  # a retry after a lost reply: answered again, not applied again
-        if header.kind == "train":
-            step = header.step
-            if step == self.last_step and self._last_reply is not None:
-                # digests only on a retry: nothing is hashed on the hot path of an ordinary step
-                if content_digest(payload) != content_digest(self._last_payload):
-                    raise WireError(f"training step {step} was sent again with different content; a retry must "
-                                    "resend the same message (a second client with this client's id?)")
-                return self._last_reply  # a retry: the step was applied already
-            if step != self.last_step + 1:
-                raise WireError(
-                    f"training step {step} is out of order: the server applied step {self.last_step} last; "
-                    "resume the client from its checkpoint (train.resume=true)"
-                )
+        if header.kind != "train":
+            return self._handle(payload, message, header)
+        step = header.step
+        if step == self.last_step and self._last_reply is not None:
+            # digests only on a retry: nothing is hashed on the hot path of an ordinary step
+            if content_digest(payload) != content_digest(self._last_payload):
+                raise WireError(f"training step {step} was sent again with different content; a retry must "
+                                "resend the same message (a second client with this client's id?)")
+            return self._last_reply  # a retry: the step was applied already
+        if step != self.last_step + 1:
+            raise WireError(f"training step {step} is out of order: the server applied step {self.last_step} last; "
+                            "resume the client from its checkpoint (train.resume=true)")
+        if not self._due("train"):  # (over gRPC, waits for its turn in the round: not part of the step)
+            raise WireError("the run is over: no more training steps are taken")
+        profiled = self.profiler is not None
+        with self.profiler.step(count_flops=bool(self.flop_every) and step % self.flop_every == 0) if profiled else nullcontext():
+            if profiled:  # unpacking came before the step was known to be one
+                self.profiler.add("decode", parsed)
+                self.profiler.add("total", parsed)
+            reply = self._train(payload, message, header)
+        self._complete("train")  # may close the round (and save it): after the step
+        return reply
+
+    def _received(self, message: dict[str, torch.Tensor], header: Header) -> dict[str, torch.Tensor]:
+        """A message on the half's device, repaired when a damaging channel hits it on the way up."""
         with timed("decode"):
             if self.channel.hits(header.kind, "up"):
                 message = self.compressor.repair(message, erasures(header, message))[0]
-            message = {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
-        if header.kind == "train":
-            if not self._due("train"):
-                raise WireError("the run is over: no more training steps are taken")
-            reply = self.half.train_step(message, header)
-            self.last_step, self._last_reply, self._last_payload = step, reply, payload
-            if self.on_train is not None:
-                self.on_train(self.client, len(payload), len(reply), step)
-            self._complete("train")
-            return reply
+            return {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
+
+    def _train(self, payload: bytes, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        got, tensors = self.half.train_step(self._received(message, header), header)
+        with timed("encode"):
+            reply = pack(got, tensors)
+            if self.ledger is not None:
+                if self.ledger.cuts(self.client, len(payload), len(reply), header.step):  # a cap: the round ends here
+                    reply = pack(replace(got, mode="stop"), tensors)
+                self.ledger.count(self.client, len(payload), len(reply), header.step)
+        self.last_step, self._last_reply, self._last_payload = header.step, reply, payload
+        return reply
+
+    def _handle(self, payload: bytes, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        """A message other than a training step: weights, control, or an evaluation batch."""
         if header.kind in ("weights", "control"):
-            reply = self._federate(message, header)
+            if self._fed_cache is not None and self._fed_cache[0] == payload:
+                return self._fed_cache[1]  # a retry after a lost reply: answered again, not applied again
+            reply = self._federate(self._received(message, header), header)
             self._fed_cache = (payload, reply)
             return reply
-        return self.half.eval_step(message, header)
+        return self.half.eval_step(self._received(message, header), header)
 
     def _due(self, what: str) -> bool:
         return self.coordinator is None or self.coordinator.wait(self.client, what)
@@ -242,67 +239,13 @@ class Session:
             return pack(Header("control", client=c, step=f.version, mode="stop"), {})
         if what == "upload":
             f.upload(c, message)
+        if what == "done" and self.ledger is not None:
+            self.ledger.evaluated()
         reply_weights = what == "fetch" and header.step != f.version
         self._complete(what)  # may close the round: the reply then says whether the run is over
         # SplitFed's uploads of a round come in any order and the last one closes the round: their acks
         # would say "stop" or not by a race, so only fetch and done replies (and sequential's hand-ons) say it
-        mode = "stop" if f.stopped and (what != "upload" or f.scheme == "sequential") else "ack"
+        mode = "stop" if f.stopped and (what != "upload" or f.scheme.upload_says_stop()) else "ack"
         if reply_weights:
             return pack(Header("weights", client=c, step=f.version, mode=mode), f.current)
         return pack(Header("control", client=c, step=f.version, mode=mode), {})
-
-    # -- checkpoints of the server's own half -------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {**self.half.state_dict(), "last_step": self.last_step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.half.load_state_dict(state)
-        self.last_step, self._last_reply = state["last_step"], None
-
-    def _path(self, steps: int) -> Path:
-        if self.checkpoint_dir is None:
-            raise ValueError("this server keeps no checkpoints (no checkpoint directory)")
-        return self.checkpoint_dir / f"server-{steps:09d}.pt"
-
-    def checkpoint(self, steps: int) -> Path:
-        """Save the server's half after ``steps`` training steps, atomically; keep the last few."""
-        if steps != self.last_step + 1:
-            raise ValueError(f"checkpoint at {steps} steps asked, but the server has applied {self.last_step + 1}")
-        path = self._path(steps)
-        atomic_save(self.state_dict(), path)
-        for old in sorted(self.checkpoint_dir.glob("server-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
-        if self.profile_log is not None and self.profiler is not None and steps > self._profiled_to:
-            self._log_profile(steps)
-        return path
-
-    def _log_profile(self, steps: int) -> None:
-        """The server's phases since the last checkpoint, and over the run so far, as one JSON line: over
-        gRPC they never reach the client's ``metrics.jsonl``, so they stay beside the server's checkpoints."""
-        interval = self.profiler.summary()
-        self.profiler.reset_times()
-        row = {"step": steps, "server": interval, "server_run": self.profiler.summary(run=True)}
-        with self.profile_log.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        self._profiled_to = steps
-
-    def restore(self, steps: int) -> None:
-        """Go back to the state after ``steps`` training steps, where the client resumes."""
-        path = self._path(steps)
-        if not path.is_file():
-            have = sorted(p.name for p in self.checkpoint_dir.glob("server-*.pt"))
-            raise ValueError(f"the server has no checkpoint after {steps} steps in {self.checkpoint_dir} (it has: {have or 'none'})")
-        try:
-            self.load_state_dict(load_checkpoint_file(path, map_location=self.half.device))
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-
-
-class SplitServer(Session):
-    """A server half with its one client's session: the single-client server, as one call."""
-
-    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
-                 max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
-                 checkpoint_dir: str | Path | None = None, bf16: bool = False, channel: ChannelSpec | None = None):
-        super().__init__(ServerHalf(model, compressor, optimizer, bf16), max_batch, num_tokens, dim,
-                         max_eval_batch=max_eval_batch, checkpoint_dir=checkpoint_dir, channel=channel)

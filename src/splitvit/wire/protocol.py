@@ -7,7 +7,8 @@ strings in its metadata. The header says what the message is and where it belong
 kind      direction               header fields besides ``kind`` and ``client``
 ========  ======================  ===============================================================
 train     client -> server        ``step``: the training step it is for (applied in order, once)
-grad      server -> client        ``step`` (the same), ``loss`` (the server's, as ``repr(float)``)
+grad      server -> client        ``step`` (the same), ``loss`` (the server's, as ``repr(float)``), ``mode``
+                                  (below)
 eval      client -> server        ``mode``: ``uncompressed``, ``tokens`` or ``compressed``
 logits    server -> client        (nothing more)
 weights   either way              ``step``: up, the round; down, the version of the half it is
@@ -21,6 +22,9 @@ With several clients the client halves travel as ``weights`` messages, and ``con
   (``weights``) or, when the client's is current, ``control`` ``ack``;
 - ``done`` (up, ``step``: the round): the client that evaluates a round has done so;
 - ``ack`` (down): received; ``stop`` (down, on any reply at a round's end): the run is over.
+
+A ``grad`` has ``mode`` ``stop`` when its step reached one of the run's caps on the server's count:
+the round ends at that step. (Only that reply carries it: a run's other replies cost nothing for it.)
 
 A message that crossed a lossy channel without retransmission also has ``lost``: which of its
 elements never arrived (see :mod:`splitvit.channel`).
@@ -41,6 +45,7 @@ from .codec import Schema, WireError, decode, encode
 
 KINDS = ("train", "grad", "eval", "logits", "weights", "control")
 CONTROL_MODES = ("fetch", "done", "ack", "stop")
+GRAD_MODES = ("stop",)
 MAX_CLIENT = 1 << 20  # client ids are small numbers; a larger one is a malformed header
 
 
@@ -64,6 +69,8 @@ class Header:
             raise WireError(f"a control message needs a mode, one of {', '.join(CONTROL_MODES)}; got {self.mode!r}")
         if self.kind == "grad" and self.loss is None:
             raise WireError("a grad message needs the server's loss")
+        if self.kind == "grad" and self.mode not in (None, *GRAD_MODES):
+            raise WireError(f"a grad message's mode is absent or one of {', '.join(GRAD_MODES)}; got {self.mode!r}")
         if self.lost is not None and self.kind not in ("train", "grad", "eval", "logits"):
             raise WireError(f"a {self.kind} message does not cross a lossy channel: it cannot have lost elements")
 
