@@ -36,7 +36,7 @@ WHERE = ("client", "server", "both")
 
 class ALaST:
     """The controller of one stage: call :meth:`before_step` before a training step's forward and
-    :meth:`after_step` after its backward."""
+    :meth:`after_step` after its backward; as a step mod (:mod:`.mods`) it does both around the step."""
 
     def __init__(self, blocks: nn.ModuleList, tokens: int, K: int, alpha: float, b0: float = 1.0, b_min: float = 0.5,
                  select: str = "top", prune: str = "before", importance: str = "sample", seed: int = 0,
@@ -84,6 +84,12 @@ class ALaST:
                             for b, d, p in zip(self.budgets, delta, self.previous)]
         self.previous = delta
         self.schedule.keep = []  # between steps (evaluation included) the blocks run stock
+
+    def __call__(self, step, call_next):
+        self.before_step()
+        out = call_next(step)
+        self.after_step()
+        return out
 
     def summary(self) -> dict:
         s = self.schedule

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .alast import ALaST
 from .config import ConfigError, resume_mismatch
+from .mods import find
 from .state import CAPS, Progress
 
 
@@ -55,7 +57,7 @@ def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> No
         "compressor": compressor.client_state(),  # the client's side of the method only
         "progress": asdict(progress),
         "torch_rng": torch.get_rng_state(),
-        **({"alast": client.alast.state_dict()} if getattr(client, "alast", None) is not None else {}),
+        **({"alast": find(client.mods, ALaST).state_dict()} if find(client.mods, ALaST) is not None else {}),
     }, path)
 
 
@@ -77,8 +79,8 @@ def load_client(path: Path, cfg: DictConfig, client, compressor):
     client.optimizer.load_state_dict(state["client_optimizer"])
     compressor.load_client_state(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
-    if getattr(client, "alast", None) is not None:
-        client.alast.load_state_dict(state["alast"])
+    if find(client.mods, ALaST) is not None:
+        find(client.mods, ALaST).load_state_dict(state["alast"])
     progress = Progress.from_state(state["progress"])
     if not progress.caps:  # a checkpoint from before caps were recorded: its config has them
         progress.caps = {k: state["config"].get("train", {}).get(k) for k in CAPS}

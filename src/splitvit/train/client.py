@@ -11,17 +11,19 @@ from ..models import ClientModel
 from ..profiling import timed
 from ..wire import Header, Schema, TensorSpec
 from .evaluation import score
+from .mods import Step, StepMod, through
 from .precision import autocast
 
 
 class SplitClient:
     """One client: its blocks, its own instance of the method (its client side: nothing is shared with
     another client or with the server) and its optimizer. Every message goes through ``exchange``,
-    whose mods count the bytes; the client counts nothing itself."""
+    whose mods count the bytes; the client counts nothing itself. Each training step goes through
+    ``mods`` (:mod:`.mods`: the profiler, the inspector, ALaST), the first outermost."""
 
     def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
                  exchange: Exchange | None, num_classes: int, bf16: bool = False, client_id: int = 0,
-                 channel: ChannelSpec | None = None, alast=None, inspector=None):
+                 channel: ChannelSpec | None = None, mods: list[StepMod] = ()):
         self.model = model
         self.client_id = client_id
         self.compressor = compressor
@@ -30,37 +32,35 @@ class SplitClient:
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
-        self.inspector = inspector  # train.inspect=true: an Inspector (splitvit.train.inspect)
-        self.alast = alast  # finetune=alast on the client's blocks (splitvit.train.alast)
+        self.mods = list(mods)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[float, bool]:
-        """One split-learning step, top to bottom. Returns the server's loss, and whether the server's reply
-        says a cap was reached at this step (its round ends here)."""
+        """One split-learning step through the client's mods. Returns the server's loss, and whether the
+        server's reply says a cap was reached at this step (its round ends here)."""
+        return through(self.mods, Step(step), lambda s: self._step(images, labels, s))
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, step: Step) -> tuple[float, bool]:
+        """The step, top to bottom: client forward, compress, send, the server's step, gradient back, client step."""
         self.model.train()
-        if self.alast is not None:  # finetune=alast: which client blocks train, on how many tokens
-            self.alast.before_step()
         with timed("forward"), autocast(images.device, self.bf16):
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
         with timed("compress"):
             packet = self.compressor.client_encode(h, cls_attn, labels)
-        if self.inspector is not None:  # train.inspect=true: what the method does at the cut
-            self.inspector.observe(cls_attn, packet.message)
-            if h.requires_grad:
-                h.register_hook(lambda g: self.inspector.add("grad_norm_cut", g.float().norm().item()))
+        if h.requires_grad:  # what a mod wants of dL/dh (not when ALaST froze every client block)
+            for hook in step.cut_grad_hooks:
+                h.register_hook(hook)
         reply, header = self.exchange(  # serialise, the server's forward, loss, backward and step, deserialise
-            Header("train", client=self.client_id, step=step), packet.message, self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
+            Header("train", client=self.client_id, step=step.index), packet.message,
+            self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
         with timed("decompress"):
             grad = self.compressor.client_decode_grad(self._received("train", reply, header), packet)  # gradient back
-        if self.inspector is not None:
-            self.inspector.add("grad_norm_sent", grad.float().norm().item())
         with timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             if packet.sent.requires_grad:  # not when ALaST froze every client parameter this step
                 packet.sent.backward(grad.to(packet.sent.device))
         with timed("step"):
             self.optimizer.step()  # client step
-        if self.alast is not None:
-            self.alast.after_step()
+        step.message, step.cls_attn, step.grad = packet.message, cls_attn, grad
         return header.loss, header.mode == "stop"
 
     @torch.no_grad()

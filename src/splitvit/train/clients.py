@@ -18,7 +18,6 @@ import copy
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +32,7 @@ from ..data.partition import histograms, partition
 from ..link import Exchange, InProcessLink, LinkModel, standard_mods
 from ..profiling import Profiler, peak_rss_mb
 from ..wire import Header, Schema
-from .alast import build_alast
+from .alast import ALaST, build_alast
 from .baseline import uncompressed_bytes
 from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_resumable
@@ -42,6 +41,7 @@ from .config import ConfigError
 from .federation import SAMPLES, half_schema, half_state, load_half_state
 from .hub import Hub, client_template
 from .inspect import Inspector
+from .mods import ProfileStep, find
 from .common import (Interrupted, StopBetweenSteps, evaluate, lr_factor, make_summary, reachability, test_batches,
                         workers)
 from .schemes import RoundPlan, build_scheme
@@ -62,7 +62,6 @@ class Member:
     id: int
     indices: torch.Tensor  # its samples of the training set
     client: SplitClient
-    profiler: Profiler | None = None  # train.profile=true: its side of each step
     epoch: int = 0  # passes over its own samples completed
     batch_in_epoch: int = 0
     steps: int = 0  # its training steps: the step ids of its messages
@@ -71,20 +70,24 @@ class Member:
     told_stop: bool = False  # a reply has said the run is over
     _batches: Iterator | None = field(default=None, repr=False)
 
+    def mod(self, kind: type):
+        """The client's step mod of type ``kind`` (its profiler, inspector, ALaST stage), or None."""
+        return find(self.client.mods, kind)
+
     def state_dict(self) -> dict:
-        c = self.client
+        c, alast = self.client, self.mod(ALaST)
         return {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
                 "compressor": c.compressor.client_state(), "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version,
-                "told_stop": self.told_stop, **({"alast": c.alast.state_dict()} if c.alast is not None else {})}
+                "told_stop": self.told_stop, **({"alast": alast.state_dict()} if alast is not None else {})}
 
     def load_state_dict(self, s: dict) -> None:
-        c = self.client
+        c, alast = self.client, self.mod(ALaST)
         c.model.load_state_dict(s["model"])
         c.optimizer.load_state_dict(s["optimizer"])
         c.compressor.load_client_state(s["compressor"])
-        if c.alast is not None:
-            c.alast.load_state_dict(s["alast"])
+        if alast is not None:
+            alast.load_state_dict(s["alast"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
         self.told_stop = s.get("told_stop", False)
 
@@ -144,12 +147,20 @@ class Clients:
             model, method = copy.deepcopy(client_model), copy.deepcopy(compressor)
             alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "client")  # before the optimizer: LoRA adds parameters
             client = SplitClient(model, method, make_optimizer(cfg, model, method.client_modules), None,
-                                 data.num_classes, bf16=bf16, client_id=i, channel=self.channel, alast=alast,
-                                 inspector=Inspector() if cfg.train.get("inspect") else None)
-            self.members[i] = Member(i, self.parts[i], client, Profiler(device) if cfg.train.get("profile") else None)
+                                 data.num_classes, bf16=bf16, client_id=i, channel=self.channel,
+                                 mods=self.step_mods(alast))
+            self.members[i] = Member(i, self.parts[i], client)
         self.template = client_template(cfg, client_model, compressor, self.vit, data.num_classes)
         self.half_schema = half_schema(self.template)
         self.augment = build_augment(cfg.dataset.get("augment", "none"))
+
+    def step_mods(self, alast: ALaST | None) -> list:
+        """What each training step of a client goes through, outermost first: the profiler (so the others'
+        work is in its step), the inspector, ALaST's stage."""
+        cfg = self.cfg
+        mods = [ProfileStep(Profiler(self.device), self.flop_every)] if cfg.train.get("profile") else []
+        mods += [Inspector()] if cfg.train.get("inspect") else []
+        return mods + ([alast] if alast is not None else [])
 
     def mods(self, m: Member, shaping: LinkModel | None) -> list:
         """What every message of member ``m`` goes through: the byte count, the link-time model, its channel."""
@@ -221,7 +232,7 @@ class Clients:
         several = len(self.members) > 1
         name = (lambda m: f"client {m.id}") if several else (lambda m: "client")  # noqa: E731
         out: dict = {}
-        profiles = {name(m): m.profiler for m in self.members.values() if m.profiler is not None}
+        profiles = {name(m): m.mod(ProfileStep).profiler for m in self.members.values() if m.mod(ProfileStep) is not None}
         if self.server_profiler() is not None:
             profiles["server"] = self.server_profiler()
         if profiles:
@@ -235,10 +246,10 @@ class Clients:
                 out["channel_per_client"] = {c: channel_metrics(combined({c: s})) for c, s in sorted(self.p.channel.items())}
         if run:
             return out
-        inspected = {name(m): m.client.inspector.summary() for m in self.members.values() if m.client.inspector is not None}
+        inspected = {name(m): m.mod(Inspector).summary() for m in self.members.values() if m.mod(Inspector) is not None}
         if inspected:
             out["inspect"] = inspected if several else inspected["client"]
-        alast = {**{name(m): m.client.alast.summary() for m in self.members.values() if m.client.alast is not None},
+        alast = {**{name(m): m.mod(ALaST).summary() for m in self.members.values() if m.mod(ALaST) is not None},
                  **self.server_alast()}
         if alast:
             out["alast"] = alast
@@ -458,8 +469,7 @@ def _round(cfg, clients: Clients, plan: RoundPlan, p: Progress, losses: list[flo
             else:
                 images, labels = clients.next_batch(m)
                 clients.set_lr(cfg.train.lr * lr_factor(cfg.train.get("schedule", "constant"), before + trained - 1, total, warmup))
-                with m.profiler.step(count_flops=m.steps % clients.flop_every == 0) if m.profiler else nullcontext():
-                    loss, reached = m.client.train_step(images, labels, m.steps)
+                loss, reached = m.client.train_step(images, labels, m.steps)
                 losses.append(loss)
                 m.steps += 1
                 m.trained += labels.shape[0]

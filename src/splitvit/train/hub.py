@@ -61,7 +61,8 @@ class Hub:
         for _ in range(self.scheme.server_copies(c.num)):
             model, method = copy.deepcopy(server_model), copy.deepcopy(compressor)
             alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "server")  # before the optimizer: LoRA adds parameters
-            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16, alast))
+            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16,
+                                          mods=[alast] if alast is not None else []))
         self.federation = Federation(self.scheme, client_template(cfg, client_model, compressor, self.vit, num_classes))
         self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
         self.channel = ChannelSpec.from_config(cfg.get("channel"))

@@ -26,6 +26,9 @@ def entropy_bits(p: torch.Tensor) -> torch.Tensor:
 
 
 class Inspector:
+    """``train.inspect=true`` as a step mod (:mod:`.mods`): each step's figures, means since the last
+    :meth:`summary`."""
+
     def __init__(self):
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
@@ -43,6 +46,13 @@ class Inspector:
         if targets is not None:
             self.add("cluster_label_entropy_bits", entropy_bits(targets).mean().item())
             self.add("clusters_mixed", (targets.max(-1).values < 1 - 1e-6).float().mean().item())
+
+    def __call__(self, step, call_next):
+        step.cut_grad_hooks.append(lambda g: self.add("grad_norm_cut", g.float().norm().item()))
+        out = call_next(step)
+        self.observe(step.cls_attn, step.message)
+        self.add("grad_norm_sent", step.grad.float().norm().item())
+        return out
 
     def summary(self) -> dict:
         """The means since the last call; then it starts over."""

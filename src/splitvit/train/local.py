@@ -14,6 +14,7 @@ from ..link import Exchange, InProcessLink
 from ..models import VisionTransformer
 from ..profiling import timed
 from .alast import update
+from .mods import Step, StepMod, through
 from .evaluation import score
 from .precision import autocast
 
@@ -23,26 +24,25 @@ def _no_messages(payload: bytes) -> bytes:
 
 
 class LocalTrainer:
-    def __init__(self, model: VisionTransformer, optimizer: torch.optim.Optimizer, bf16: bool = False):
+    """The model in one piece, its optimizer, and its step mods (:mod:`.mods`: the profiler, ALaST)."""
+
+    def __init__(self, model: VisionTransformer, optimizer: torch.optim.Optimizer, bf16: bool = False,
+                 mods: list[StepMod] = ()):
         self.model = model
         self.optimizer = optimizer
         self.bf16 = bf16
         self.exchange = Exchange(InProcessLink(_no_messages))
-        self.alast = None  # finetune=alast (splitvit.train.alast)
-        self.inspector = None  # train.inspect (split runs only)
-        # what the loop records beside the step (splitvit.train.whole.instrument)
-        self.profilers: dict = {}  # train.profile=true: a Profiler per side this process runs
-        self.flop_every = 0  # the profilers count FLOPs (not time) on every flop_every-th step
-        self.stages: dict = {}  # ALaST's controllers by side, for the run files
+        self.mods = list(mods)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
+        return through(self.mods, Step(step), lambda _: self._step(images, labels))
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         self.model.train()
-        if self.alast is not None:
-            self.alast.before_step()
         with timed("forward"), autocast(images.device, self.bf16):
             logits = self.model(images)
             loss = F.cross_entropy(logits.float(), labels)
-        update(loss, self.optimizer, self.alast)
+        update(loss, self.optimizer, None)
         return loss.item()
 
     @torch.no_grad()

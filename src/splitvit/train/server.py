@@ -16,7 +16,8 @@ from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..profiling import Profiler, timed
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, content_digest, pack, unpack
-from .alast import update
+from .alast import ALaST, update
+from .mods import Step, StepMod, find, through
 from .federation import Coordinator, Federation
 from .precision import autocast
 
@@ -39,23 +40,30 @@ def server_digest(model: ServerModel, compressor: Compressor) -> str:
 class ServerHalf:
     """What every client of a server shares: the server blocks, their optimizer and the method's
     server side. It turns a decoded training message into an optimizer step and the gradient back,
-    and an evaluation message into logits; it knows nothing of clients, step order or bytes.
+    and an evaluation message into logits; it knows nothing of clients, step order or bytes. Each
+    training step goes through ``mods`` (:mod:`.mods`: ALaST on the server's blocks).
     """
 
     def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer, bf16: bool = False,
-                 alast=None):
+                 mods: list[StepMod] = ()):
         self.model = model
         self.compressor = compressor
         self.optimizer = optimizer
         self.device = next(model.parameters()).device
         self.bf16 = bf16
         self.lock = threading.Lock()  # sessions of several clients share the half: one step at a time
-        self.alast = alast  # finetune=alast on the server's blocks (splitvit.train.alast)
+        self.mods = list(mods)
+
+    @property
+    def alast(self) -> ALaST | None:
+        """``finetune=alast`` on the server's blocks, when it runs there."""
+        return find(self.mods, ALaST)
 
     def train_step(self, message: dict[str, torch.Tensor], header: Header) -> tuple[Header, dict[str, torch.Tensor]]:
-        """The step of a decoded training message: the reply's header and tensors (the gradient back)."""
+        """The step of a decoded training message, through the half's mods: the reply's header and tensors
+        (the gradient back)."""
         with self.lock:
-            return self._train_step(message, header)
+            return through(self.mods, Step(header.step), lambda _: self._train_step(message, header))
 
     def eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         with self.lock:
@@ -63,14 +71,12 @@ class ServerHalf:
 
     def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> tuple[Header, dict[str, torch.Tensor]]:
         self.model.train()
-        if self.alast is not None:
-            self.alast.before_step()
         with timed("decode"):
             packet = self.compressor.server_decode(message)
         with timed("forward"), autocast(self.device, self.bf16):
             logits = self.model(packet.z)
             loss = soft_cross_entropy(logits, packet.targets)  # in float32
-        update(loss, self.optimizer, self.alast)
+        update(loss, self.optimizer, None)
         with timed("encode"):
             reply = self.compressor.server_encode_grad(packet)
         return Header("grad", client=header.client, step=header.step, loss=loss.item()), reply

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,11 +17,12 @@ from ..compression import NoCompression
 from ..data import batches, num_batches
 from ..data.augment import build_augment
 from ..profiling import Profiler, peak_rss_mb
-from .alast import build_alast
+from .alast import ALaST, build_alast
 from .build import build_model, make_optimizer
 from .checkpoint import load_client, save_client
 from .common import Interrupted, StopBetweenSteps, evaluate, lr_factor, make_summary, workers
 from .local import LocalTrainer
+from .mods import ProfileStep, find
 from .state import CAPS, Progress
 from .tracking import make_tracker
 
@@ -34,9 +34,10 @@ def fit_whole(cfg: DictConfig, run_dir: Path, data, device) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.num_classes).to(device)
     alast = build_alast(cfg, model, model.cfg.num_tokens, model.cfg.depth)  # before the optimizer: LoRA adds parameters
-    trainer = LocalTrainer(model, make_optimizer(cfg, model), bf16=cfg.train.precision == "bf16")
-    trainer.alast = alast
-    instrument(cfg, trainer, data, device)
+    mods = [ProfileStep(Profiler(device), cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size))
+            ] if cfg.train.get("profile") else []  # FLOPs (not time) on a step once an evaluation interval
+    trainer = LocalTrainer(model, make_optimizer(cfg, model), bf16=cfg.train.precision == "bf16",
+                           mods=mods + ([alast] if alast is not None else []))
     compressor = NoCompression(data.num_classes, model.cfg.num_tokens, model.cfg.embed_dim)
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
@@ -87,8 +88,8 @@ def _train(cfg, run_dir: Path, data, client: LocalTrainer, compressor, vit, devi
     def evaluate_and_save() -> None:
         record = evaluate(cfg, client, data, vit, device, p, losses)
         record.update(profile_record(client))
-        if client.alast is not None:
-            record["alast"] = {"whole": client.alast.summary()}
+        if find(client.mods, ALaST) is not None:
+            record["alast"] = {"whole": find(client.mods, ALaST).summary()}
         losses.clear()
         tracker.evaluation(record)
         p.history.append(record)
@@ -143,8 +144,7 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = cfg.train.lr * factor
-            with profiled(client, p.step):
-                losses.append(client.train_step(images, labels, p.step))
+            losses.append(client.train_step(images, labels, p.step))
             p.step += 1
             p.batch_in_epoch += 1
             if p.batch_in_epoch == steps_per_epoch:
@@ -170,29 +170,12 @@ def _loop(cfg, data, client, vit, device, p: Progress, optimizers, augment, step
     return reason
 
 
-def instrument(cfg, trainer: LocalTrainer, data, device) -> None:
-    """``train.profile``: a profiler of the step, which counts FLOPs once an evaluation interval."""
-    if cfg.train.get("profile"):
-        trainer.flop_every = cfg.train.eval_every or num_batches(data.train, cfg.train.batch_size)
-        trainer.profilers = {"whole": Profiler(device)}
-
-
-def profiled(trainer, step: int):
-    """The step under the trainer's profiler (``train.profile=true``), which counts FLOPs instead of
-    time on every ``flop_every``-th step; nothing otherwise."""
-    if not trainer.profilers:
-        return nullcontext()
-    return next(iter(trainer.profilers.values())).step(count_flops=step % trainer.flop_every == 0)
-
-
 def profile_record(trainer, run: bool = False) -> dict:
-    """Each side's phases since the last evaluation (``run``: over the run), and the process's peak memory."""
-    if not trainer.profilers:
+    """The step's phases since the last evaluation (``run``: over the run), and the process's peak memory."""
+    prof = find(trainer.mods, ProfileStep)
+    if prof is None:
         return {}
-    out = {side: prof.summary(run) for side, prof in trainer.profilers.items()}
+    out = prof.profiler.summary(run)
     if not run:
-        for prof in trainer.profilers.values():
-            prof.reset_times()
-    return {"profile": {**out, "peak_rss_mb": peak_rss_mb()}}
-
-
+        prof.profiler.reset_times()
+    return {"profile": {"whole": out, "peak_rss_mb": peak_rss_mb()}}
