@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..channel import ChannelSpec, erasures, lenient
+from ..channel import ChannelSpec, Receiver
 from ..compression import Compressor
 from ..link import Exchange
 from ..models import ClientModel
@@ -31,7 +31,8 @@ class SplitClient:
         self.exchange = exchange
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
-        self.channel = channel or ChannelSpec()  # what the link may do to the replies: they are repaired, not refused
+        # what the channel may do to the replies: they are repaired, not refused
+        self.receive = Receiver(channel, "down", compressor.role, compressor.repair)
         self.mods = list(mods)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[float, bool]:
@@ -51,9 +52,9 @@ class SplitClient:
                 h.register_hook(hook)
         reply, header = self.exchange(  # serialise, the server's forward, loss, backward and step, deserialise
             Header("train", client=self.client_id, step=step.index), packet.message,
-            self._schema("train", self.compressor.grad_schema(packet.sent)), "grad")
+            self.receive.schema("train", self.compressor.grad_schema(packet.sent)), "grad")
         with timed("decompress"):
-            grad = self.compressor.client_decode_grad(self._received("train", reply, header), packet)  # gradient back
+            grad = self.compressor.client_decode_grad(self.receive("train", header, reply), packet)  # gradient back
         with timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             if packet.sent.requires_grad:  # not when ALaST froze every client parameter this step
@@ -74,12 +75,5 @@ class SplitClient:
             h, cls_attn = self.model(images)
         schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
         reply, header = self.exchange(Header("eval", client=self.client_id, mode=mode),
-                                      self.compressor.eval_encode(h, cls_attn, mode), self._schema("eval", schema), "logits")
-        return self._received("eval", reply, header)["logits"].to(labels.device), labels
-
-    def _schema(self, kind: str, schema: Schema) -> Schema:
-        return lenient(schema, self.compressor.role) if self.channel.hits(kind, "down") else schema
-
-    def _received(self, kind: str, reply: dict, header: Header) -> dict:
-        """A reply that crossed a damaging channel, repaired by the method (see :mod:`splitvit.channel`)."""
-        return self.compressor.repair(reply, erasures(header, reply))[0] if self.channel.hits(kind, "down") else reply
+                                      self.compressor.eval_encode(h, cls_attn, mode), self.receive.schema("eval", schema), "logits")
+        return self.receive("eval", header, reply)["logits"].to(labels.device), labels

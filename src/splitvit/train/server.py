@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..channel import ChannelSpec, erasures, lenient
+from ..channel import ChannelSpec, Receiver
 from ..compression import EVAL_MODES, Compressor
 from ..models import ServerModel
 from ..profiling import Profiler, timed
@@ -130,10 +130,9 @@ class Session:
         for mode in EVAL_MODES:
             self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
         # a channel that damages what comes up: digital values may arrive out of range, to be repaired, not refused
-        self.channel = channel or ChannelSpec()
+        self.receive = Receiver(channel, "up", compressor.role, compressor.repair)
         for kind in ("train", *(f"eval/{m}" for m in EVAL_MODES)):
-            if self.channel.hits(kind.split("/")[0], "up"):
-                self.schemas[kind] = lenient(self.schemas[kind], compressor.role)
+            self.schemas[kind] = self.receive.schema(kind.split("/")[0], self.schemas[kind])
         if federation is not None:
             self.schemas["weights"] = federation.schema  # a client half up
             self.schemas["control"] = Schema({})  # a client asks for the current half
@@ -202,8 +201,7 @@ class Session:
     def _received(self, message: dict[str, torch.Tensor], header: Header) -> dict[str, torch.Tensor]:
         """A message on the half's device, repaired when a damaging channel hits it on the way up."""
         with timed("decode"):
-            if self.channel.hits(header.kind, "up"):
-                message = self.compressor.repair(message, erasures(header, message))[0]
+            message = self.receive(header.kind, header, message)
             return {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
 
     def _train(self, payload: bytes, message: dict[str, torch.Tensor], header: Header) -> bytes:
