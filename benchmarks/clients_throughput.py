@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
     if args.smoke:
-        args.clients, args.steps, args.local_steps = "2", 2, 1
+        args.clients, args.steps, args.local_steps = "1", 2, 1
     method = ["method=none"] if args.method == "none" else ["method=adc", "method.compression=0.1"]
     print(f"SplitFed-V2 over gRPC on loopback, vit_mini_patch4_32 split after block 2, batch 64, method {args.method}, "
           f"{args.steps} steps per client, {os.cpu_count()} cores")
