@@ -251,7 +251,6 @@ def test_several_clients_each_cross_their_own_channel(tmp_path):
     per = record["channel_per_client"]
     assert sorted(per) == ["0", "1"] and all(abs(c["channel_snr_db_up"] - 10) < 0.5 for c in per.values())
     assert s["channel_snr_db_up"] == pytest.approx(10, abs=0.5) and s["channel_per_client"] == per
-    assert fit(make_cfg(*args, "clients.scheme=splitfed_v2"), tmp_path / "b")["final_val_loss"] == s["final_val_loss"]
 
 
 def test_bad_channel_settings_are_config_errors():
