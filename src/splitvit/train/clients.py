@@ -130,8 +130,8 @@ class Clients:
         self.cfg, self.data, self.device, self.p = cfg, data, device, progress
         self.scheme = build_scheme(c.scheme)
         try:  # every process computes the whole split from the seed: the server plans from its sizes
-            self.parts = partition(data.train.labels, c.num, c.partition, alpha=c.alpha, shards_per_client=c.shards_per_client,
-                                   min_samples=c.min_samples if c.num > 1 else 1, seed=cfg.seed)
+            self.parts = partition(data.train.labels, c.num, c.partition, alpha=c.alpha,
+                                   shards_per_client=c.shards_per_client, min_samples=c.min_samples, seed=cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.sizes = [len(x) for x in self.parts]
@@ -190,7 +190,7 @@ class Clients:
                 m._batches = batches(
                     self.data.train, cfg.train.batch_size, self.vit.img_size, self.vit.in_chans,
                     shuffle_seed=self.shuffle_seed(m), device=self.device, start=m.batch_in_epoch, augment=self.augment,
-                    workers=workers(cfg), indices=None if cfg.clients.num == 1 else m.indices,
+                    workers=workers(cfg), indices=m.indices,
                 )
             batch = next(m._batches, None)
             if batch is None:  # a pass ends where its batches do
