@@ -34,7 +34,9 @@ def partition(labels: torch.Tensor, num_clients: int, scheme: str = "iid", alpha
         raise ValueError(f"clients.partition={scheme!r} is not allowed; choose one of: {', '.join(PARTITIONS)}")
     if not 1 <= num_clients <= n:
         raise ValueError(f"clients.num={num_clients} must be in [1, {n}] for a training set of {n} samples")
-    if num_clients > 1 and num_clients * min_samples > n:  # a client alone holds the whole set, however small
+    if num_clients == 1:  # a client alone holds the whole set, however small
+        min_samples = 1
+    if num_clients * min_samples > n:
         raise ValueError(f"{num_clients} clients of at least {min_samples} samples need {num_clients * min_samples}; "
                          f"the training set has {n}")
     rng = np.random.default_rng(seed)
