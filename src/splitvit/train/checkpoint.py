@@ -1,7 +1,7 @@
-"""Checkpoints, written atomically. Each side saves its own half: the client its blocks, optimizer,
-compressor state and the run's progress (``client.pt``); the server its blocks and optimizer
-(``server-<steps>.pt``, see :meth:`SplitServer.checkpoint`), so client and server may live on
-different machines and each resumes from its own disk."""
+"""Checkpoints, written atomically. A split run saves its clients' side (and, in a simulation, the
+server's) in ``clients.pt`` (:mod:`.clients`); a server process saves each round's state beside its
+run (:class:`~.hub.Hub`), so client and server may live on different machines and each resumes from
+its own disk. A model trained in one piece saves ``client.pt`` (:func:`save_client`)."""
 
 from __future__ import annotations
 
