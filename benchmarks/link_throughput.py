@@ -30,7 +30,7 @@ def run(cfg, link_kind: str, steps: int, num_classes: int = 100) -> dict:
         # the server plans the client's round from its samples: one round of every step timed here
         samples = cfg.train.batch_size * (steps + 3)
         link = connect(cfg, Path(tempfile.mkdtemp()), Progress(), num_classes,
-                       server_digest(session.half.model, session.half.compressor), samples=samples)
+                       server_digest(session.half.model, session.half.codec), samples=samples)
         client.exchange = Exchange(link, [CountBytes(progress)])
     link = client.exchange.link
     g = torch.Generator().manual_seed(0)

@@ -146,15 +146,15 @@ def client_step_flops(cfg, num_classes: int) -> int:
     from .profiling import Profiler
     from .train.build import build_halves
 
-    client, _, compressor, vit = build_halves(cfg, num_classes, torch.device("cpu"))
+    client, _, method, vit = build_halves(cfg, num_classes, torch.device("cpu"))
     B = cfg.train.batch_size
     images = torch.randn(B, vit.in_chans, vit.img_size, vit.img_size)
     labels = torch.arange(B) % num_classes
     prof = Profiler()
     with prof.step(count_flops=True):
         h, cls_attn = client(images)
-        packet = compressor.client_encode(h, cls_attn, labels)
-        packet.sent.backward(torch.randn_like(packet.sent))
+        sent = method.client().encode(h, cls_attn, labels)
+        sent.tensor.backward(torch.randn_like(sent.tensor))
     return prof.flops["total"]
 
 

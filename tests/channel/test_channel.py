@@ -12,7 +12,7 @@ import torch
 from conftest import SMALL, make_cfg
 from splitvit.channel import (DIGITAL, Channel, ChannelSpec, analog, bpsk_error_rate, erasures, flip_bits, lenient,
                               packet_losses, rayleigh_gains)
-from splitvit.compression import METHODS, build_compressor
+from splitvit.compression import METHODS, build_method
 from splitvit.link import Reply, Request
 from splitvit.train import ConfigError, fit
 from splitvit.train.state import Progress
@@ -95,25 +95,25 @@ def test_arq_resends_exactly_the_lost_packets():
 
 
 # -- the mod on real messages ----------------------------------------------------------------------------
-def through(spec: ChannelSpec, compressor, tensors: dict, direction: str = "up", kind: str = "train", seed: int = 0):
+def through(spec: ChannelSpec, method, tensors: dict, direction: str = "up", kind: str = "train", seed: int = 0):
     """``tensors`` sent through the channel once, as the receiver gets them (repaired), with the counters."""
     progress = Progress()
-    mod = Channel(spec, compressor.role, compressor.repair, progress.channel, seed)
+    mod = Channel(spec, method.role, method.repair, progress.channel, seed)
     header = Header(kind, step=0) if kind == "train" else Header("eval", mode="uncompressed")
     payload, resent = mod.transmit(pack(header, tensors), direction)
-    message, got = unpack(payload, _schema_of(tensors, compressor))
-    repaired, _ = compressor.repair(message, erasures(got, message))
+    message, got = unpack(payload, _schema_of(tensors, method))
+    repaired, _ = method.repair(message, erasures(got, message))
     return repaired, progress.channel[direction], resent
 
 
-def _schema_of(tensors, compressor):
+def _schema_of(tensors, method):
     from splitvit.wire import Schema, TensorSpec
 
-    return lenient(Schema({k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in tensors.items()}), compressor.role)
+    return lenient(Schema({k: TensorSpec(v.dtype, tuple(v.shape)) for k, v in tensors.items()}), method.role)
 
 
 def test_the_mod_measures_the_snr_it_applied_and_protects_labels():
-    c = build_compressor("none", 10, 65, 64)
+    c = build_method("none", 10, 65, 64)
     h = torch.randn(64, 65, 64)
     labels = torch.arange(64) % 10
     got, stats, _ = through(ChannelSpec("awgn", snr_db=(3.0, 3.0)), c, {"z": h, "labels": labels})
@@ -123,7 +123,7 @@ def test_the_mod_measures_the_snr_it_applied_and_protects_labels():
 
 
 def test_a_channel_that_does_not_hit_a_message_leaves_it_bit_exact():
-    c = build_compressor("none", 10, 65, 64)
+    c = build_method("none", 10, 65, 64)
     payload = pack(Header("train", step=0), {"z": torch.randn(4, 65, 64), "labels": torch.zeros(4, dtype=torch.long)})
     seen = []
 
@@ -147,25 +147,25 @@ def test_every_method_survives_heavy_damage_both_ways(name, spec):
     """A method's message through a damaging channel decodes, its gradient goes back (also damaged), and
     the client back-propagates it: no crash, no value outside a tensor, nothing non-finite."""
     options = {"topk": {"compression": 0.05}, "randtopk": {"compression": 0.05}, "fedlite": {"L": 50}}.get(name, {})
-    c = build_compressor(name, 10, 33, 64, **options)
+    c = build_method(name, 10, 33, 64, **options)
     h = torch.randn(16, 33, 64, requires_grad=True)
     cls_attn = torch.softmax(torch.randn(16, 33), -1)
-    packet = c.client_encode(h * 1.0, cls_attn, torch.arange(16) % 10)
+    sent = c.client().encode(h * 1.0, cls_attn, torch.arange(16) % 10)
     schema = lenient(c.up_schema(16, 33, 64), c.role)
     progress = Progress()
     mod = Channel(spec, c.role, c.repair, progress.channel, seed=3)
-    payload, _ = mod.transmit(pack(Header("train", step=0), packet.message), "up")
+    payload, _ = mod.transmit(pack(Header("train", step=0), sent.message), "up")
     message, header = unpack(payload, schema)
-    server = c.server_decode(c.repair(message, erasures(header, message))[0])
+    server = c.server().decode(c.repair(message, erasures(header, message))[0])
     assert torch.isfinite(server.z).all()
     (server.z.float().pow(2).mean() + 0 * server.targets.sum()).backward()
-    payload, _ = mod.transmit(pack(Header("grad", step=0, loss=1.0), c.server_encode_grad(server)), "down")
-    reply, header = unpack(payload, lenient(c.grad_schema(packet.sent), c.role))
-    grad = c.client_decode_grad(c.repair(reply, erasures(header, reply))[0], packet)
-    assert grad.shape == packet.sent.shape and torch.isfinite(grad).all()
-    packet.sent.backward(grad)
+    payload, _ = mod.transmit(pack(Header("grad", step=0, loss=1.0), server.reply()), "down")
+    reply, header = unpack(payload, lenient(c.grad_schema(sent.tensor), c.role))
+    grad = sent.decode(c.repair(reply, erasures(header, reply))[0])
+    assert grad.shape == sent.tensor.shape and torch.isfinite(grad).all()
+    sent.tensor.backward(grad)
     assert torch.isfinite(h.grad).all()
-    digital = any(c.role(k) == DIGITAL for k in packet.message)
+    digital = any(c.role(k) == DIGITAL for k in sent.message)
     stats = progress.channel["up"]
     if spec.kind == "bit_errors":
         assert (stats["bit_errors"] > 0) == digital
@@ -174,14 +174,14 @@ def test_every_method_survives_heavy_damage_both_ways(name, spec):
 
 
 def test_a_flipped_index_is_dropped_and_counted_never_written_out_of_bounds():
-    c = build_compressor("topk", 10, 33, 64, compression=0.05)  # K = 106 of 2112: positions as uint16 indices
+    c = build_method("topk", 10, 33, 64, compression=0.05)  # K = 106 of 2112: positions as uint16 indices
     assert c.position_format[0] == "index"
     h = torch.randn(8, 33, 64)
-    packet = c.client_encode(h, torch.ones(8, 33) / 33, torch.zeros(8, dtype=torch.long))
-    got, stats, _ = through(ChannelSpec("bit_errors", ber=0.05), c, packet.message)
+    sent = c.client().encode(h, torch.ones(8, 33) / 33, torch.zeros(8, dtype=torch.long))
+    got, stats, _ = through(ChannelSpec("bit_errors", ber=0.05), c, sent.message)
     assert stats["dropped"] > 0  # 16-bit indices into 2112 positions: most flips of the top bits land outside
     assert (got["index"] >= 0).all() and (got["index"] < 33 * 64).all()
-    z = c.decompress(got)[1]
+    z = c.server().decode(got).z
     assert z.shape == (8, 33, 64) and torch.isfinite(z).all()
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from splitvit.compression import build_compressor, merge_and_select
+from splitvit.compression import build_method, merge_and_select
 from splitvit.compression.adc import budgets
 
 
@@ -99,17 +99,17 @@ def test_bad_input_is_refused_with_a_reason():
         merge_and_select(h[0], a, 0.5, 0.5)
 
 
-def test_compressor_soft_labels_and_options():
-    c = build_compressor("adc", 5, 17, 8, compression=0.25)
+def test_adc_soft_labels_and_options():
+    c = build_method("adc", 5, 17, 8, compression=0.25)
     assert (c.batch_ratio, c.token_ratio) == (0.5, 0.5)
     h, a = batch(B=20)
     labels = torch.arange(20) % 5
-    p = c.client_encode(h, a, labels)
+    p = c.client().encode(h, a, labels)
     assert p.message["targets"].shape == (10, 5)
     torch.testing.assert_close(p.message["targets"].sum(1), torch.ones(10))
-    only_batch = build_compressor("adc", 5, 17, 8, batch_ratio=0.25)
+    only_batch = build_method("adc", 5, 17, 8, batch_ratio=0.25)
     assert only_batch.token_ratio == 1.0 and only_batch.target_ratio() == 0.25
     with pytest.raises(ValueError, match="options: compression"):
-        build_compressor("adc", 5, 17, 8, R=4)
+        build_method("adc", 5, 17, 8, R=4)
     with pytest.raises(ValueError, match="adc, bottlenet, c3sl"):
-        build_compressor("c3", 5, 17, 8)
+        build_method("c3", 5, 17, 8)

@@ -156,8 +156,8 @@ def served(tmp_path):
     """A LinkServer (token, no TLS) and what a client needs to talk to it."""
     cfg = make_cfg(*RUN, "link=grpc", "train.batch_size=16", "eval.batch_size=16")
     server = LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:0", Security(insecure=True, token=TOKEN), chunk_bytes=64 * 1024)
-    _, server_model, compressor, vit = build_halves(cfg, 10, torch.device("cpu"))
-    yield cfg, server, server_digest(server_model, compressor), compressor, vit
+    _, server_model, method, vit = build_halves(cfg, 10, torch.device("cpu"))
+    yield cfg, server, server_digest(server_model, method.server()), method, vit
     server.stop()
 
 
@@ -170,11 +170,11 @@ def client(served, token=TOKEN, run_id="a" * 32, **kwargs) -> GrpcLink:
     return link
 
 
-def train_message(compressor, vit, step: int, batch: int = 16) -> bytes:
+def train_message(method, vit, step: int, batch: int = 16) -> bytes:
     h = torch.randn(batch, vit.num_tokens, vit.embed_dim)
     a = torch.softmax(torch.randn(batch, vit.num_tokens), -1)
-    packet = compressor.client_encode(h, a, torch.randint(0, 10, (batch,)))
-    return encode(packet.message, {"kind": "train", "step": str(step)})
+    sent = method.client().encode(h, a, torch.randint(0, 10, (batch,)))
+    return encode(sent.message, {"kind": "train", "step": str(step)})
 
 
 def test_wrong_or_missing_token_is_refused(served):
@@ -198,10 +198,10 @@ def test_config_mismatch_is_refused_naming_the_keys(served):
 
 
 def test_bad_messages_are_refused_and_the_server_keeps_serving(served):
-    cfg, server, digest, compressor, vit = served
+    cfg, server, digest, method, vit = served
     link = client(served)
-    good = train_message(compressor, vit, 0)
-    nan = train_message(compressor, vit, 0)
+    good = train_message(method, vit, 0)
+    nan = train_message(method, vit, 0)
     header_len = int.from_bytes(nan[:8], "little")
     nan = nan[: 8 + header_len] + torch.full(((len(nan) - 8 - header_len) // 4,), float("nan")).numpy().tobytes()
     huge = bytearray(good)  # a header that claims a tensor far larger than the schema admits
@@ -227,7 +227,7 @@ def only_session(server):
 
 
 def test_message_size_limits(served):
-    cfg, server, digest, compressor, vit = served
+    cfg, server, digest, method, vit = served
     link = client(served)
     limit = link.max_message_bytes
     assert limit == only_session(server).max_message_bytes
@@ -237,23 +237,23 @@ def test_message_size_limits(served):
     # one gRPC message just over the per-message limit (a chunk plus slack) is refused by gRPC itself
     link.chunk_bytes = 64 * 1024 + 4096 + 1
     with pytest.raises(LinkError, match="RESOURCE_EXHAUSTED"):
-        link.request(train_message(compressor, vit, 0, batch=16) + b"\0" * 70_000)
+        link.request(train_message(method, vit, 0, batch=16) + b"\0" * 70_000)
     link.chunk_bytes = 64 * 1024
     # a legitimate message many chunks long goes through (the local run above sends 4.3 MB eval messages,
     # over gRPC's 4 MiB default, with the default 1 MiB chunks)
     z = torch.randn(16, vit.num_tokens, vit.embed_dim)
     reply = link.request(encode({"z": z}, {"kind": "eval", "mode": "uncompressed"}))
     assert len(encode({"z": z})) > 4 * link.chunk_bytes and len(reply) > 16 * 10 * 4
-    link.request(train_message(compressor, vit, 0))
+    link.request(train_message(method, vit, 0))
     assert only_session(server).last_step == 0
     link.close()
 
 
 def test_retried_step_is_applied_once_and_out_of_order_refused(served):
-    cfg, server, digest, compressor, vit = served
+    cfg, server, digest, method, vit = served
     link = client(served)
     session = only_session(server)
-    msg = train_message(compressor, vit, 0)
+    msg = train_message(method, vit, 0)
     first = link.request(msg)
     params = [p.detach().clone() for p in session.model.parameters()]
     again = link.request(msg)  # the client retrying after a lost reply
@@ -261,8 +261,8 @@ def test_retried_step_is_applied_once_and_out_of_order_refused(served):
     assert all(torch.equal(a, b) for a, b in zip(params, session.model.parameters()))
     assert session.last_step == 0
     with pytest.raises(LinkError, match="out of order"):
-        link.request(train_message(compressor, vit, 5))
-    link.request(train_message(compressor, vit, 1))
+        link.request(train_message(method, vit, 5))
+    link.request(train_message(method, vit, 1))
     assert session.last_step == 1
 
 
@@ -309,11 +309,11 @@ def test_a_client_that_disappears_mid_upload_leaves_nothing_applied(served):
     from splitvit.link import splitvit_pb2 as pb
     from splitvit.link.grpc import SESSION_HEADER
 
-    cfg, server, digest, compressor, vit = served
+    cfg, server, digest, method, vit = served
     link = client(served)
     session = only_session(server)
     before = [p.detach().clone() for p in session.model.parameters()]
-    message = train_message(compressor, vit, 0)
+    message = train_message(method, vit, 0)
     hold = threading.Event()
 
     def half_then_wait():
@@ -407,7 +407,7 @@ def test_calls_without_the_token_are_refused_before_their_body_and_hold_no_worke
 
     from splitvit.link import splitvit_pb2 as pb
 
-    cfg, server, digest, compressor, vit = served
+    cfg, server, digest, method, vit = served
     link = GrpcLink(server.address, Security(insecure=True, token="wrong"), retries=0, connect_timeout_s=1)
     release = threading.Event()
 
@@ -425,7 +425,7 @@ def test_calls_without_the_token_are_refused_before_their_body_and_hold_no_worke
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 8
     t0 = time.perf_counter()
     good = client(served)  # a real client still gets in and trains, at once
-    good.request(train_message(compressor, vit, 0))
+    good.request(train_message(method, vit, 0))
     assert time.perf_counter() - t0 < 5
     release.set()
     link.close()

@@ -96,9 +96,9 @@ def test_a_second_run_with_a_taken_id_is_refused_and_sessions_stay_apart(tmp_pat
         assert second.returncode == 3 and "client id 1 is taken by run" in out
         # a session cannot speak for another client: a message that names another is refused
         cfg = make_cfg(*RUN, "link=grpc")
-        _, server_half, compressor, _ = build_halves(cfg, 10, torch.device("cpu"))
+        _, server_half, method, _ = build_halves(cfg, 10, torch.device("cpu"))
         link = GrpcLink(address, Security(insecure=True), timeout_s=10, retries=0)
-        link.connect("c" * 32, json.dumps(shared_config(cfg)), 10, server_digest(server_half, compressor),
+        link.connect("c" * 32, json.dumps(shared_config(cfg)), 10, server_digest(server_half, method.server()),
                      client=2, samples=479)
         with pytest.raises(LinkError, match="from client 0 reached the session of client 2"):
             link.request(pack(Header("control", client=0, step=0, mode="fetch"), {}))
@@ -157,8 +157,8 @@ def test_with_mutual_tls_a_client_must_present_its_own_id(tmp_path):
     cfg = make_cfg(*RUN, "link=grpc")
     server = LinkServer(Sessions(cfg, tmp_path), "127.0.0.1:0",
                         Security(cert=pem["server.pem"], key=pem["server.key"], ca=pem["ca.pem"], token="t"), clients=3)
-    _, server_half, compressor, _ = build_halves(cfg, 10, torch.device("cpu"))
-    hello = (json.dumps(shared_config(cfg)), 10, server_digest(server_half, compressor))
+    _, server_half, method, _ = build_halves(cfg, 10, torch.device("cpu"))
+    hello = (json.dumps(shared_config(cfg)), 10, server_digest(server_half, method.server()))
     try:
         def link(name):
             return GrpcLink(server.address, Security(ca=pem["ca.pem"], cert=pem[f"{name}.pem"], key=pem[f"{name}.key"],

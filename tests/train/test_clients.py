@@ -93,7 +93,7 @@ def test_schemes_run_count_weights_bytes_and_repeat_exactly(tmp_path, scheme):
     assert sum(c["bytes_up"] for c in per) == s["bytes_up"] and sum(c["bytes_down"] for c in per) == s["bytes_down"]
     # a weights message is a whole client half: its size is the serialised half's
     from splitvit.train.build import build_halves
-    client_model, _, compressor, _ = build_halves(cfg, 10, torch.device("cpu"))
+    client_model, _, _, _ = build_halves(cfg, 10, torch.device("cpu"))
     half = {f"model.{k}": v for k, v in client_model.state_dict().items()}
     one_half = len(pack(Header("weights", client=0, step=0), {**half, SAMPLES: torch.tensor(32)}))
     uploads = {"sequential": 2, "splitfed_v1": 2, "splitfed_v2": 2}[scheme]  # each client, once a round

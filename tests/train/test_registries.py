@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SMALL, make_cfg
-from splitvit.compression import METHODS, Compressor, register_method
+from splitvit.compression import METHODS, ClientCodec, Method, ServerCodec, register_method
 from splitvit.train import fit
 from splitvit.train.schemes import SCHEMES, register_scheme
 from splitvit.train.schemes.sequential import Sequential
@@ -14,24 +14,30 @@ from splitvit.wire import Schema, TensorSpec
 FAST = [*SMALL, "train.batch_size=16", "eval.max_batches=1", "eval.batch_size=64"]
 
 
-class HalfPrecision(Compressor):
+class HalfClient(ClientCodec):
+    """Sends the activations in float16; takes the float16 gradient back."""
+
+    def encode(self, h, cls_attn, labels=None):
+        return self.encoded({"z": h.detach().half()}, h, labels)
+
+
+class HalfServer(ServerCodec):
+    """Reads the float16 activations; sends their gradient back in float16."""
+
+    def decode(self, message):
+        received = message["z"].float().requires_grad_()
+        return self.decoded(received, received, message, lambda grad: {"grad": grad.half()})
+
+
+class HalfPrecision(Method):
     """The activations in float16 and the gradient back in float16: half of float32's bytes."""
 
     name = "half_test"
     grad_of_tokens = True
-
-    def compress(self, h, cls_attn, training):
-        return {"z": h.detach().half()}, h
-
-    def decompress(self, message):
-        received = message["z"].float().requires_grad_()
-        return received, received
+    Client, Server = HalfClient, HalfServer
 
     def activation_schema(self, B, N, D):
         return Schema({"z": TensorSpec(torch.float16, ("B", N, D))})
-
-    def encode_grad(self, grad):
-        return {"grad": grad.half()}
 
     def grad_schema(self, sent):
         return Schema({"grad": TensorSpec(torch.float16, tuple(sent.shape))})

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from splitvit.compression import build_compressor
+from splitvit.compression import build_method
 from splitvit.models import create_model, split
 from splitvit.train.server import ServerHalf, Session
 from splitvit.wire import Header, WireError, pack, unpack
@@ -13,8 +13,8 @@ def setup():
     torch.manual_seed(0)
     model = create_model("vit_nano_patch8_32", num_classes=5, depth=2)
     client, server = split(model, 1)
-    none = build_compressor("none", 5, 17, 64)
-    half = ServerHalf(server, none, torch.optim.SGD(server.parameters(), lr=0.1))
+    none = build_method("none", 5, 17, 64)
+    half = ServerHalf(server, none.server(), torch.optim.SGD(server.parameters(), lr=0.1))
     sessions = [Session(half, 4, 17, 64, client=i) for i in (0, 1)]
     return client, none, half, sessions
 
@@ -22,7 +22,7 @@ def setup():
 def train_message(client, none, client_id, step, seed):
     torch.manual_seed(seed)
     h, attn = client(torch.randn(4, 3, 32, 32))
-    return pack(Header("train", client=client_id, step=step), none.client_encode(h, attn, torch.arange(4) % 5).message)
+    return pack(Header("train", client=client_id, step=step), none.client().encode(h, attn, torch.arange(4) % 5).message)
 
 
 def test_sessions_keep_their_own_step_order_and_replay_cache_on_one_shared_half():

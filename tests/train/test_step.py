@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from splitvit.compression import METHODS, build_compressor
+from splitvit.compression import METHODS, build_method
 from splitvit.link import CountBytes, Exchange, InProcessLink
 from splitvit.models import create_model, split
 from splitvit.train import ServerHalf, Session, SplitClient
@@ -26,10 +26,10 @@ def build(method, B=16, **opts):
     torch.manual_seed(0)
     model = create_model("vit_mini_patch4_32", num_classes=10, embed_dim=32, depth=3, num_heads=2)
     client_model, server_model = split(model, 2)
-    c = build_compressor(method, 10, 65, 32, **opts)
-    server = Session(ServerHalf(server_model, c, torch.optim.Adam(server_model.parameters(), 1e-3)), B, 65, 32)
+    c = build_method(method, 10, 65, 32, **opts)
+    server = Session(ServerHalf(server_model, c.server(), torch.optim.Adam(server_model.parameters(), 1e-3)), B, 65, 32)
     link = RecordingLink(server.handle)
-    client = SplitClient(client_model, c, torch.optim.Adam(client_model.parameters(), 1e-3), None, 10)
+    client = SplitClient(client_model, c.client(), torch.optim.Adam(client_model.parameters(), 1e-3), None, 10)
     client.progress = Progress()
     client.exchange = Exchange(link, [CountBytes(client.progress)])
     return model, client, server, link
@@ -48,10 +48,10 @@ def test_bytes_counted_are_the_serialised_sizes(method, opts):
     assert client.progress.bytes_down == sum(d for _, d in link.sizes)
     # and a message is its tensors' raw bytes plus a small JSON header, nothing more
     h, a = client.model(x)
-    packet = client.compressor.client_encode(h, a, y)
-    payload = sum(t.numel() * t.element_size() for t in packet.message.values())
-    header_bound = 100 * (len(packet.message) + 1)  # JSON: a name, dtype, shape and offsets per tensor
-    assert payload < len(encode(packet.message, {"kind": "train", "step": "2"})) < payload + header_bound
+    message = client.codec.encode(h, a, y).message
+    payload = sum(t.numel() * t.element_size() for t in message.values())
+    header_bound = 100 * (len(message) + 1)  # JSON: a name, dtype, shape and offsets per tensor
+    assert payload < len(encode(message, {"kind": "train", "step": "2"})) < payload + header_bound
 
 
 def test_adc_sends_about_xi_of_plain_split_learning():
@@ -61,7 +61,7 @@ def test_adc_sends_about_xi_of_plain_split_learning():
     none_client.train_step(x, y, 0)
     adc_client.train_step(x, y, 0)
     ratio = adc_client.progress.bytes_up / none_client.progress.bytes_up
-    nominal = adc_client.compressor.nominal_ratio(16, 65, 32)  # T=5 of 16, k=21 of 65
+    nominal = adc_client.method.nominal_ratio(16, 65, 32)  # T=5 of 16, k=21 of 65
     assert nominal == pytest.approx(5 / 16 * 21 / 65)
     assert nominal < ratio < nominal * 1.1  # the labels and headers cost a little
     down = adc_client.progress.bytes_down / none_client.progress.bytes_down
@@ -75,19 +75,19 @@ def test_split_step_matches_one_piece_autograd(method):
     ref = create_model("vit_mini_patch4_32", num_classes=10, embed_dim=32, depth=3, num_heads=2)
     ref.load_state_dict(model.state_dict())
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
-    gen_state = client.compressor.state_dict()
+    gen_state = client.codec.state_dict()
     for p in [*client.model.parameters(), *server.model.parameters()]:
         p.grad = None
     client.optimizer.step = server.optimizer.step = lambda: None  # keep weights to compare grads
     client.train_step(x, y, 0)
 
     ref_client, ref_server = split(ref, 2)
-    c = build_compressor(method, 10, 65, 32, compression=0.25) if method == "adc" else build_compressor(method, 10, 65, 32)
+    c = (build_method(method, 10, 65, 32, compression=0.25) if method == "adc" else build_method(method, 10, 65, 32)).client()
     c.load_state_dict(gen_state)
     h, a = ref_client(x)
-    packet = c.client_encode(h, a, y)
-    logits = ref_server(packet.sent)
-    targets = packet.message["targets"] if method == "adc" else torch.nn.functional.one_hot(y, 10).float()
+    sent = c.encode(h, a, y)
+    logits = ref_server(sent.tensor)
+    targets = sent.message["targets"] if method == "adc" else torch.nn.functional.one_hot(y, 10).float()
     (-(targets * logits.log_softmax(-1)).sum(-1).mean()).backward()
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)

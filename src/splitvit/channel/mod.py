@@ -3,7 +3,7 @@
 :class:`Channel` sits innermost on a client's exchange path (:mod:`splitvit.link.exchange`): it sees
 each serialised request on its way to the link and each reply on its way back, and damages the
 tensor data of those the spec hits. The message header and the tensors a method tags as protected
-(labels, scales, sizes: see ``Compressor.roles``) ride a protected control channel, as real systems
+(labels, scales, sizes: see ``Method.roles``) ride a protected control channel, as real systems
 protect headers with strong coding, and arrive intact. Both directions are played in the client's
 process from one seeded generator, so a run gives the same noise in process and over gRPC, and the
 generator's state is saved with the client's checkpoint (``Progress.channel``).

@@ -1,5 +1,5 @@
-"""Compression methods behind one interface (:class:`Compressor`), each registered by name where it is
-defined (:func:`register_method`). Importing this package imports every module in it, so a new
+"""Compression methods, each a :class:`Method` (its config) with a :class:`ClientCodec` and a
+:class:`ServerCodec` (its two sides), registered by name where it is defined (:func:`register_method`). Importing this package imports every module in it, so a new
 method is its own module here (and its ``conf/method/<name>.yaml``), listed nowhere else."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import pkgutil
 from typing import Any
 
 from .adc import ADC, merge_and_select, select_tokens
-from .base import EVAL_MODES, METHODS, WIRE_DTYPES, ClientPacket, Compressor, ServerPacket, register_method
+from .base import (
+    EVAL_MODES, METHODS, WIRE_DTYPES, ClientCodec, Decoded, Encoded, Method, RawServer, ServerCodec, register_method,
+)
 from .bottlenet import BottleNet
 from .c3sl import C3SL
 from .fedlite import FedLite
@@ -25,14 +27,15 @@ for _module in pkgutil.iter_modules(__path__):  # the methods not named above re
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_compressor(
+def build_method(
     name: str, num_classes: int, tokens: int, dim: int, seed: int = 0, wire_dtype: str = "float32",
     grad_center: bool = False, **options: Any
-) -> Compressor:
-    """``method=<name>`` and its options -> a compressor for activations ``[B, tokens, dim]``.
+) -> Method:
+    """``method=<name>`` and its options -> the method for activations ``[B, tokens, dim]``; each side
+    builds its own half of it with ``.client()`` or ``.server()``.
 
     ``seed`` seeds any randomness it has (client and server build it from the same config);
-    ``grad_center`` is ``split.grad_center`` (see :class:`Compressor`).
+    ``grad_center`` is ``split.grad_center`` (see :mod:`splitvit.compression.base`).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
@@ -51,6 +54,7 @@ def build_compressor(
 
 
 __all__ = [
-    "ADC", "SLACC", "BottleNet", "C3SL", "FedLite", "LowRank", "Quant", "RandTopK", "TopK", "EVAL_MODES", "METHODS", "WIRE_DTYPES", "ClientPacket", "Compressor", "NoCompression",
-    "ServerPacket", "build_compressor", "register_method", "kmeans", "merge_and_select", "select_tokens",
+    "ADC", "SLACC", "BottleNet", "C3SL", "FedLite", "LowRank", "Quant", "RandTopK", "TopK", "EVAL_MODES", "METHODS", "WIRE_DTYPES",
+    "ClientCodec", "Decoded", "Encoded", "Method", "NoCompression", "RawServer", "ServerCodec", "build_method", "register_method",
+    "kmeans", "merge_and_select", "select_tokens",
 ]

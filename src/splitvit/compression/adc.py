@@ -1,8 +1,9 @@
-"""Attention-based Double Compression (Alvetreti et al., arXiv 2509.15058) as a compressor.
+"""Attention-based Double Compression (Alvetreti et al., arXiv 2509.15058) as a method.
 
 The kernels (:func:`budgets`, :func:`cluster_mean`, :func:`merge_and_select`, :func:`select_tokens`)
 live in :mod:`splitvit.compression.merge`, pure functions of tensors; :class:`ADC` wires them into
-a split model as a :class:`~splitvit.compression.base.Compressor`.
+a split model as a :class:`~splitvit.compression.base.Method`: its client side merges and selects,
+its server side reads the tokens as they come (:class:`~splitvit.compression.base.RawServer`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,41 @@ import torch.nn.functional as F
 
 from ..channel import PROTECTED
 from ..wire import Schema, TensorSpec
-from .base import ClientPacket, Compressor, ServerPacket, on_device, register_method
+from .base import ClientCodec, Encoded, Method, RawServer, on_device, register_method
 from .merge import FEATURES, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select, select_tokens
 
-__all__ = ["ADC", "FEATURES", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
+__all__ = ["ADC", "ADCClient", "FEATURES", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
+
+class ADCClient(ClientCodec):
+    """ADC's client side: merges the batch's samples and their labels, keeps the most-attended tokens,
+    and draws its K-means seeds from its own generator."""
+
+    def __init__(self, method: "ADC"):
+        super().__init__(method)
+        self.generator = torch.Generator().manual_seed(method.seed)
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        m = self.method
+        if labels is None:  # per sample (compressed evaluation): token selection alone, no merging across samples
+            z = select_tokens(h, cls_attn, m.token_ratio)
+            return self.encoded({"z": m.to_wire(z)}, z, None)
+        # training: samples are merged, so the labels are too
+        self.generator = on_device(self.generator, h.device)
+        z, assignment, _ = merge_and_select(h, cls_attn, m.batch_ratio, m.token_ratio, m.feature, self.generator)
+        targets = cluster_mean(F.one_hot(labels, m.num_classes).float(), assignment, z.shape[0])
+        return self.encoded({"z": m.to_wire(z), "targets": targets}, z, None)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+
 
 @register_method
-class ADC(Compressor):
-    """ADC as a compressor: merged activations and merged soft labels up, ``dL/dz`` down.
+class ADC(Method):
+    """ADC: merged activations and merged soft labels up, ``dL/dz`` down.
 
     Give ``compression`` for the balanced split, or ``batch_ratio`` and ``token_ratio`` (either
     alone leaves the other at 1: batch merging only, or token selection only).
@@ -27,6 +55,7 @@ class ADC(Compressor):
 
     name = "adc"
     grad_of_tokens = True
+    Client, Server = ADCClient, RawServer
 
     def __init__(
         self,
@@ -47,7 +76,6 @@ class ADC(Compressor):
         if feature not in FEATURES:
             raise ValueError(f"method.feature must be one of {', '.join(FEATURES)}, got {feature!r}")
         self.feature = feature
-        self.generator = torch.Generator().manual_seed(self.seed)
 
     def target_ratio(self) -> float:
         return self.batch_ratio * self.token_ratio
@@ -57,32 +85,13 @@ class ADC(Compressor):
         T, k = budgets(B, N, self.batch_ratio, self.token_ratio)
         return (T / B) * (k / N) * self.value_ratio
 
-    # training: samples are merged, so the labels are too (client_encode has both)
-    def client_encode(self, h, cls_attn, labels) -> ClientPacket:
-        self.generator = on_device(self.generator, h.device)
-        z, assignment, _ = merge_and_select(h, cls_attn, self.batch_ratio, self.token_ratio, self.feature, self.generator)
-        targets = cluster_mean(F.one_hot(labels, self.num_classes).float(), assignment, z.shape[0])
-        return ClientPacket({"z": self.to_wire(z), "targets": targets}, z)
-
-    def server_decode(self, message) -> ServerPacket:
-        received, z = self.decompress(message)
-        return ServerPacket(received, z, message["targets"])
-
     def up_schema(self, B: int, N: int, D: int) -> Schema:
+        """A training message: ``T`` merged samples of ``k`` tokens, and their soft labels."""
         T, k = budgets(B, N, self.batch_ratio, self.token_ratio)
         return Schema(
             {"z": TensorSpec(self.wire_dtype, ("T", "k", D)), "targets": TensorSpec(torch.float32, ("T", self.num_classes), low=0.0, high=1.0)},
             dims={"T": (1, T), "k": (1, k)},
         )
-
-    # per sample (compressed evaluation): token selection alone, no merging across samples
-    def compress(self, h, cls_attn, training):
-        z = select_tokens(h, cls_attn, self.token_ratio)
-        return {"z": self.to_wire(z)}, z
-
-    def decompress(self, message):
-        received = self.from_wire(message["z"])
-        return received, received
 
     def activation_schema(self, B: int, N: int, D: int) -> Schema:
         k = budgets(B, N, 1.0, self.token_ratio)[1]
@@ -90,10 +99,3 @@ class ADC(Compressor):
 
     def eval_token_ratio(self) -> float:
         return self.token_ratio
-
-    def client_state(self) -> dict:
-        return {**super().client_state(), "generator": self.generator.get_state()}
-
-    def load_client_state(self, state: dict) -> None:
-        super().load_client_state(state)
-        self.generator.set_state(state["generator"])

@@ -1,13 +1,26 @@
-"""The one small interface every compression method implements.
+"""What a compression method is: its config (a :class:`Method`) and its two sides, each its own object.
 
 A step (docs/architecture.md, "One step, both sides")::
 
-    client: packet = c.client_encode(h, cls_attn, labels)      # packet.message goes on the wire
-    server: p = c.server_decode(message)                          # p.z feeds the server model
+    client: sent = client_codec.encode(h, cls_attn, labels)   # sent.message goes on the wire
+    server: got = server_codec.decode(message)                # got.z feeds the server model
             ... loss.backward() ...
-            grad_message = c.server_encode_grad(p)                # dL/d(received), on the wire
-    client: grad = c.client_decode_grad(grad_message, packet)
-            packet.sent.backward(grad)
+            grad_message = got.reply()                        # dL/d(received), on the wire
+    client: sent.tensor.backward(sent.decode(grad_message))
+
+:class:`Method` is what both sides agree on from the config alone: the sizes, what a message may
+hold (its schemas), what a channel may do to each tensor (its roles) and how a damaged message is
+made safe (``repair``). It holds no state that changes while training. ``method.client()`` and
+``method.server()`` build the two sides, a :class:`ClientCodec` (encode a batch; decode the gradient
+that comes back) and a :class:`ServerCodec` (decode what arrived; encode the gradient), each with its
+own learned parts (``modules``, found by that side's optimizer) and its own state (what it draws
+from, error memories), saved and restored by that side alone. Every client and the server build
+their own.
+
+A step's encode returns what the backward pass needs as closures, as ToMe's merge/unmerge pair
+does: :class:`Encoded` carries the tensor whose graph reaches the client blocks and ``decode``
+(gradient message -> its gradient); :class:`Decoded` carries the server's activations, the targets
+and ``reply`` (after the backward pass: the gradient message).
 
 ``grad_center`` (``split.grad_center``): the client subtracts each token's mean over the features
 from the gradient it decodes. The true gradient of the tokens the server's blocks read has none
@@ -16,12 +29,6 @@ that mean; measured on the CPU protocol: 1e-8 of its RMS), so in a lossy gradien
 the loss cannot see, which the client's blocks would otherwise follow. On a min-max quantization
 grid it is most of the error at 2 bits: README, the CPU protocol, "Why 2 bits diverge". Only for
 methods whose gradient is that of the tokens (``grad_of_tokens``).
-
-``packet.sent`` is the client-side tensor that keeps the autograd graph back to the client blocks;
-``p.received`` is the server-side leaf whose gradient is sent back. A method with learned parts
-keeps them in ``client_modules`` / ``server_modules`` so each side's optimizer finds them, and its
-state by side (``client_state`` / ``server_state``): every client and the server hold their own
-instance of the method, and each saves and restores only its own side.
 
 A method also says what a channel may do to each tensor it sends (``roles``): ``analog`` payload
 (activations, gradients, values: noise), ``digital`` payload (codes, indices, bitmaps: bit errors),
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +52,14 @@ from ..wire import Schema, TensorSpec
 from .merge import check_ratio, select_tokens
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EVAL_MODES = ("uncompressed", "tokens", "compressed")
 
-METHODS: dict[str, type["Compressor"]] = {}  # method=<name> -> its class, filled by @register_method
+METHODS: dict[str, type["Method"]] = {}  # method=<name> -> its class, filled by @register_method
+
+Message = dict[str, torch.Tensor]
 
 
-def register_method(cls: type["Compressor"]) -> type["Compressor"]:
+def register_method(cls: type["Method"]) -> type["Method"]:
     """Class decorator: ``method=<cls.name>`` builds ``cls``. A new method is its module (imported by
     :mod:`splitvit.compression`, or by the user's code before the run) and its ``conf/method/<name>.yaml``."""
     if cls.name in METHODS and METHODS[cls.name] is not cls:
@@ -71,28 +82,35 @@ def bits_for(compression: float) -> int:
 
 
 @dataclass
-class ClientPacket:
-    message: dict[str, torch.Tensor]  # detached tensors to serialise
-    sent: torch.Tensor  # the tensor whose gradient comes back, with its graph
+class Encoded:
+    """What the client's side of a step made of a batch."""
+
+    message: Message  # detached tensors to serialise
+    tensor: torch.Tensor  # the tensor whose gradient comes back, with its graph to the client blocks
+    decode: Callable[[Message], torch.Tensor]  # the gradient message -> dL/d(tensor)
 
 
 @dataclass
-class ServerPacket:
-    received: torch.Tensor  # leaf that requires grad: dL/d(received) is what goes back
+class Decoded:
+    """What the server's side of a step made of a message."""
+
     z: torch.Tensor  # activations for the server model, [T, k, D]
-    targets: torch.Tensor  # soft targets [T, C]
+    targets: torch.Tensor | None  # soft targets [T, C] of a training message; None for evaluation
+    reply: Callable[[], Message]  # after the backward pass: the gradient message
 
 
-class Compressor(ABC):
-    """A method is its client half (``compress``), its server half (``decompress``) and the bounds of
-    what it sends (``activation_schema``); gradients go back raw in the wire dtype unless it
-    overrides ``encode_grad`` / ``decode_grad`` / ``grad_schema``. Labels go up as class ids.
-    """
+class Method(ABC):
+    """A method's config, shared by its two sides: sizes, schemas, roles and repair (module docstring).
+    Subclasses set ``Client`` and ``Server`` to their side classes and define ``activation_schema``,
+    ``target_ratio`` and ``nominal_ratio``; gradients go back raw in the wire dtype unless they
+    override ``grad_schema`` (and their sides say how they encode and decode it)."""
 
     name = "base"
     # the gradient that comes back is dL/dz of the tokens the server's blocks read ([..., D]: one row a
     # token), rather than of a code (BottleNet++, C3-SL) or of values at positions (Top-K)
     grad_of_tokens = False
+    Client: type["ClientCodec"]
+    Server: type["ServerCodec"]
 
     def __init__(self, num_classes: int, tokens: int, dim: int, wire_dtype: str = "float32", seed: int = 0,
                  grad_center: bool = False):
@@ -108,26 +126,40 @@ class Compressor(ABC):
         self.tokens, self.dim = tokens, dim  # N and D of the activations at the cut
         self.seed = seed  # seeds whatever randomness a method has
         self.wire_dtype = WIRE_DTYPES[wire_dtype]
-        self.client_modules = nn.ModuleList()
-        self.server_modules = nn.ModuleList()
         # what each tensor a message of this method may hold is, to a channel (methods add theirs)
         self.roles: dict[str, str] = {"z": ANALOG, "grad": ANALOG, "logits": ANALOG, "labels": PROTECTED}
 
-    # -- what each method defines -----------------------------------------------------------------
-    @abstractmethod
-    def compress(self, h: torch.Tensor, cls_attn: torch.Tensor, training: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Client: ``h [B, N, D]``, ``cls_attn [B, N]`` -> (tensors to send, the tensor whose gradient comes back).
+    # -- the two sides ------------------------------------------------------------------------------
+    def client(self) -> "ClientCodec":
+        """A new client side: its own learned parts and state."""
+        return self.Client(self)
 
-        ``training=False`` is compressed evaluation: deterministic, nothing learned or drawn.
-        """
+    def server(self) -> "ServerCodec":
+        """A new server side: its own learned parts and state."""
+        return self.Server(self)
 
-    @abstractmethod
-    def decompress(self, message: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Server: a validated message -> (the leaf whose gradient goes back, activations ``[B', k, D]``)."""
-
+    # -- what it sends --------------------------------------------------------------------------------
     @abstractmethod
     def activation_schema(self, B: int, N: int, D: int) -> Schema:
-        """Bounds on ``compress``'s tensors for batches of at most ``B`` samples (dimension ``B``: the batch)."""
+        """Bounds on an evaluation message's tensors (``encode`` without labels) for batches of at most
+        ``B`` samples (dimension ``B``: the batch)."""
+
+    def up_schema(self, B: int, N: int, D: int) -> Schema:
+        """Bounds on a training message from a client whose batches hold at most ``B`` samples: what
+        ``activation_schema`` allows, and the class ids."""
+        s = self.activation_schema(B, N, D)
+        labels = TensorSpec(torch.int64, ("B",), low=0, high=self.num_classes - 1)
+        return Schema({**s.tensors, "labels": labels}, dims={**s.dims, "B": (1, B)})
+
+    def grad_schema(self, sent: torch.Tensor) -> Schema:
+        """What the client accepts back for ``sent`` (``Encoded.tensor``): by default, exactly its shape."""
+        return Schema({"grad": TensorSpec(self.wire_dtype, tuple(sent.shape))})
+
+    def eval_schema(self, B: int, N: int, D: int, mode: str) -> Schema:
+        if mode == "compressed":
+            s = self.activation_schema(B, N, D)
+            return Schema(s.tensors, dims={**s.dims, "B": (1, B)})
+        return Schema({"z": TensorSpec(self.wire_dtype, ("B", "k", D))}, dims={"B": (1, B), "k": (1, N)})
 
     @abstractmethod
     def target_ratio(self) -> float:
@@ -142,63 +174,6 @@ class Compressor(ABC):
     def check_batch(self, batch_size: int) -> None:
         """Raise ``ValueError`` if the method cannot work on batches of ``batch_size`` (checked before training)."""
 
-    # -- the gradient on its way back: raw by default ---------------------------------------------
-    def encode_grad(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"grad": self.to_wire(grad)}
-
-    def decode_grad(self, message: dict[str, torch.Tensor], sent: torch.Tensor) -> torch.Tensor:
-        return message["grad"].to(sent.dtype)
-
-    def grad_schema(self, sent: torch.Tensor) -> Schema:
-        """What the client accepts back: exactly the shape of what it sent."""
-        return Schema({"grad": TensorSpec(self.wire_dtype, tuple(sent.shape))})
-
-    # -- a training step --------------------------------------------------------------------------
-    def client_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, labels: torch.Tensor) -> ClientPacket:
-        message, sent = self.compress(h, cls_attn, training=True)
-        return ClientPacket({**message, "labels": labels.long()}, sent)
-
-    def server_decode(self, message: dict[str, torch.Tensor]) -> ServerPacket:
-        received, z = self.decompress(message)
-        return ServerPacket(received, z, F.one_hot(message["labels"], self.num_classes).float())
-
-    def up_schema(self, B: int, N: int, D: int) -> Schema:
-        """Bounds on a training message from a client whose batches hold at most ``B`` samples."""
-        s = self.activation_schema(B, N, D)
-        labels = TensorSpec(torch.int64, ("B",), low=0, high=self.num_classes - 1)
-        return Schema({**s.tensors, "labels": labels}, dims={**s.dims, "B": (1, B)})
-
-    def server_encode_grad(self, packet: ServerPacket) -> dict[str, torch.Tensor]:
-        return self.encode_grad(packet.received.grad)
-
-    def client_decode_grad(self, message: dict[str, torch.Tensor], packet: ClientPacket) -> torch.Tensor:
-        grad = self.decode_grad(message, packet.sent)
-        if self.grad_center:  # what the loss cannot see (the module docstring): drop it
-            grad = grad - grad.mean(-1, keepdim=True)
-        return grad
-
-    # -- evaluation -------------------------------------------------------------------------------
-    def eval_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
-        """``uncompressed`` (the paper's), ``tokens`` (per-sample token selection) or ``compressed``."""
-        if mode == "uncompressed":
-            return {"z": self.to_wire(h)}
-        if mode == "tokens":
-            return {"z": self.to_wire(select_tokens(h, cls_attn, self.eval_token_ratio()))}
-        if mode == "compressed":
-            return self.compress(h, cls_attn, training=False)[0]
-        raise ValueError(f"eval.mode must be one of {', '.join(EVAL_MODES)}, got {mode!r}")
-
-    def eval_decode(self, message: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
-        if mode == "compressed":
-            return self.decompress(message)[1].detach()
-        return message["z"].float()
-
-    def eval_schema(self, B: int, N: int, D: int, mode: str) -> Schema:
-        if mode == "compressed":
-            s = self.activation_schema(B, N, D)
-            return Schema(s.tensors, dims={**s.dims, "B": (1, B)})
-        return Schema({"z": TensorSpec(self.wire_dtype, ("B", "k", D))}, dims={"B": (1, B), "k": (1, N)})
-
     def eval_token_ratio(self) -> float:
         raise ValueError(f"eval.mode=tokens needs a token ratio; method {self.name!r} has none. Use eval.mode=uncompressed or compressed")
 
@@ -209,7 +184,7 @@ class Compressor(ABC):
             raise KeyError(f"method {self.name!r} sends a tensor {name!r} without a role (analog, digital or protected)")
         return self.roles[name]
 
-    def repair(self, message: dict[str, torch.Tensor], erased: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    def repair(self, message: Message, erased: dict[str, torch.Tensor]) -> tuple[Message, dict[str, int]]:
         """A received message that crossed a damaging channel, safe to decode, and counts of what was done:
         ``erased`` values (lost without retransmission), ``dropped`` and ``clamped`` ones (digital values
         that decode to nothing valid). ``erased`` maps a tensor to a boolean mask of its lost elements."""
@@ -222,7 +197,7 @@ class Compressor(ABC):
             self.repair_digital(message, {k: v for k, v in erased.items() if self.role(k) == DIGITAL}, counts)
         return message, counts
 
-    def repair_digital(self, message: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+    def repair_digital(self, message: Message, erased: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
         """Make ``message``'s digital tensors safe in place (a method that sends any overrides this)."""
         raise NotImplementedError(f"method {self.name!r} sends digital payload but does not say how to repair it")
 
@@ -239,27 +214,107 @@ class Compressor(ABC):
     def from_wire(t: torch.Tensor) -> torch.Tensor:
         return t.float().requires_grad_()
 
-    # -- state, by side: a client saves and restores its side only, a server its own ----------------
-    def client_state(self) -> dict:
-        """What the client side keeps between steps: its learned parts and whatever it draws from."""
-        return {"client_modules": self.client_modules.state_dict()}
 
-    def server_state(self) -> dict:
-        return {"server_modules": self.server_modules.state_dict()}
+class _Side:
+    """What both sides have: the method's config, learned parts and state of their own."""
 
-    def load_client_state(self, state: dict) -> None:
-        self.client_modules.load_state_dict(state["client_modules"])
+    key = "modules"  # the checkpoint's name of the side's learned parts
 
-    def load_server_state(self, state: dict) -> None:
-        self.server_modules.load_state_dict(state["server_modules"])
+    def __init__(self, method: Method):
+        self.method = method
+        self.modules = nn.ModuleList()  # learned parts, trained by this side's optimizer
+
+    def to(self, device: torch.device) -> "_Side":
+        self.modules.to(device)
+        return self
 
     def state_dict(self) -> dict:
-        """Both sides (one process that plays both, as a checkpoint of the whole method)."""
-        return {**self.client_state(), **self.server_state()}
+        """What this side keeps between steps: its learned parts, and whatever it draws from (sides with
+        more extend this)."""
+        return {self.key: self.modules.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.load_client_state(state)
-        self.load_server_state(state)
+        self.modules.load_state_dict(state[self.key])
 
 
-EVAL_MODES = ("uncompressed", "tokens", "compressed")
+class ClientCodec(_Side):
+    """The client's side of a method: encodes a batch, and decodes the gradient that comes back.
+
+    A method defines ``encode``. With ``labels`` it is a training step's message (the labels, or
+    what stands for them, ride with it); without, compressed evaluation (deterministic: nothing
+    learned or drawn changes)."""
+
+    key = "client_modules"
+
+    @abstractmethod
+    def encode(self, h: torch.Tensor, cls_attn: torch.Tensor | None, labels: torch.Tensor | None = None) -> Encoded:
+        """``h [B, N, D]``, ``cls_attn [B, N]`` and the class ids -> the message and its backward pass."""
+
+    def encoded(self, message: Message, tensor: torch.Tensor, labels: torch.Tensor | None,
+                decode: Callable[[Message], torch.Tensor] | None = None) -> Encoded:
+        """``message`` with the class ids when training, and ``decode`` (by default: the raw gradient in the
+        wire dtype) with ``split.grad_center`` applied."""
+        if labels is not None:
+            message = {**message, "labels": labels.long()}
+        decode = decode or (lambda reply: reply["grad"])
+        center = self.method.grad_center
+
+        def gradient(reply: Message) -> torch.Tensor:
+            grad = decode(reply).to(tensor.dtype)
+            if center:  # what the loss cannot see (the module docstring): drop it
+                grad = grad - grad.mean(-1, keepdim=True)
+            return grad
+
+        return Encoded(message, tensor, gradient)
+
+    def eval_encode(self, h: torch.Tensor, cls_attn: torch.Tensor, mode: str) -> Message:
+        """``uncompressed`` (the paper's), ``tokens`` (per-sample token selection) or ``compressed``."""
+        m = self.method
+        if mode == "uncompressed":
+            return {"z": m.to_wire(h)}
+        if mode == "tokens":
+            return {"z": m.to_wire(select_tokens(h, cls_attn, m.eval_token_ratio()))}
+        if mode == "compressed":
+            return self.encode(h, cls_attn).message
+        raise ValueError(f"eval.mode must be one of {', '.join(EVAL_MODES)}, got {mode!r}")
+
+
+class ServerCodec(_Side):
+    """The server's side of a method: decodes what arrived, and encodes the gradient of it.
+
+    A method defines ``decode``, for training and compressed-evaluation messages alike."""
+
+    key = "server_modules"
+
+    @abstractmethod
+    def decode(self, message: Message) -> Decoded:
+        """A validated message -> the activations, the targets and the reply to come."""
+
+    def decoded(self, received: torch.Tensor, z: torch.Tensor, message: Message,
+                reply: Callable[[torch.Tensor], Message] | None = None) -> Decoded:
+        """``z``, computed from the leaf ``received``, with the message's targets (soft ``targets`` if it
+        has them, else its ``labels`` one-hot; none for evaluation) and the reply: ``reply`` of the
+        leaf's gradient (by default: the gradient raw, in the wire dtype)."""
+        m = self.method
+        if "targets" in message:
+            targets = message["targets"]
+        elif "labels" in message:
+            targets = F.one_hot(message["labels"], m.num_classes).float()
+        else:
+            targets = None
+        encode = reply or (lambda grad: {"grad": m.to_wire(grad)})
+        return Decoded(z, targets, lambda: encode(received.grad))
+
+    def eval_decode(self, message: Message, mode: str) -> torch.Tensor:
+        if mode == "compressed":
+            return self.decode(message).z.detach()
+        return message["z"].float()
+
+
+class RawServer(ServerCodec):
+    """The server's side of every method that sends the tokens themselves as ``z`` (plain split learning,
+    ADC): they are the activations, and the gradient goes back raw."""
+
+    def decode(self, message: Message) -> Decoded:
+        received = self.method.from_wire(message["z"])
+        return self.decoded(received, received, message)

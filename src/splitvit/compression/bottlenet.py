@@ -16,36 +16,57 @@ from torch import nn
 
 from ..channel import ANALOG
 from ..wire import Schema, TensorSpec
-from .base import Compressor, check_ratio, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, check_ratio, register_method
+
+
+class BottleNetClient(ClientCodec):
+    """The encoder: each token to its ``D'`` code values."""
+
+    def __init__(self, method: "BottleNet"):
+        super().__init__(method)
+        self.encoder = method.autoencoder()[0]
+        self.modules.append(self.encoder)
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        self.encoder.train(labels is not None)
+        e = self.encoder(h)
+        return self.encoded({"e": self.method.to_wire(e)}, e, labels)
+
+
+class BottleNetServer(ServerCodec):
+    """The decoder: each token's code back to ``D`` values; the gradient of the code goes back."""
+
+    def __init__(self, method: "BottleNet"):
+        super().__init__(method)
+        self.decoder = method.autoencoder()[1]
+        self.modules.append(self.decoder)
+
+    def decode(self, message) -> Decoded:
+        e = self.method.from_wire(message["e"])
+        return self.decoded(e, self.decoder(e), message)
 
 
 @register_method
-class BottleNet(Compressor):
+class BottleNet(Method):
     """BottleNet++ as a method: a learned token-wise bottleneck ``D -> D' -> D`` (``compression`` = ``D'/D``),
     its encoder on the client and its decoder on the server (module docstring)."""
 
     name = "bottlenet"
+    Client, Server = BottleNetClient, BottleNetServer
 
     def __init__(self, compression: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.roles.update(e=ANALOG)
         self.compression = check_ratio("method.compression", compression)
         self.code_dim = min(max(round(self.compression * self.dim), 1), self.dim)
+
+    def autoencoder(self) -> tuple[nn.Module, nn.Module]:
+        """The encoder and the decoder as the seed initialises them: each side builds both and keeps its own."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.encoder = nn.Sequential(nn.Linear(self.dim, self.code_dim), nn.LayerNorm(self.code_dim))
-            self.decoder = nn.Linear(self.code_dim, self.dim)
-        self.client_modules.append(self.encoder)
-        self.server_modules.append(self.decoder)
-
-    def compress(self, h, cls_attn, training):
-        self.encoder.train(training)
-        e = self.encoder(h)
-        return {"e": self.to_wire(e)}, e
-
-    def decompress(self, message):
-        e = self.from_wire(message["e"])
-        return e, self.decoder(e)
+            encoder = nn.Sequential(nn.Linear(self.dim, self.code_dim), nn.LayerNorm(self.code_dim))
+            decoder = nn.Linear(self.code_dim, self.dim)
+        return encoder, decoder
 
     def activation_schema(self, B, N, D) -> Schema:
         return Schema({"e": TensorSpec(self.wire_dtype, ("B", N, self.code_dim))})

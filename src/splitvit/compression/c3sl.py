@@ -17,15 +17,61 @@ import torch
 
 from ..channel import ANALOG, PROTECTED
 from ..wire import Schema, TensorSpec
-from .base import Compressor, check_ratio, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, check_ratio, register_method
+
+
+class _Keys:
+    """The keys' spectra on the device in use, computed once per side and device."""
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys, self.fft = keys, None
+
+    def __call__(self, device) -> torch.Tensor:
+        if self.fft is None or self.fft.device != torch.device(device):
+            self.fft = torch.fft.rfft(self.keys.to(device), dim=-1)  # [R, n/2 + 1]
+        return self.fft
+
+
+class C3SLClient(ClientCodec):
+    """Binds each group of ``R`` samples into one by circular convolution with the keys."""
+
+    def __init__(self, method: "C3SL"):
+        super().__init__(method)
+        self.key_fft = _Keys(method.keys)
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        R = self.method.R
+        B, N, D = h.shape
+        G = -(-B // R)
+        x = h.reshape(B, N * D).float()
+        x = torch.cat([x, x.new_zeros(G * R - B, N * D)]).view(G, R, N * D)
+        s = torch.fft.irfft((torch.fft.rfft(x, dim=-1) * self.key_fft(h.device)).sum(1), n=N * D, dim=-1)
+        return self.encoded({"s": self.method.to_wire(s), "n": torch.tensor([B], dtype=torch.int32)}, s, labels)
+
+
+class C3SLServer(ServerCodec):
+    """Unbinds each sample by circular correlation with its key; the gradient of the bound sum goes back."""
+
+    def __init__(self, method: "C3SL"):
+        super().__init__(method)
+        self.key_fft = _Keys(method.keys)
+
+    def decode(self, message) -> Decoded:
+        m = self.method
+        s = m.from_wire(message["s"])
+        n = m.tokens * m.dim
+        x = torch.fft.irfft(torch.fft.rfft(s, dim=-1)[:, None] * self.key_fft(s.device).conj(), n=n, dim=-1)
+        B = int(message["n"])
+        return self.decoded(s, x.reshape(-1, m.tokens, m.dim)[:B], message)
 
 
 @register_method
-class C3SL(Compressor):
+class C3SL(Method):
     """C3-SL as a method: ``R`` samples bound into one by circular convolution with seeded keys, unbound on
     the server; ``R`` directly, or ``round(1 / compression)`` (module docstring)."""
 
     name = "c3sl"
+    Client, Server = C3SLClient, C3SLServer
 
     def __init__(self, R: int | None = None, compression: float | None = 0.125, **kwargs):
         super().__init__(**kwargs)
@@ -35,31 +81,9 @@ class C3SL(Compressor):
         if not isinstance(R, int) or R < 1:
             raise ValueError(f"method.R must be a positive integer, got {R}")
         self.R = R
-        n = self.tokens * self.dim
         g = torch.Generator().manual_seed(self.seed)
-        keys = torch.randn(R, n, generator=g)
-        self.keys = keys / keys.norm(dim=1, keepdim=True)
-        self._key_fft = None
-
-    def key_fft(self, device) -> torch.Tensor:
-        if self._key_fft is None or self._key_fft.device != torch.device(device):
-            self._key_fft = torch.fft.rfft(self.keys.to(device), dim=-1)  # [R, n/2 + 1]
-        return self._key_fft
-
-    def compress(self, h, cls_attn, training):
-        B, N, D = h.shape
-        G = -(-B // self.R)
-        x = h.reshape(B, N * D).float()
-        x = torch.cat([x, x.new_zeros(G * self.R - B, N * D)]).view(G, self.R, N * D)
-        s = torch.fft.irfft((torch.fft.rfft(x, dim=-1) * self.key_fft(h.device)).sum(1), n=N * D, dim=-1)
-        return {"s": self.to_wire(s), "n": torch.tensor([B], dtype=torch.int32)}, s
-
-    def decompress(self, message):
-        s = self.from_wire(message["s"])
-        n = self.tokens * self.dim
-        x = torch.fft.irfft(torch.fft.rfft(s, dim=-1)[:, None] * self.key_fft(s.device).conj(), n=n, dim=-1)
-        B = int(message["n"])
-        return s, x.reshape(-1, self.tokens, self.dim)[:B]
+        keys = torch.randn(R, self.tokens * self.dim, generator=g)
+        self.keys = keys / keys.norm(dim=1, keepdim=True)  # both sides' keys, from the seed: no bytes
 
     def activation_schema(self, B, N, D) -> Schema:
         return Schema(

@@ -22,7 +22,7 @@ import torch
 from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import Compressor, on_device, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, on_device, register_method
 from .kmeans import kmeans
 
 
@@ -42,7 +42,10 @@ class _Corrected(torch.autograd.Function):
 
 
 class ProductQuantizer:
-    def __init__(self, dim: int, q: int, L: int, max_iter: int, seed: int, fit_points: int = 2048):
+    """Product quantization of ``[B, N, D]`` with ``q`` codebooks of ``L`` centroids, fitted per message;
+    the caller's generator draws the fitting sample and the K-means seeds."""
+
+    def __init__(self, dim: int, q: int, L: int, max_iter: int, fit_points: int = 2048):
         if not isinstance(q, int) or q < 1 or dim % q:
             raise ValueError(f"method.q must be a positive divisor of the width {dim}, got {q}")
         if not isinstance(L, int) or not 2 <= L <= 256:
@@ -53,19 +56,17 @@ class ProductQuantizer:
         if not isinstance(fit_points, int) or fit_points < L:
             raise ValueError(f"method.fit_points must be an integer >= L={L}, got {fit_points}")
         self.fit_points = fit_points
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def encode(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``x [B, N, D]`` -> (message, the reconstruction ``[B, N, D]``)."""
         B, N, D = x.shape
         sub = x.detach().float().reshape(B * N, self.q, self.sub).transpose(0, 1)  # q problems of B*N points
-        self.generator = on_device(self.generator, x.device)
         fit = sub
         if B * N > self.fit_points:  # fit the codebooks on a random sample, then code every sub-vector
-            pick = torch.randperm(B * N, generator=self.generator, device=x.device)[: self.fit_points]
+            pick = torch.randperm(B * N, generator=generator, device=x.device)[: self.fit_points]
             fit = sub[:, pick]
         L = min(self.L, fit.shape[1])
-        centroids = kmeans(fit, L, self.generator, self.max_iter).centroids  # all q codebooks in one call
+        centroids = kmeans(fit, L, generator, self.max_iter).centroids  # all q codebooks in one call
         codes = torch.cdist(sub, centroids).argmin(-1)  # [q, B*N]
         codebook = torch.zeros(self.q, self.L, self.sub, device=x.device)
         codebook[:, :L] = centroids
@@ -102,65 +103,83 @@ class ProductQuantizer:
         }
 
 
+class _Drawing:
+    """What both sides of FedLite have: a generator of their own (saved under ``state_key``), from which
+    their product quantizer draws."""
+
+    state_key = "generator"
+
+    def __init__(self, method: "FedLite", seed: int):
+        super().__init__(method)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def quantize(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        self.generator = on_device(self.generator, x.device)
+        message, xq = self.method.pq.encode(x, self.generator)
+        return {"codebook": self.method.to_wire(message["codebook"]), "codes": message["codes"]}, xq
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), self.state_key: self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state[self.state_key])
+
+
+class FedLiteClient(_Drawing, ClientCodec):
+    """Product-quantizes the activations; back-propagates the decoded gradient with FedLite's correction."""
+
+    def __init__(self, method: "FedLite"):
+        super().__init__(method, method.seed)
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        m = self.method
+        message, hq = self.quantize(h)
+        sent = _Corrected.apply(h, hq.to(h.dtype), m.lam)
+        return self.encoded(message, sent, labels, lambda reply: m.pq.decode(reply, h.shape[1]))
+
+
+class FedLiteServer(_Drawing, ServerCodec):
+    """Decodes the activations; product-quantizes their gradient with K-means of its own."""
+
+    state_key = "grad_generator"
+
+    def __init__(self, method: "FedLite"):
+        super().__init__(method, method.seed + 1)
+
+    def decode(self, message) -> Decoded:
+        received = self.method.pq.decode(message, self.method.tokens).requires_grad_()
+        return self.decoded(received, received, message, lambda grad: self.quantize(grad)[0])
+
+
 @register_method
-class FedLite(Compressor):
+class FedLite(Method):
     """FedLite as a method: product quantization of each token into ``q`` sub-vectors of ``L`` centroids
     each, both ways, with the gradient correction of strength ``lam`` (module docstring)."""
 
     name = "fedlite"
     grad_of_tokens = True
+    Client, Server = FedLiteClient, FedLiteServer
 
     def __init__(self, q: int = 8, L: int = 64, lam: float = 0.1, max_iter: int = 10, fit_points: int = 2048, **kwargs):
         super().__init__(**kwargs)
         if lam < 0:
             raise ValueError(f"method.lam (FedLite's lambda) must be >= 0, got {lam}")
         self.lam = float(lam)
-        self.pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed, fit_points)
-        self.grad_pq = ProductQuantizer(self.dim, q, L, max_iter, self.seed + 1, fit_points)
+        self.pq = ProductQuantizer(self.dim, q, L, max_iter, fit_points)  # both directions: the same shapes
         self.roles.update(codebook=ANALOG, codes=DIGITAL)
 
     def repair_digital(self, message, erased, counts) -> None:
-        self.pq.repair(message, erased, self.tokens, counts)  # the gradient's quantizer has the same shapes
-
-    def _wire(self, m):
-        return {"codebook": self.to_wire(m["codebook"]), "codes": m["codes"]}
-
-    def compress(self, h, cls_attn, training):
-        message, hq = self.pq.encode(h)
-        return self._wire(message), _Corrected.apply(h, hq.to(h.dtype), self.lam)
-
-    def decompress(self, message):
-        received = self.pq.decode(message, self.tokens).requires_grad_()
-        return received, received
+        self.pq.repair(message, erased, self.tokens, counts)
 
     def activation_schema(self, B, N, D) -> Schema:
         return Schema(self.pq.schema("B", N, self.wire_dtype))
 
-    def encode_grad(self, grad):
-        return self._wire(self.grad_pq.encode(grad)[0])
-
-    def decode_grad(self, message, sent):
-        return self.grad_pq.decode(message, sent.shape[1]).to(sent.dtype)
-
     def grad_schema(self, sent) -> Schema:
-        return Schema(self.grad_pq.schema(sent.shape[0], sent.shape[1], self.wire_dtype))
+        return Schema(self.pq.schema(sent.shape[0], sent.shape[1], self.wire_dtype))
 
     def target_ratio(self) -> float:
         return self.pq.q * self.pq.bits / (32 * self.dim)
 
     def nominal_ratio(self, B, N, D) -> float:
         return self.target_ratio()
-
-    def client_state(self) -> dict:
-        return {**super().client_state(), "generator": self.pq.generator.get_state()}
-
-    def load_client_state(self, state: dict) -> None:
-        super().load_client_state(state)
-        self.pq.generator.set_state(state["generator"])
-
-    def server_state(self) -> dict:
-        return {**super().server_state(), "grad_generator": self.grad_pq.generator.get_state()}
-
-    def load_server_state(self, state: dict) -> None:
-        super().load_server_state(state)
-        self.grad_pq.generator.set_state(state["grad_generator"])

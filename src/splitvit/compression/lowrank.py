@@ -19,15 +19,15 @@ import torch
 
 from ..channel import ANALOG
 from ..wire import Schema, TensorSpec
-from .base import Compressor, check_ratio, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, check_ratio, register_method
 
 
 class SubspaceCompressor:
     """State of one direction: the warm-start basis and the error memory."""
 
-    def __init__(self, N: int, D: int, compression: float, energy: float, iters: int, error_feedback: bool, seed: int):
+    def __init__(self, N: int, D: int, r_max: int, energy: float, iters: int, error_feedback: bool, seed: int):
         self.N, self.D = N, D
-        self.r_max = max(1, int(compression * N * D / (N + D)))
+        self.r_max = r_max
         self.energy, self.iters, self.error_feedback = energy, iters, error_feedback
         self.generator = torch.Generator().manual_seed(seed)
         self.basis: torch.Tensor | None = None  # [B, D, r_max]
@@ -60,9 +60,6 @@ class SubspaceCompressor:
     def decode(m: dict[str, torch.Tensor]) -> torch.Tensor:
         return m["P"].float() @ m["Q"].float().transpose(1, 2)
 
-    def schema(self, batch, dtype) -> dict[str, TensorSpec]:
-        return {"P": TensorSpec(dtype, (batch, self.N, "r")), "Q": TensorSpec(dtype, (batch, self.D, "r"))}
-
     def state(self) -> dict:
         return {"generator": self.generator.get_state(), "basis": self.basis, "error": self.error}
 
@@ -71,13 +68,64 @@ class SubspaceCompressor:
         self.basis, self.error = s["basis"], s["error"]
 
 
+class _Subspace:
+    """What both sides of LowRank have: one direction's basis and error memory (saved under ``state_key``)."""
+
+    state_key = "up"
+
+    def __init__(self, method: "LowRank", seed: int):
+        super().__init__(method)
+        self.subspace = method.subspace(seed)
+
+    def send(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: self.method.to_wire(v) for k, v in self.subspace.encode(x).items()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), self.state_key: self.subspace.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.subspace.load(state[self.state_key])
+
+
+class LowRankClient(_Subspace, ClientCodec):
+    """Sends each sample's low-rank factors, with error feedback; decodes the gradient's."""
+
+    def __init__(self, method: "LowRank"):
+        super().__init__(method, method.seed)
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        if labels is None:  # compressed evaluation: no error memory, no change of the training basis
+            saved = self.subspace.state()
+            self.subspace.error = None
+            message = self.send(h)
+            self.subspace.load(saved)
+        else:
+            message = self.send(h)
+        return self.encoded(message, h, labels, SubspaceCompressor.decode)
+
+
+class LowRankServer(_Subspace, ServerCodec):
+    """Rebuilds the activations from their factors; sends the gradient's factors with its own basis and memory."""
+
+    state_key = "down"
+
+    def __init__(self, method: "LowRank"):
+        super().__init__(method, method.seed + 1)
+
+    def decode(self, message) -> Decoded:
+        received = SubspaceCompressor.decode(message).requires_grad_()
+        return self.decoded(received, received, message, self.send)
+
+
 @register_method
-class LowRank(Compressor):
+class LowRank(Method):
     """Low-rank compression of each sample's ``[N, D]`` activations (and gradient) by subspace iteration,
     at the rank that keeps ``energy`` under the byte cap ``compression`` (module docstring)."""
 
     name = "lowrank"
     grad_of_tokens = True
+    Client, Server = LowRankClient, LowRankServer
 
     def __init__(self, compression: float = 0.1, energy: float = 0.95, iters: int = 2, error_feedback: bool = True,
                  rank: int | None = None, **kwargs):
@@ -90,56 +138,29 @@ class LowRank(Compressor):
             raise ValueError(f"method.energy must be in (0, 1], got {energy}")
         if not isinstance(iters, int) or iters < 1:
             raise ValueError(f"method.iters must be a positive integer, got {iters}")
-        args = (self.tokens, self.dim, self.compression, energy, iters, bool(error_feedback))
-        self.up = SubspaceCompressor(*args, seed=self.seed)
-        self.down = SubspaceCompressor(*args, seed=self.seed + 1)
-        if rank is not None:  # a fixed cap instead of the one the byte budget gives
-            self.up.r_max = self.down.r_max = min(rank, self.tokens, self.dim)
+        self.energy, self.iters, self.error_feedback = energy, iters, bool(error_feedback)
+        # the rank cap: what the byte budget allows, or a fixed one
+        budget = max(1, int(self.compression * self.tokens * self.dim / (self.tokens + self.dim)))
+        self.r_max = budget if rank is None else min(rank, self.tokens, self.dim)
 
-    def _wire(self, m):
-        return {k: self.to_wire(v) for k, v in m.items()}
+    def subspace(self, seed: int) -> SubspaceCompressor:
+        """One direction's compressor, drawing its first basis from ``seed``."""
+        return SubspaceCompressor(self.tokens, self.dim, self.r_max, self.energy, self.iters, self.error_feedback, seed)
 
-    def compress(self, h, cls_attn, training):
-        if not training:  # compressed evaluation: no error memory, no change of the training basis
-            saved = self.up.state()
-            self.up.error = None
-            m = self.up.encode(h)
-            self.up.load(saved)
-            return self._wire(m), h
-        return self._wire(self.up.encode(h)), h
-
-    def decompress(self, message):
-        received = SubspaceCompressor.decode(message).requires_grad_()
-        return received, received
+    def factors_schema(self, batch: int | str) -> Schema:
+        """``P [batch, N, r]`` and ``Q [batch, D, r]``, ``r`` at most the cap."""
+        dtype = self.wire_dtype
+        return Schema({"P": TensorSpec(dtype, (batch, self.tokens, "r")), "Q": TensorSpec(dtype, (batch, self.dim, "r"))},
+                      dims={"r": (1, self.r_max)})
 
     def activation_schema(self, B, N, D) -> Schema:
-        return Schema(self.up.schema("B", self.wire_dtype), dims={"r": (1, self.up.r_max)})
-
-    def encode_grad(self, grad):
-        return self._wire(self.down.encode(grad))
-
-    def decode_grad(self, message, sent):
-        return SubspaceCompressor.decode(message).to(sent.dtype)
+        return self.factors_schema("B")
 
     def grad_schema(self, sent) -> Schema:
-        return Schema(self.down.schema(sent.shape[0], self.wire_dtype), dims={"r": (1, self.down.r_max)})
+        return self.factors_schema(sent.shape[0])
 
     def target_ratio(self) -> float:
         return self.compression
 
     def nominal_ratio(self, B, N, D) -> float:
-        return (N + D) * self.up.r_max / (N * D) * self.value_ratio
-
-    def client_state(self) -> dict:
-        return {**super().client_state(), "up": self.up.state()}
-
-    def load_client_state(self, state: dict) -> None:
-        super().load_client_state(state)
-        self.up.load(state["up"])
-
-    def server_state(self) -> dict:
-        return {**super().server_state(), "down": self.down.state()}
-
-    def load_server_state(self, state: dict) -> None:
-        super().load_server_state(state)
-        self.down.load(state["down"])
+        return (N + D) * self.r_max / (N * D) * self.value_ratio

@@ -1,6 +1,6 @@
 """ADC's kernels (Alvetreti et al., arXiv 2509.15058; docs/architecture.md, "ADC, exactly"): pure functions of
 tensors, batched, no loop over samples or clusters. :class:`~splitvit.compression.adc.ADC` wires
-them into a split model; :meth:`~splitvit.compression.base.Compressor.eval_encode` uses
+them into a split model; :meth:`~splitvit.compression.base.ClientCodec.eval_encode` uses
 :func:`select_tokens` for the ``tokens`` evaluation mode of every method.
 """
 

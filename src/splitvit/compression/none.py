@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from ..wire import Schema, TensorSpec
-from .base import Compressor, register_method
+from .base import ClientCodec, Encoded, Method, RawServer, register_method
+
+
+class PlainClient(ClientCodec):
+    """Sends the activations in ``wire.dtype``; the gradient of them comes back raw."""
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        return self.encoded({"z": self.method.to_wire(h)}, h, labels)
 
 
 @register_method
-class NoCompression(Compressor):
+class NoCompression(Method):
     """Plain split learning: the activations in ``wire.dtype`` and the class ids, the gradient back raw."""
 
     name = "none"
     grad_of_tokens = True
-
-    def compress(self, h, cls_attn, training):
-        return {"z": self.to_wire(h)}, h
-
-    def decompress(self, message):
-        received = self.from_wire(message["z"])
-        return received, received
+    Client, Server = PlainClient, RawServer
 
     def activation_schema(self, B, N, D) -> Schema:
         # up to N tokens: a client that prunes tokens (finetune=alast) sends fewer, and not always as many

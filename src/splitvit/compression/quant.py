@@ -24,7 +24,7 @@ Every value is within half a step of its code on either grid.
 
 On the ``minmax`` grid most of a 2-bit gradient's error is a per-token mean over the features (the
 near-zero entries all come back as the same level), which the loss cannot see and the client can
-drop: ``split.grad_center=true`` (see :class:`~splitvit.compression.base.Compressor`).
+drop: ``split.grad_center=true`` (see :mod:`splitvit.compression.base`).
 
 Nominal vs measured: nominal is ``b / 32``; measured adds the scales (8 bytes per tensor, or per
 token with ``granularity=token``: ``64 / (D * b)`` more) and the labels.
@@ -37,7 +37,7 @@ import torch
 from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import Compressor, bits_for, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, bits_for, register_method
 
 GRANULARITIES = ("tensor", "token")
 
@@ -104,13 +104,31 @@ class Quantizer:
         }
 
 
+class QuantClient(ClientCodec):
+    """Sends the codes of the activations; the gradient's codes come back (straight-through into ``h``)."""
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        q = self.method.grad_q
+        return self.encoded(self.method.q.encode(h), h, labels, lambda reply: q.decode(reply, h.shape[1], h.shape[2]))
+
+
+class QuantServer(ServerCodec):
+    """Dequantizes the activations; quantizes their gradient on its own grid (``grad_grid``)."""
+
+    def decode(self, message) -> Decoded:
+        m = self.method
+        received = m.q.decode(message, m.tokens, m.dim).requires_grad_()
+        return self.decoded(received, received, message, m.grad_q.encode)
+
+
 @register_method
-class Quant(Compressor):
+class Quant(Method):
     """Uniform ``bits``-bit quantization of the activations and the gradient, bit-packed, one scale per
     tensor or per token; ``bits`` directly or ``round(32 * compression)`` (module docstring)."""
 
     name = "quant"
     grad_of_tokens = True
+    Client, Server = QuantClient, QuantServer
 
     def __init__(self, bits: int | None = None, compression: float | None = 0.125, granularity: str = "tensor",
                  grid: str = "minmax", grad_grid: str = "minmax", **kwargs):
@@ -123,21 +141,8 @@ class Quant(Compressor):
     def repair_digital(self, message, erased, counts) -> None:
         self.q.repair(message, erased, self.tokens * self.dim, counts)
 
-    def compress(self, h, cls_attn, training):
-        return self.q.encode(h), h
-
-    def decompress(self, message):
-        received = self.q.decode(message, self.tokens, self.dim).requires_grad_()
-        return received, received
-
     def activation_schema(self, B, N, D) -> Schema:
         return Schema(self.q.schema("B", N, D))
-
-    def encode_grad(self, grad):
-        return self.grad_q.encode(grad)
-
-    def decode_grad(self, message, sent):
-        return self.grad_q.decode(message, sent.shape[1], sent.shape[2]).to(sent.dtype)
 
     def grad_schema(self, sent) -> Schema:
         return Schema(self.grad_q.schema(sent.shape[0], sent.shape[1], sent.shape[2]))

@@ -23,7 +23,7 @@ import torch
 from ..channel import DIGITAL, PROTECTED
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import Compressor, bits_for, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, bits_for, register_method
 
 
 def channel_entropy(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -104,13 +104,31 @@ class EntropyGroupedQuantizer:
         return sum(b * n for b, n in zip(self.group_bits, self.sizes)) / self.dim
 
 
+class SLACCClient(ClientCodec):
+    """Quantizes the activations by channel groups; decodes the gradient, grouped by its own entropies."""
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        q = self.method.q
+        return self.encoded(q.encode(h), h, labels, lambda reply: q.decode(reply, h.shape[1]))
+
+
+class SLACCServer(ServerCodec):
+    """Decodes the activations; quantizes their gradient the same way."""
+
+    def decode(self, message) -> Decoded:
+        q = self.method.q
+        received = q.decode(message, self.method.tokens).requires_grad_()
+        return self.decoded(received, received, message, q.encode)
+
+
 @register_method
-class SLACC(Compressor):
+class SLACC(Method):
     """SL-ACC-style quantization: channels grouped by entropy, more bits to the groups that carry more,
     ``bits`` on average (module docstring)."""
 
     name = "slacc"
     grad_of_tokens = True
+    Client, Server = SLACCClient, SLACCServer
 
     def __init__(self, bits: int | None = None, compression: float | None = 0.125, groups: int = 4, bins: int = 32, **kwargs):
         super().__init__(**kwargs)
@@ -120,21 +138,8 @@ class SLACC(Compressor):
     def repair_digital(self, message, erased, counts) -> None:
         self.q.repair(message, erased, self.tokens, counts)
 
-    def compress(self, h, cls_attn, training):
-        return self.q.encode(h), h
-
-    def decompress(self, message):
-        received = self.q.decode(message, self.tokens).requires_grad_()
-        return received, received
-
     def activation_schema(self, B, N, D) -> Schema:
         return Schema(self.q.schema("B", N))
-
-    def encode_grad(self, grad):
-        return self.q.encode(grad)
-
-    def decode_grad(self, message, sent):
-        return self.q.decode(message, sent.shape[1]).to(sent.dtype)
 
     def grad_schema(self, sent) -> Schema:
         return Schema(self.q.schema(sent.shape[0], sent.shape[1]))

@@ -17,15 +17,63 @@ import torch
 from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import pack_rows, row_bytes, unpack_rows
-from .base import Compressor, check_ratio, on_device, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, check_ratio, on_device, register_method
+
+
+class TopKClient(ClientCodec):
+    """Sends the kept values and their positions; their gradient comes back at those positions."""
+
+    def select(self, flat: torch.Tensor, K: int, training: bool) -> torch.Tensor:
+        """Positions ``[B, K]`` to keep of ``flat [B, N*D]``."""
+        return flat.detach().abs().topk(K, dim=1, sorted=False).indices
+
+    def encode(self, h, cls_attn, labels=None) -> Encoded:
+        m = self.method
+        B, N, D = h.shape
+        flat = h.reshape(B, N * D)
+        idx = self.select(flat, m.kept, labels is not None).sort(dim=1).values
+        values = flat.gather(1, idx)
+        fmt, dtype = m.position_format
+        if fmt == "bitmap":
+            positions = pack_rows(torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True), 1)
+        else:
+            positions = idx.to(dtype)
+        return self.encoded({"values": m.to_wire(values), fmt: positions}, values, labels)
+
+
+class TopKServer(ServerCodec):
+    """Places the values at their positions in zeros; sends back the gradient of the values."""
+
+    def decode(self, message) -> Decoded:
+        m = self.method
+        n = m.tokens * m.dim
+        values = m.from_wire(message["values"])
+        B, K = values.shape
+        if "_keep" in message:  # repaired after a damaging channel: positions may repeat; dropped values add nothing
+            idx, keep = message["index"].to(torch.int64), message["_keep"].to(values.device)
+            dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter_add(1, idx, values * keep)
+            return self.decoded(values, dense.view(B, m.tokens, m.dim), message)
+        if "bitmap" in message:
+            mask = unpack_rows(message["bitmap"], 1, n).bool()
+            counts = mask.sum(1)
+            if not torch.all(counts == K):
+                raise WireError(f"bitmap marks {counts.tolist()} positions per sample, expected {K}")
+            idx = mask.nonzero()[:, 1].view(B, K)  # row-major: increasing positions, as sent
+        else:
+            idx = message["index"].to(torch.int64)
+            if K > 1 and not torch.all(idx[:, 1:] > idx[:, :-1]):
+                raise WireError("positions must be strictly increasing within each sample")
+        dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter(1, idx, values)
+        return self.decoded(values, dense.view(B, m.tokens, m.dim), message)
 
 
 @register_method
-class TopK(Compressor):
+class TopK(Method):
     """Top-K sparsification per sample: the ``compression`` share of the largest ``|h|`` values and
     their positions (index list or bitmap, the smaller); the gradient comes back at those positions."""
 
     name = "topk"
+    Client, Server = TopKClient, TopKServer
 
     def __init__(self, compression: float = 0.1, **kwargs):
         super().__init__(**kwargs)
@@ -44,43 +92,6 @@ class TopK(Compressor):
         dtype = torch.uint16 if n <= 1 << 16 else torch.int32
         index_bytes = self.kept * torch.empty((), dtype=dtype).element_size()
         return ("bitmap", torch.uint8) if row_bytes(n, 1) < index_bytes else ("index", dtype)
-
-    def select(self, flat: torch.Tensor, K: int, training: bool) -> torch.Tensor:
-        """Positions ``[B, K]`` to keep of ``flat [B, N*D]``."""
-        return flat.detach().abs().topk(K, dim=1, sorted=False).indices
-
-    def compress(self, h, cls_attn, training):
-        B, N, D = h.shape
-        flat = h.reshape(B, N * D)
-        idx = self.select(flat, self.kept, training).sort(dim=1).values
-        values = flat.gather(1, idx)
-        fmt, dtype = self.position_format
-        if fmt == "bitmap":
-            positions = pack_rows(torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True), 1)
-        else:
-            positions = idx.to(dtype)
-        return {"values": self.to_wire(values), fmt: positions}, values
-
-    def decompress(self, message):
-        n = self.tokens * self.dim
-        values = self.from_wire(message["values"])
-        B, K = values.shape
-        if "_keep" in message:  # repaired after a damaging channel: positions may repeat; dropped values add nothing
-            idx, keep = message["index"].to(torch.int64), message["_keep"].to(values.device)
-            dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter_add(1, idx, values * keep)
-            return values, dense.view(B, self.tokens, self.dim)
-        if "bitmap" in message:
-            mask = unpack_rows(message["bitmap"], 1, n).bool()
-            counts = mask.sum(1)
-            if not torch.all(counts == K):
-                raise WireError(f"bitmap marks {counts.tolist()} positions per sample, expected {K}")
-            idx = mask.nonzero()[:, 1].view(B, K)  # row-major: increasing positions, as sent
-        else:
-            idx = message["index"].to(torch.int64)
-            if K > 1 and not torch.all(idx[:, 1:] > idx[:, :-1]):
-                raise WireError("positions must be strictly increasing within each sample")
-        dense = torch.zeros(B, n, dtype=values.dtype, device=values.device).scatter(1, idx, values)
-        return values, dense.view(B, self.tokens, self.dim)
 
     def repair_digital(self, message, erased, counts) -> None:
         """Positions that a channel damaged: an index out of range, or lost, drops its value; a bitmap
@@ -126,33 +137,41 @@ class TopK(Compressor):
         return self.kept / (N * D) * self.value_ratio
 
 
+class RandTopKClient(TopKClient):
+    """Draws the kept positions (module docstring) from its own generator when training."""
+
+    def __init__(self, method: "RandTopK"):
+        super().__init__(method)
+        self.generator = torch.Generator().manual_seed(method.seed)
+
+    def select(self, flat, K, training):
+        top = super().select(flat, K, training)
+        n, alpha = flat.shape[1], self.method.alpha
+        if not training or K == n or alpha == 0.0:
+            return top
+        self.generator = on_device(self.generator, flat.device)
+        weights = torch.full_like(flat, alpha / (n - K), dtype=torch.float32)
+        weights.scatter_(1, top, (1 - alpha) / K)
+        return torch.multinomial(weights, K, replacement=False, generator=self.generator)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+
+
 @register_method
 class RandTopK(TopK):
     """Randomized Top-K (Zheng et al. 2023): ``K`` positions drawn without replacement, the top-K
     set holding probability mass ``1 - alpha`` and the rest ``alpha``; plain Top-K when evaluating."""
 
     name = "randtopk"
+    Client = RandTopKClient
 
     def __init__(self, compression: float = 0.1, alpha: float = 0.1, **kwargs):
         super().__init__(compression=compression, **kwargs)
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"method.alpha must be in [0, 1), got {alpha}")
         self.alpha = float(alpha)
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-    def select(self, flat, K, training):
-        top = super().select(flat, K, training)
-        n = flat.shape[1]
-        if not training or K == n or self.alpha == 0.0:
-            return top
-        self.generator = on_device(self.generator, flat.device)
-        weights = torch.full_like(flat, self.alpha / (n - K), dtype=torch.float32)
-        weights.scatter_(1, top, (1 - self.alpha) / K)
-        return torch.multinomial(weights, K, replacement=False, generator=self.generator)
-
-    def client_state(self) -> dict:
-        return {**super().client_state(), "generator": self.generator.get_state()}
-
-    def load_client_state(self, state: dict) -> None:
-        super().load_client_state(state)
-        self.generator.set_state(state["generator"])

@@ -22,7 +22,7 @@ def uncompressed_bytes(batch: int, tokens: int, dim: int, num_classes: int, step
     if key not in _BASELINE:
         none = NoCompression(num_classes, tokens, dim)
         h = torch.zeros(batch, tokens, dim)
-        up = pack(Header("train", step=step), none.client_encode(h, None, torch.zeros(batch, dtype=torch.long)).message)
+        up = pack(Header("train", step=step), none.client().encode(h, None, torch.zeros(batch, dtype=torch.long)).message)
         down = pack(Header("grad", step=step, loss=loss, mode="stop" if stop else None), {"grad": h})
         _BASELINE[key] = len(up), len(down)
     return _BASELINE[key]

@@ -1,4 +1,4 @@
-"""Building a run's pieces from its config: the model and its halves, the compressor, the optimizers. A client and a server on different machines each call these and get the same
+"""Building a run's pieces from its config: the model and its halves, the method, the optimizers. A client and a server on different machines each call these and get the same
 initial weights as one process would.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from ..compression import build_compressor
+from ..compression import build_method
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
 from .config import ConfigError, method_options
 
@@ -29,19 +29,18 @@ def build_model(cfg: DictConfig, num_classes: int):
 
 
 def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
-    """Both halves and the compressor, from the seed: a remote client and server each call this and
-    get the same initial weights as one process would. Returns (client_model, server_model, compressor, vit)."""
+    """Both halves and the method, from the seed: a remote client and server each call this and get the
+    same initial weights as one process would. Returns (client_model, server_model, method, vit); each
+    side builds its own side of the method (``method.client()``, ``method.server()``)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes).to(device)
     client_model, server_model = split(model, cfg.split.index)
-    compressor = build_compressor(
+    method = build_method(
         cfg.method.name, num_classes, model.cfg.num_tokens, model.cfg.embed_dim, seed=cfg.seed,
         wire_dtype=cfg.wire.dtype,
         grad_center=cfg.split.grad_center, **method_options(cfg.method),
     )
-    compressor.client_modules.to(device)
-    compressor.server_modules.to(device)
-    return client_model, server_model, compressor, model.cfg
+    return client_model, server_model, method, model.cfg
 
 
 def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Optimizer:

@@ -49,12 +49,12 @@ def load_checkpoint_file(path: Path, map_location="cpu") -> dict:
     return state
 
 
-def save_client(path: Path, cfg: DictConfig, client, compressor, progress) -> None:
+def save_client(path: Path, cfg: DictConfig, client, codec, progress) -> None:
     atomic_save({
         "config": OmegaConf.to_container(cfg, resolve=True),
         "client": client.model.state_dict(),
         "client_optimizer": client.optimizer.state_dict(),
-        "compressor": compressor.client_state(),  # the client's side of the method only
+        "compressor": codec.state_dict(),  # the client's side of the method only
         "progress": asdict(progress),
         "torch_rng": torch.get_rng_state(),
         **({"alast": find(client.mods, ALaST).state_dict()} if find(client.mods, ALaST) is not None else {}),
@@ -72,12 +72,12 @@ def load_resumable(path: Path, cfg: DictConfig) -> dict:
     return state
 
 
-def load_client(path: Path, cfg: DictConfig, client, compressor):
+def load_client(path: Path, cfg: DictConfig, client, codec):
     """Restore the client's half and return the run's :class:`Progress`; refuse another experiment's checkpoint."""
     state = load_resumable(path, cfg)
     client.model.load_state_dict(state["client"])
     client.optimizer.load_state_dict(state["client_optimizer"])
-    compressor.load_client_state(state["compressor"])
+    codec.load_state_dict(state["compressor"])
     torch.set_rng_state(state["torch_rng"])
     if find(client.mods, ALaST) is not None:
         find(client.mods, ALaST).load_state_dict(state["alast"])

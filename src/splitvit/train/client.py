@@ -1,11 +1,11 @@
-"""The client half: the images, blocks 1..l, the compressor's client side, and every byte it sends."""
+"""The client half: the images, blocks 1..l, the method's client side, and every byte it sends."""
 
 from __future__ import annotations
 
 import torch
 
 from ..channel import ChannelSpec, Receiver
-from ..compression import Compressor
+from ..compression import ClientCodec
 from ..link import Exchange
 from ..models import ClientModel
 from ..profiling import timed
@@ -21,18 +21,19 @@ class SplitClient:
     whose mods count the bytes; the client counts nothing itself. Each training step goes through
     ``mods`` (:mod:`.mods`: the profiler, the inspector, ALaST), the first outermost."""
 
-    def __init__(self, model: ClientModel, compressor: Compressor, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: ClientModel, codec: ClientCodec, optimizer: torch.optim.Optimizer,
                  exchange: Exchange | None, num_classes: int, bf16: bool = False, client_id: int = 0,
                  channel: ChannelSpec | None = None, mods: list[StepMod] = ()):
         self.model = model
         self.client_id = client_id
-        self.compressor = compressor
+        self.codec = codec  # the method's client side, this client's own
+        self.method = codec.method
         self.optimizer = optimizer
         self.exchange = exchange
         self.num_classes = num_classes
         self.bf16 = bf16  # the ViT under bfloat16 autocast; messages keep wire.dtype
         # what the channel may do to the replies: they are repaired, not refused
-        self.receive = Receiver(channel, "down", compressor.role, compressor.repair)
+        self.receive = Receiver(channel, "down", self.method.role, self.method.repair)
         self.mods = list(mods)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[float, bool]:
@@ -46,22 +47,22 @@ class SplitClient:
         with timed("forward"), autocast(images.device, self.bf16):
             h, cls_attn = self.model(images)  # client forward, blocks 1..l
         with timed("compress"):
-            packet = self.compressor.client_encode(h, cls_attn, labels)
+            sent = self.codec.encode(h, cls_attn, labels)
         if h.requires_grad:  # what a mod wants of dL/dh (not when ALaST froze every client block)
             for hook in step.cut_grad_hooks:
                 h.register_hook(hook)
         reply, header = self.exchange(  # serialise, the server's forward, loss, backward and step, deserialise
-            Header("train", client=self.client_id, step=step.index), packet.message,
-            self.receive.schema("train", self.compressor.grad_schema(packet.sent)), "grad")
+            Header("train", client=self.client_id, step=step.index), sent.message,
+            self.receive.schema("train", self.method.grad_schema(sent.tensor)), "grad")
         with timed("decompress"):
-            grad = self.compressor.client_decode_grad(self.receive("train", header, reply), packet)  # gradient back
+            grad = sent.decode(self.receive("train", header, reply))  # gradient back
         with timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            if packet.sent.requires_grad:  # not when ALaST froze every client parameter this step
-                packet.sent.backward(grad.to(packet.sent.device))
+            if sent.tensor.requires_grad:  # not when ALaST froze every client parameter this step
+                sent.tensor.backward(grad.to(sent.tensor.device))
         with timed("step"):
             self.optimizer.step()  # client step
-        step.message, step.cls_attn, step.grad = packet.message, cls_attn, grad
+        step.message, step.cls_attn, step.grad = sent.message, cls_attn, grad
         return header.loss, header.mode == "stop"
 
     @torch.no_grad()
@@ -75,5 +76,5 @@ class SplitClient:
             h, cls_attn = self.model(images)
         schema = Schema({"logits": TensorSpec(torch.float32, (labels.shape[0], self.num_classes))})
         reply, header = self.exchange(Header("eval", client=self.client_id, mode=mode),
-                                      self.compressor.eval_encode(h, cls_attn, mode), self.receive.schema("eval", schema), "logits")
+                                      self.codec.eval_encode(h, cls_attn, mode), self.receive.schema("eval", schema), "logits")
         return self.receive("eval", header, reply)["logits"].to(labels.device), labels

@@ -77,7 +77,7 @@ class Member:
     def state_dict(self) -> dict:
         c, alast = self.client, self.mod(ALaST)
         return {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
-                "compressor": c.compressor.client_state(), "epoch": self.epoch,
+                "compressor": c.codec.state_dict(), "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version,
                 "told_stop": self.told_stop, **({"alast": alast.state_dict()} if alast is not None else {})}
 
@@ -85,7 +85,7 @@ class Member:
         c, alast = self.client, self.mod(ALaST)
         c.model.load_state_dict(s["model"])
         c.optimizer.load_state_dict(s["optimizer"])
-        c.compressor.load_client_state(s["compressor"])
+        c.codec.load_state_dict(s["compressor"])
         if alast is not None:
             alast.load_state_dict(s["alast"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
@@ -135,8 +135,7 @@ class Clients:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.sizes = [len(x) for x in self.parts]
-        client_model, self.server_model, compressor, self.vit = build_halves(cfg, data.num_classes, device)
-        self.compressor = compressor
+        client_model, self.server_model, self.method, self.vit = build_halves(cfg, data.num_classes, device)
         self.channel = ChannelSpec.from_config(cfg.get("channel"))
         bf16 = cfg.train.precision == "bf16"
         # FLOPs are counted (not time) on every flop_every-th step of a client: once an evaluation interval
@@ -144,13 +143,13 @@ class Clients:
         # every client starts from the same half (the seed's), with its own copy of it and of the method
         self.members: dict[int, Member] = {}
         for i in local:
-            model, method = copy.deepcopy(client_model), copy.deepcopy(compressor)
+            model, codec = copy.deepcopy(client_model), self.method.client().to(device)
             alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "client")  # before the optimizer: LoRA adds parameters
-            client = SplitClient(model, method, make_optimizer(cfg, model, method.client_modules), None,
+            client = SplitClient(model, codec, make_optimizer(cfg, model, codec.modules), None,
                                  data.num_classes, bf16=bf16, client_id=i, channel=self.channel,
                                  mods=self.step_mods(alast))
             self.members[i] = Member(i, self.parts[i], client)
-        self.template = client_template(cfg, client_model, compressor, self.vit, data.num_classes)
+        self.template = client_template(cfg, client_model, self.method, self.vit, data.num_classes)
         self.half_schema = half_schema(self.template)
         self.augment = build_augment(cfg.dataset.get("augment", "none"))
 
@@ -166,7 +165,7 @@ class Clients:
         """What every message of member ``m`` goes through: the byte count, the link-time model, its channel."""
         noise = None
         if not self.channel.ideal:  # each client's own generator; client 0's is the one a single client always had
-            method = m.client.compressor
+            method = self.method
             noise = Channel(self.channel, method.role, method.repair, self.p.channel.setdefault(str(m.id), {}),
                             seed=CHANNEL_SEED + self.cfg.seed + 1_000_003 * m.id)
         return standard_mods(self.p, shaping, noise)
@@ -283,9 +282,8 @@ class Simulation(Clients):
 
     def __init__(self, cfg: DictConfig, run_dir: Path, data, device, shaping, progress: Progress):
         super().__init__(cfg, data, device, progress, list(range(cfg.clients.num)))
-        self.hub = Hub(cfg, data.num_classes, device)  # keeps no state of its own: clients.pt holds it
-        if cfg.train.get("profile"):
-            self.hub.profile(Profiler(device), self.flop_every)
+        # keeps no state of its own (clients.pt holds it); FLOPs on the steps the clients count theirs
+        self.hub = Hub(cfg, data.num_classes, device, flop_every=self.flop_every)
         for m in self.members.values():
             session = self.hub.session(m.id, self.sizes[m.id])
             m.client.exchange = Exchange(InProcessLink(session.handle), self.mods(m, shaping))
@@ -333,8 +331,8 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     if state is not None:
         clients.load_state_dict(state)
         log.info("resumed from %s after round %d (step %d)", ckpt, p.round, p.step)
-    warnings = reachability(clients.compressor, cfg.train.batch_size, clients.vit)
-    warnings += filter(None, [idle(clients.channel, clients.compressor.roles, cfg.method.name)])
+    warnings = reachability(clients.method, cfg.train.batch_size, clients.vit)
+    warnings += filter(None, [idle(clients.channel, clients.method.roles, cfg.method.name)])
     for w in warnings:
         log.warning(f"warning: {w}")
     _save_partition(run_dir, clients, data)
@@ -415,7 +413,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
             tracker.close()
             clients.close_link()
     reason = p.stopped_by = clients.stopped_by()
-    summary = make_summary(cfg, clients.compressor, vit, p, reason, data)
+    summary = make_summary(cfg, clients.method, vit, p, reason, data)
     summary.update(clients_summary(cfg, clients, p))
     summary.update(also)
     summary.update(clients.records(run=True))

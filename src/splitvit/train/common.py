@@ -99,10 +99,10 @@ def load_data(cfg: DictConfig):
         raise ConfigError(str(e)) from None
 
 
-def reachability(compressor, batch_size: int, vit) -> list[str]:
+def reachability(method, batch_size: int, vit) -> list[str]:
     """A warning when rounding (whole samples, tokens, bits) puts the realised ratio far from the target."""
-    target = compressor.target_ratio()
-    nominal = compressor.nominal_ratio(batch_size, vit.num_tokens, vit.embed_dim)
+    target = method.target_ratio()
+    nominal = method.nominal_ratio(batch_size, vit.num_tokens, vit.embed_dim)
     if target and abs(nominal - target) > 0.25 * target:
         return [f"compression target {target:g} cannot be reached at train.batch_size={batch_size} with "
                 f"{vit.num_tokens} tokens of {vit.embed_dim}: the nearest this method realises is {nominal:.4g} "
@@ -161,7 +161,7 @@ def config_hash(cfg: DictConfig | dict) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_summary(cfg, compressor, vit, p: Progress, reason: str | None, data=None) -> dict:
+def make_summary(cfg, method, vit, p: Progress, reason: str | None, data=None) -> dict:
     sent, baseline = p.bytes_up + p.bytes_down, p.baseline_up + p.baseline_down
     split = cfg.split.index is not None
     return {
@@ -174,10 +174,10 @@ def make_summary(cfg, compressor, vit, p: Progress, reason: str | None, data=Non
         "split_index": cfg.split.index,
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),
-        "compression_target": compressor.target_ratio() if split else None,
-        "batch_ratio": getattr(compressor, "batch_ratio", None),  # ADC's two parts, for the grid plot
-        "token_ratio": getattr(compressor, "token_ratio", None),
-        "compression_nominal": compressor.nominal_ratio(cfg.train.batch_size, vit.num_tokens, vit.embed_dim) if split else None,
+        "compression_target": method.target_ratio() if split else None,
+        "batch_ratio": getattr(method, "batch_ratio", None),  # ADC's two parts, for the grid plot
+        "token_ratio": getattr(method, "token_ratio", None),
+        "compression_nominal": method.nominal_ratio(cfg.train.batch_size, vit.num_tokens, vit.embed_dim) if split else None,
         "compression_measured": sent / baseline if baseline else None,
         "bytes_up": p.bytes_up,
         "bytes_down": p.bytes_down,

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..channel import ChannelSpec
-from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_compressor
+from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_method
 from ..config_keys import GROUPS, known_keys, leaves, option_key, under, with_defaults
 from ..data import DATASETS, NORMALIZATIONS
 from ..data.partition import PARTITIONS
@@ -131,11 +131,11 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     try:
         vit = replace(PRESETS[m.name], **{k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m[k] is not None})
-        compressor = build_compressor(
+        method = build_method(
             cfg.method.name, 2, vit.num_tokens, vit.embed_dim, wire_dtype=cfg.wire.dtype,
             grad_center=cfg.split.grad_center, **method_options(cfg.method)
         )
-        compressor.check_batch(cfg.train.batch_size)
+        method.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(_full_key(str(e))) from None
     if cfg.dataset.name not in ("digits",) and not cfg.dataset.get("root"):
@@ -152,11 +152,11 @@ def validate(cfg: DictConfig) -> None:
         _choice("eval.also", mode, EVAL_MODES)
     if "tokens" in [cfg.eval.mode, *(cfg.eval.get("also") or [])]:
         try:
-            compressor.eval_token_ratio()
+            method.eval_token_ratio()
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _check_clients(cfg)
-    _check_channel(cfg, compressor)
+    _check_channel(cfg, method)
     _check_finetune(cfg, vit)
     if cfg.train.get("inspect") and cfg.split.index is None:
         raise ConfigError("train.inspect=true measures what the method does at the cut: set split.index")
@@ -185,7 +185,7 @@ def _check_clients(cfg: DictConfig) -> None:
         raise ConfigError("several clients need a split model; set split.index (or clients.num=1)")
 
 
-def _check_channel(cfg: DictConfig, compressor) -> None:
+def _check_channel(cfg: DictConfig, method) -> None:
     try:
         spec = ChannelSpec.from_config(cfg.get("channel"))
     except ValueError as e:

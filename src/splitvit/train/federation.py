@@ -26,13 +26,13 @@ SAMPLES = "__samples__"  # the tensor of a weights message that says how many sa
 def half_state(client) -> dict[str, torch.Tensor]:
     """What a client hands on: its blocks and the method's learned client side (e.g. BottleNet's encoder)."""
     state = {f"model.{k}": v for k, v in client.model.state_dict().items()}
-    state.update({f"compressor.{k}": v for k, v in client.compressor.client_modules.state_dict().items()})
+    state.update({f"compressor.{k}": v for k, v in client.codec.modules.state_dict().items()})
     return state
 
 
 def load_half_state(client, state: dict[str, torch.Tensor]) -> None:
     client.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-    client.compressor.client_modules.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("compressor.")})
+    client.codec.modules.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("compressor.")})
 
 
 def half_schema(template: dict[str, torch.Tensor]) -> Schema:

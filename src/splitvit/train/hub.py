@@ -25,6 +25,7 @@ from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_checkpoint_file
 from .client import SplitClient
 from .federation import Coordinator, Federation, caps_reached, half_state
+from .mods import ProfileStep, find
 from .schemes import RoundPlan, build_scheme
 from .server import ServerHalf, Session, server_digest
 from .state import Progress
@@ -34,11 +35,11 @@ log = logging.getLogger(__name__)
 KEEP_ROUNDS = 2  # a client may die between the server's save of a round and its own: keep the one before too
 
 
-def client_template(cfg: DictConfig, client_model, compressor, vit, num_classes: int) -> dict:
+def client_template(cfg: DictConfig, client_model, method, vit, num_classes: int) -> dict:
     """A client half as every client holds it (ALaST's adapters included): what the server hands on."""
     model = copy.deepcopy(client_model)
     build_alast(cfg, model, vit.num_tokens, vit.depth, "client")
-    return half_state(SplitClient(model, compressor, None, None, num_classes))
+    return half_state(SplitClient(model, method.client(), None, None, num_classes))
 
 
 class Hub:
@@ -47,37 +48,37 @@ class Hub:
     halves, the :class:`~.federation.Coordinator` that applies the clients' messages in the seed's order,
     each client's :class:`~.server.Session`, and the server's own count of the training messages, from
     which it decides when the run ends. ``state_dir``: where each round's state is saved (a server
-    process); ``None`` in a simulation, whose clients' checkpoint holds it."""
+    process); ``None`` in a simulation, whose clients' checkpoint holds it. Under ``train.profile`` every
+    session's training steps go through one :class:`~.mods.ProfileStep`, which counts FLOPs on every
+    ``flop_every``-th step (by default once an evaluation interval, where the clients count theirs)."""
 
-    def __init__(self, cfg: DictConfig, num_classes: int, device, state_dir: Path | None = None):
+    def __init__(self, cfg: DictConfig, num_classes: int, device, state_dir: Path | None = None,
+                 flop_every: int | None = None):
         self.cfg, self.num_classes = cfg, num_classes
         self.state_dir = None if state_dir is None else Path(state_dir)
         c = cfg.clients
         self.scheme = build_scheme(c.scheme)
-        client_model, server_model, compressor, self.vit = build_halves(cfg, num_classes, device)
-        self.digest = server_digest(server_model, compressor)
+        client_model, server_model, method, self.vit = build_halves(cfg, num_classes, device)
+        self.digest = server_digest(server_model, method.server())
         bf16 = cfg.train.precision == "bf16"
         self.halves = []
         for _ in range(self.scheme.server_copies(c.num)):
-            model, method = copy.deepcopy(server_model), copy.deepcopy(compressor)
+            model, codec = copy.deepcopy(server_model), method.server().to(device)
             alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "server")  # before the optimizer: LoRA adds parameters
-            self.halves.append(ServerHalf(model, method, make_optimizer(cfg, model, method.server_modules), bf16,
+            self.halves.append(ServerHalf(model, codec, make_optimizer(cfg, model, codec.modules), bf16,
                                           mods=[alast] if alast is not None else []))
-        self.federation = Federation(self.scheme, client_template(cfg, client_model, compressor, self.vit, num_classes))
+        self.federation = Federation(self.scheme, client_template(cfg, client_model, method, self.vit, num_classes))
         self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
         self.channel = ChannelSpec.from_config(cfg.get("channel"))
         self.ledger = Progress()  # the server's own count: training messages as received and replied
         self.sessions: dict[int, Session] = {}
         self.sizes: dict[int, int] = {}
-        self.profiler: Profiler | None = None  # train.profile=true: the server's phases of each training step
-        self.flop_every = 0
+        # without train.eval_every a server process cannot know the epoch's length, and counts FLOPs on step 0 only
+        self.step_mods = [ProfileStep(Profiler(device), flop_every or cfg.train.eval_every or 1 << 62)
+                          ] if cfg.train.get("profile") else []
         self.round_start = 0  # the server's step count when the round in progress started
         self._budget_of: tuple[int, float] = (-1, 0.0)  # (samples, the byte budget for them)
         self.lock = threading.Lock()
-        if state_dir is not None and cfg.train.get("profile"):  # a server process logs its phases by round
-            # FLOPs on the steps the client counts them; without train.eval_every the server cannot know the
-            # epoch's length, and counts them on step 0 only
-            self.profile(Profiler(device), cfg.train.eval_every or 1 << 62)
         if cfg.train.resume and self.state_dir is not None:  # the server restarted: from the last round it saved
             saved = self._saved()
             if not saved:
@@ -86,11 +87,11 @@ class Hub:
             self.coordinator.first_round = self.ledger.round
             log.info("resumed the run after round %d (%s)", self.ledger.round, saved[-1])
 
-    def profile(self, profiler: Profiler, flop_every: int) -> None:
-        """Profile the server's side of each training step (``train.profile=true``)."""
-        self.profiler, self.flop_every = profiler, flop_every
-        for s in self.sessions.values():
-            s.profiler, s.flop_every = profiler, flop_every
+    @property
+    def profiler(self) -> Profiler | None:
+        """``train.profile``: the server's phases of every training step."""
+        prof = find(self.step_mods, ProfileStep)
+        return None if prof is None else prof.profiler
 
     @property
     def finished(self) -> bool:
@@ -105,8 +106,8 @@ class Hub:
                 self.sessions[client] = Session(
                     self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
                     self.vit.embed_dim, max_eval_batch=self.cfg.eval.batch_size, client=client,
-                    federation=self.federation, coordinator=self.coordinator, ledger=self, channel=self.channel)
-                self.sessions[client].profiler, self.sessions[client].flop_every = self.profiler, self.flop_every
+                    federation=self.federation, coordinator=self.coordinator, ledger=self, channel=self.channel,
+                    mods=self.step_mods)
             session = self.sessions[client]
             self.sizes[client] = samples
             if resume_steps is not None:

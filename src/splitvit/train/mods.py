@@ -23,11 +23,14 @@ from ..profiling import Profiler
 @dataclass
 class Step:
     """One training step as its mods see it. Before the step: its ``index`` and the hooks a mod wants
-    called with the gradient at the cut (``dL/dh``, on the client). After it: what the client sent and
-    the attention it selected by (``message``, ``cls_attn``) and the gradient that came back (``grad``)."""
+    called with the gradient at the cut (``dL/dh``, on the client), and the seconds of phases spent before
+    the message was known to be a training step (``before``: the server's parsing). After it: what the
+    client sent and the attention it selected by (``message``, ``cls_attn``) and the gradient that came
+    back (``grad``)."""
 
     index: int
     cut_grad_hooks: list[Callable[[torch.Tensor], None]] = field(default_factory=list)
+    before: dict[str, float] = field(default_factory=dict)
     message: dict[str, torch.Tensor] | None = None
     cls_attn: torch.Tensor | None = None
     grad: torch.Tensor | None = None
@@ -59,4 +62,7 @@ class ProfileStep:
 
     def __call__(self, step: Step, call_next):
         with self.profiler.step(count_flops=step.index % self.flop_every == 0):
+            for phase, seconds in step.before.items():
+                self.profiler.add(phase, seconds)
+                self.profiler.add("total", seconds)
             return call_next(step)

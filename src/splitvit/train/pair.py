@@ -4,8 +4,6 @@ serialised and checked as in a run. The session has no referee: each step is app
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from omegaconf import DictConfig
 
@@ -21,12 +19,13 @@ def build_pair(cfg: DictConfig, num_classes: int, device: torch.device | str = "
     """Client 0 of ``cfg``, a session on its own server half, the :class:`~splitvit.train.state.Progress`
     that counts the bytes, and the model's geometry (``ViTConfig``)."""
     device = torch.device(device)
-    client_model, server_model, compressor, vit = build_halves(cfg, num_classes, device)
-    method = copy.deepcopy(compressor)  # each side its own instance, as in a run
+    client_model, server_model, method, vit = build_halves(cfg, num_classes, device)
     bf16 = cfg.train.precision == "bf16"
-    half = ServerHalf(server_model, method, make_optimizer(cfg, server_model, method.server_modules), bf16)
+    server = method.server().to(device)  # each side its own, as in a run
+    half = ServerHalf(server_model, server, make_optimizer(cfg, server_model, server.modules), bf16)
     session = Session(half, cfg.train.batch_size, vit.num_tokens, vit.embed_dim, max_eval_batch=cfg.eval.batch_size)
     progress = progress or Progress()
-    client = SplitClient(client_model, compressor, make_optimizer(cfg, client_model, compressor.client_modules),
+    codec = method.client().to(device)
+    client = SplitClient(client_model, codec, make_optimizer(cfg, client_model, codec.modules),
                          Exchange(InProcessLink(session.handle), [CountBytes(progress)]), num_classes, bf16=bf16)
     return client, session, progress, vit

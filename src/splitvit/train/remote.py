@@ -128,7 +128,7 @@ class RemoteClient(Clients):
                               "and pass its address as server=HOST:PORT")
         super().__init__(cfg, data, device, progress, [cfg.clients.id])
         me = cfg.clients.id
-        link = connect(cfg, run_dir, progress, data.num_classes, server_digest(self.server_model, self.compressor),
+        link = connect(cfg, run_dir, progress, data.num_classes, server_digest(self.server_model, self.method.server()),
                        client=me, samples=self.sizes[me])
         self.members[me].client.exchange = Exchange(link, self.mods(self.members[me], shaping))
         if link.welcome.round > progress.round:  # resumed while the others went on: from the server's next round

@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from ..channel import ChannelSpec, Receiver
-from ..compression import EVAL_MODES, Compressor
+from ..compression import EVAL_MODES, ServerCodec
 from ..models import ServerModel
-from ..profiling import Profiler, timed
+from ..profiling import timed
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, content_digest, pack, unpack
 from .alast import ALaST, update
 from .mods import Step, StepMod, find, through
@@ -27,10 +26,11 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-def server_digest(model: ServerModel, compressor: Compressor) -> str:
-    """SHA-256 of the server half's initial parameters: client and server must start from the same weights."""
+def server_digest(model: ServerModel, codec: ServerCodec) -> str:
+    """SHA-256 of the server half's initial parameters (its blocks and the method's learned server side):
+    client and server must start from the same weights."""
     h = hashlib.sha256()
-    for module in (model, compressor.server_modules):
+    for module in (model, codec.modules):
         for name, t in sorted(module.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -44,10 +44,11 @@ class ServerHalf:
     training step goes through ``mods`` (:mod:`.mods`: ALaST on the server's blocks).
     """
 
-    def __init__(self, model: ServerModel, compressor: Compressor, optimizer: torch.optim.Optimizer, bf16: bool = False,
+    def __init__(self, model: ServerModel, codec: ServerCodec, optimizer: torch.optim.Optimizer, bf16: bool = False,
                  mods: list[StepMod] = ()):
         self.model = model
-        self.compressor = compressor
+        self.codec = codec  # the method's server side
+        self.method = codec.method
         self.optimizer = optimizer
         self.device = next(model.parameters()).device
         self.bf16 = bf16
@@ -72,31 +73,31 @@ class ServerHalf:
     def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> tuple[Header, dict[str, torch.Tensor]]:
         self.model.train()
         with timed("decode"):
-            packet = self.compressor.server_decode(message)
+            got = self.codec.decode(message)
         with timed("forward"), autocast(self.device, self.bf16):
-            logits = self.model(packet.z)
-            loss = soft_cross_entropy(logits, packet.targets)  # in float32
+            logits = self.model(got.z)
+            loss = soft_cross_entropy(logits, got.targets)  # in float32
         update(loss, self.optimizer, None)
         with timed("encode"):
-            reply = self.compressor.server_encode_grad(packet)
+            reply = got.reply()
         return Header("grad", client=header.client, step=header.step, loss=loss.item()), reply
 
     @torch.no_grad()
     def _eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         self.model.eval()
         with autocast(self.device, self.bf16):
-            logits = self.model(self.compressor.eval_decode(message, header.mode))
+            logits = self.model(self.codec.eval_decode(message, header.mode))
         return pack(Header("logits", client=header.client), {"logits": logits.float()})
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "compressor": self.compressor.server_state(),  # the method's server side only
+                "compressor": self.codec.state_dict(),  # the method's server side only
                 **({"alast": self.alast.state_dict()} if self.alast is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.compressor.load_server_state(state["compressor"])
+        self.codec.load_state_dict(state["compressor"])
         if self.alast is not None:
             self.alast.load_state_dict(state["alast"])
 
@@ -115,22 +116,21 @@ class Session:
 
     def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
                  client: int = 0, federation: Federation | None = None, coordinator: Coordinator | None = None,
-                 ledger=None, channel: ChannelSpec | None = None):
+                 ledger=None, channel: ChannelSpec | None = None, mods: list[StepMod] = ()):
         self.half = half
-        self.profiler: Profiler | None = None  # train.profile=true: the server's phases of each training step
-        self.flop_every = 0  # count FLOPs (not time) on the steps that are multiples of this
+        self.mods = list(mods)  # what each training step goes through here (the profiler), its decoding included
         self.client = client
         self.federation = federation  # where client halves are handed on or averaged
         self.round = 0  # the round the client takes part from (a resumed one: the next)
         self.coordinator = coordinator  # holds each message until the round's plan says it is due
         self.ledger = ledger
         eval_batch = max_eval_batch or max_batch
-        compressor = half.compressor
-        self.schemas: dict[str, Schema] = {"train": compressor.up_schema(max_batch, num_tokens, dim)}
+        method = half.method
+        self.schemas: dict[str, Schema] = {"train": method.up_schema(max_batch, num_tokens, dim)}
         for mode in EVAL_MODES:
-            self.schemas[f"eval/{mode}"] = compressor.eval_schema(eval_batch, num_tokens, dim, mode)
+            self.schemas[f"eval/{mode}"] = method.eval_schema(eval_batch, num_tokens, dim, mode)
         # a channel that damages what comes up: digital values may arrive out of range, to be repaired, not refused
-        self.receive = Receiver(channel, "up", compressor.role, compressor.repair)
+        self.receive = Receiver(channel, "up", method.role, method.repair)
         for kind in ("train", *(f"eval/{m}" for m in EVAL_MODES)):
             self.schemas[kind] = self.receive.schema(kind.split("/")[0], self.schemas[kind])
         if federation is not None:
@@ -144,7 +144,6 @@ class Session:
     # the shared half's parts, for callers that set its learning rate or read its weights
     model = property(lambda self: self.half.model)
     optimizer = property(lambda self: self.half.optimizer)
-    compressor = property(lambda self: self.half.compressor)
 
     @property
     def max_message_bytes(self) -> int:
@@ -189,12 +188,8 @@ class Session:
                             "resume the client from its checkpoint (train.resume=true)")
         if not self._due("train"):  # (over gRPC, waits for its turn in the round: not part of the step)
             raise WireError("the run is over: no more training steps are taken")
-        profiled = self.profiler is not None
-        with self.profiler.step(count_flops=bool(self.flop_every) and step % self.flop_every == 0) if profiled else nullcontext():
-            if profiled:  # unpacking came before the step was known to be one
-                self.profiler.add("decode", parsed)
-                self.profiler.add("total", parsed)
-            reply = self._train(payload, message, header)
+        # unpacking came before the message was known to be a step: its time is the step's decoding
+        reply = through(self.mods, Step(step, before={"decode": parsed}), lambda _: self._train(payload, message, header))
         self._complete("train")  # may close the round (and save it): after the step
         return reply
 

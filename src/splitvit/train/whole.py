@@ -38,16 +38,16 @@ def fit_whole(cfg: DictConfig, run_dir: Path, data, device) -> dict:
             ] if cfg.train.get("profile") else []  # FLOPs (not time) on a step once an evaluation interval
     trainer = LocalTrainer(model, make_optimizer(cfg, model), bf16=cfg.train.precision == "bf16",
                            mods=mods + ([alast] if alast is not None else []))
-    compressor = NoCompression(data.num_classes, model.cfg.num_tokens, model.cfg.embed_dim)
+    method = NoCompression(data.num_classes, model.cfg.num_tokens, model.cfg.embed_dim)  # what the summary reports
     p = Progress()
     ckpt = run_dir / "checkpoints" / "client.pt"
     if cfg.train.resume:
-        p = load_client(ckpt, cfg, trainer, compressor)
+        p = load_client(ckpt, cfg, trainer, method.client())
         log.info("resumed from %s at step %d", ckpt, p.step)
-    return _train(cfg, run_dir, data, trainer, compressor, model.cfg, device, p, ckpt, [trainer.optimizer])
+    return _train(cfg, run_dir, data, trainer, method, model.cfg, device, p, ckpt, [trainer.optimizer])
 
 
-def _train(cfg, run_dir: Path, data, client: LocalTrainer, compressor, vit, device, p: "Progress",
+def _train(cfg, run_dir: Path, data, client: LocalTrainer, method, vit, device, p: "Progress",
            ckpt: Path, optimizers: list[torch.optim.Optimizer]) -> dict:
     augment = build_augment(cfg.dataset.get("augment", "none"))
     steps_per_epoch = num_batches(data.train, cfg.train.batch_size)
@@ -97,7 +97,7 @@ def _train(cfg, run_dir: Path, data, client: LocalTrainer, compressor, vit, devi
             f.write(json.dumps(record) + "\n")
         keep = cfg.train.get("checkpoint", "every_eval")
         if keep == "every_eval" or (keep == "last" and stop_reason() is not None):
-            save_client(ckpt, cfg, client, compressor, p)
+            save_client(ckpt, cfg, client, method.client(), p)
         train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         with logging_redirect_tqdm():  # the line above the progress bar, and in splitvit.log
             log.info(
@@ -112,7 +112,7 @@ def _train(cfg, run_dir: Path, data, client: LocalTrainer, compressor, vit, devi
                            stop_reason, evaluate_and_save, interrupt, bar, tracker)
         except Interrupted:
             if cfg.train.get("checkpoint", "every_eval") != "none":
-                save_client(ckpt, cfg, client, compressor, p)
+                save_client(ckpt, cfg, client, method.client(), p)
             bar.close()
             saved = cfg.train.get("checkpoint", "every_eval") != "none"
             raise Interrupted(p.step, "saved a checkpoint there" if saved else "saved nothing (train.checkpoint=none)") from None
@@ -120,7 +120,7 @@ def _train(cfg, run_dir: Path, data, client: LocalTrainer, compressor, vit, devi
             tracker.close()
     bar.close()
 
-    summary = {**make_summary(cfg, compressor, vit, p, reason, data), **profile_record(client, run=True)}
+    summary = {**make_summary(cfg, method, vit, p, reason, data), **profile_record(client, run=True)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

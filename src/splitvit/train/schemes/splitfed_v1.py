@@ -23,7 +23,7 @@ class SplitFedV1(SplitFedV2):
         weights = federation.average()
         if not ids:
             return
-        for pick in (lambda h: h.model, lambda h: h.compressor.server_modules):
+        for pick in (lambda h: h.model, lambda h: h.codec.modules):
             avg = fedavg([pick(halves[c]).state_dict() for c in ids], weights)
             for h in halves:
                 pick(h).load_state_dict(avg)
