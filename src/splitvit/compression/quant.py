@@ -45,6 +45,31 @@ GRANULARITIES = ("tensor", "token")
 GRIDS = ("minmax", "zero")
 
 
+def quantize(x: torch.Tensor, levels: int, per_row: bool, grid: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` on a grid of ``levels + 1`` codes (module docstring): (codes as floats, ``lo``, ``scale``), one
+    ``lo``/``scale`` for the tensor (``[1]``) or, ``per_row``, one per row of the last dimension."""
+    if per_row:
+        lo, hi = x.amin(-1), x.amax(-1)
+    else:
+        lo, hi = x.min().reshape(1), x.max().reshape(1)
+    if grid == "zero":  # the range holds 0; the origin a whole number of steps below it
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
+    expand = (lambda t: t[..., None]) if per_row else (lambda t: t)  # noqa: E731
+    if grid == "zero":
+        zero = (-lo / scale).round_()  # the code of 0.0, which decodes as zero * scale + lo == 0.0 exactly
+        lo = -(zero * scale)
+        codes = x / expand(scale) + expand(zero)
+    else:
+        codes = (x - expand(lo)) / expand(scale)
+    return codes.round_().clamp_(0, levels), lo, scale
+
+
+def dequantize(codes: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The values of ``codes`` (``lo`` and ``scale`` shaped to broadcast against them)."""
+    return codes * scale + lo
+
+
 class Quantizer:
     """Pack ``x [B, N, D]`` into ``{codes, lo, scale}`` and back."""
 
@@ -61,30 +86,14 @@ class Quantizer:
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.detach().float()
         B, N, D = x.shape
-        if self.granularity == "tensor":
-            lo, hi = x.min().reshape(1), x.max().reshape(1)
-        else:
-            lo, hi = x.amin(-1), x.amax(-1)  # [B, N]
-        if self.grid == "zero":  # the range holds 0; the origin a whole number of steps below it
-            lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-        scale = torch.where(hi > lo, (hi - lo) / self.levels, torch.ones_like(hi))
-        expand = (lambda t: t) if self.granularity == "tensor" else (lambda t: t[..., None])  # noqa: E731
-        if self.grid == "zero":
-            zero = (-lo / scale).round_()  # the code of 0.0, which decodes as zero * scale + lo == 0.0 exactly
-            lo = -(zero * scale)
-            codes = x / expand(scale) + expand(zero)
-        else:
-            codes = (x - expand(lo)) / expand(scale)
-        codes = codes.round_().clamp_(0, self.levels).reshape(B, N * D)
-        return {"codes": pack_rows(codes, self.bits), "lo": lo, "scale": scale}
+        codes, lo, scale = quantize(x, self.levels, self.granularity == "token", self.grid)
+        return {"codes": pack_rows(codes.reshape(B, N * D), self.bits), "lo": lo, "scale": scale}
 
     def decode(self, m: dict[str, torch.Tensor], N: int, D: int) -> torch.Tensor:
         codes = m["codes"]
         x = unpack_rows(codes, self.bits, N * D).float().view(codes.shape[0], N, D)
-        if self.granularity == "tensor":
-            x = x * m["scale"] + m["lo"]
-        else:
-            x = x * m["scale"][..., None] + m["lo"][..., None]
+        x = dequantize(x, m["lo"] if self.granularity == "tensor" else m["lo"][..., None],
+                       m["scale"] if self.granularity == "tensor" else m["scale"][..., None])
         if "_erased" in m:  # codes a lossy channel never delivered (see repair): zero
             x = x.masked_fill(m["_erased"].view_as(x), 0.0)
         return x

@@ -7,9 +7,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from ..compression import build_method
 from ..models import create_model, hub_checkpoint, load_checkpoint, split
-from .config import ConfigError, method_options
+from .config import ConfigError, run_method
 
 
 def build_model(cfg: DictConfig, num_classes: int):
@@ -35,11 +34,7 @@ def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes).to(device)
     client_model, server_model = split(model, cfg.split.index)
-    method = build_method(
-        cfg.method.name, num_classes, model.cfg.num_tokens, model.cfg.embed_dim, seed=cfg.seed,
-        wire_dtype=cfg.wire.dtype,
-        grad_center=cfg.split.grad_center, **method_options(cfg.method),
-    )
+    method = run_method(cfg, num_classes, model.cfg.num_tokens, model.cfg.embed_dim)
     return client_model, server_model, method, model.cfg
 
 

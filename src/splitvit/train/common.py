@@ -101,8 +101,8 @@ def load_data(cfg: DictConfig):
 
 def reachability(method, batch_size: int, vit) -> list[str]:
     """A warning when rounding (whole samples, tokens, bits) puts the realised ratio far from the target."""
-    target = method.target_ratio()
-    nominal = method.nominal_ratio(batch_size, vit.num_tokens, vit.embed_dim)
+    target = method.target_ratio()  # of the method's own knob: its values at full precision
+    nominal = method.nominal_ratio(batch_size, vit.num_tokens, vit.embed_dim) / method.value_ratio
     if target and abs(nominal - target) > 0.25 * target:
         return [f"compression target {target:g} cannot be reached at train.batch_size={batch_size} with "
                 f"{vit.num_tokens} tokens of {vit.embed_dim}: the nearest this method realises is {nominal:.4g} "
@@ -167,6 +167,7 @@ def make_summary(cfg, method, vit, p: Progress, reason: str | None, data=None) -
     return {
         "method": cfg.method.name if split else "whole",
         "method_options": method_options(cfg.method) if split else {},
+        "codec": cfg.codec.name if split and cfg.get("codec") else "none",
         "dataset": cfg.dataset.name,
         "dataset_classes": None if data is None else data.class_ids,  # the dataset's ids, in label order; null: all
         "num_classes": None if data is None else data.num_classes,

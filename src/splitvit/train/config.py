@@ -9,7 +9,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..channel import ChannelSpec
-from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, build_method
+from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, Method, build_method
+from ..compression.codecs import FLOAT_CODECS, apply_codec, check_codec
 from ..config_keys import GROUPS, known_keys, leaves, option_key, under, with_defaults
 from ..data import DATASETS, NORMALIZATIONS
 from ..data.partition import PARTITIONS
@@ -82,6 +83,17 @@ def check_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} must be {_kind(want()) if want is not None else 'set'}")
 
 
+def run_method(cfg: DictConfig, num_classes: int, tokens: int, dim: int) -> Method:
+    """The run's method (``method=``) for activations ``[B, tokens, dim]``, its payload sent by ``codec=``."""
+    codec = method_options(cfg.codec) if cfg.get("codec") else {}
+    name = cfg.codec.name if cfg.get("codec") else "none"  # a config saved before codec= existed
+    check_codec(name, cfg.wire.dtype)
+    method = build_method(cfg.method.name, num_classes, tokens, dim, seed=cfg.seed,
+                          wire_dtype=FLOAT_CODECS.get(name, cfg.wire.dtype), grad_center=cfg.split.grad_center,
+                          **method_options(cfg.method))
+    return apply_codec(method, name, **codec)
+
+
 def method_options(method: DictConfig) -> dict:
     """The method's knobs: its config group without ``name``, nulls dropped."""
     opts = OmegaConf.to_container(method, resolve=True)
@@ -131,10 +143,7 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     try:
         vit = replace(PRESETS[m.name], **{k: m[k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads") if m[k] is not None})
-        method = build_method(
-            cfg.method.name, 2, vit.num_tokens, vit.embed_dim, wire_dtype=cfg.wire.dtype,
-            grad_center=cfg.split.grad_center, **method_options(cfg.method)
-        )
+        method = run_method(cfg, 2, vit.num_tokens, vit.embed_dim)
         method.check_batch(cfg.train.batch_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(_full_key(str(e))) from None
@@ -228,7 +237,7 @@ def _check_finetune(cfg: DictConfig, vit) -> None:
 def _full_key(message: str) -> str:
     """A method's message names its option (``compression must be ...``): name the full key."""
     first = message.split(" ", 1)[0]
-    if first.isidentifier() and not first.startswith("method.") and first not in ("method",):
+    if first.isidentifier() and not first.startswith(("method.", "codec.")) and first not in ("method", "codec"):
         return "method." + message
     return message
 
@@ -240,14 +249,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 # keys whose change would make a resumed run a different experiment
-RESUME_KEYS = ("seed", "method", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
+RESUME_KEYS = ("seed", "method", "codec", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
                "train.optimizer", "train.schedule", "train.warmup_epochs", "wire", "clients.num", "clients.scheme",
                "clients.partition", "clients.alpha", "clients.shards_per_client", "clients.min_samples",
                "clients.local_steps", "clients.fraction", "channel", "finetune")
 # keys client and server must agree on: what each half is, and how the messages between them look
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
-    "seed", "method", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
+    "seed", "method", "codec", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
     "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay", "train.optimizer",
     "train.schedule", "train.precision",
     "eval.batch_size", "wire", "clients.num", "clients.scheme", "clients.partition", "clients.alpha",

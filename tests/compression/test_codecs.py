@@ -1,0 +1,143 @@
+"""Value codecs on every method: what they send (measured), what comes back, channels, and the config."""
+
+import pytest
+import torch
+
+from conftest import SMALL, make_cfg
+from splitvit.channel import DIGITAL, Channel, ChannelSpec, erasures, lenient
+from splitvit.compression import METHODS, build_method
+from splitvit.compression.codecs import Coded, apply_codec
+from splitvit.train import ConfigError, fit
+from splitvit.train.config import shared_config, validate
+from splitvit.train.state import Progress
+from splitvit.wire import Header, decode, encode, pack, unpack
+from splitvit.wire.codec import read_header
+from test_methods import OPTIONS, C, D, N
+
+DIGITAL_ONLY = {"quant", "slacc"}  # their payload is codes already
+CODED = sorted(set(METHODS) - DIGITAL_ONLY)
+
+
+def coded(name, codec="int4", **options):
+    return apply_codec(build_method(name, C, N, D, **OPTIONS[name]), codec, **options)
+
+
+def step(method, B=12, seed=0):
+    """encode -> wire (checked against the coded schemas) -> decode -> backward -> gradient back."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, N, D, generator=g, requires_grad=True)
+    client, server = method.client(), method.server()
+    sent = client.encode(h, torch.rand(B, N, generator=g).softmax(-1), torch.arange(B) % C)
+    up = encode(sent.message)
+    got = server.decode(decode(up, method.up_schema(16, N, D))[0])
+    (got.z.square().mean() + got.targets.sum() * 0).backward()
+    down = encode(got.reply())
+    grad = sent.decode(decode(down, method.grad_schema(sent.tensor))[0])
+    sent.tensor.backward(grad)
+    return h, got, up, down
+
+
+@pytest.mark.parametrize("name", CODED)
+@pytest.mark.parametrize("codec", ["int8", "int4", "int2"])
+def test_every_method_with_an_integer_codec_round_trips_and_sends_fewer_bytes(name, codec):
+    m = coded(name, codec)
+    h, got, up, down = step(m)
+    _, _, up0, down0 = step(build_method(name, C, N, D, **OPTIONS[name]))
+    assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+    if name != "lowrank":  # its factors' rows here are rank 2: padded to a word of 8 codes, as big as 2 floats at 8 bits
+        assert len(up) < len(up0) and len(down) < len(down0)
+    names = [*read_header(up)[0], *read_header(down)[0]]
+    assert sum(k.endswith(".codes") for k in names) >= 2
+    assert m.nominal_ratio(16, N, D) == pytest.approx(m.inner.nominal_ratio(16, N, D) * m.bits / 32)
+
+
+@pytest.mark.parametrize("name", sorted(DIGITAL_ONLY))
+def test_a_codec_on_a_payload_of_codes_is_refused(name):
+    with pytest.raises(ValueError, match="sends no floating-point payload"):
+        coded(name)
+
+
+def test_side_data_is_never_quantized():
+    m = coded("adc", "int2")
+    sent = m.client().encode(torch.randn(12, N, D), torch.rand(12, N).softmax(-1), torch.arange(12) % C)
+    assert sent.message["targets"].dtype == torch.float32  # ADC's soft labels stay exact
+    t = coded("topk", "int2")
+    message = t.client().encode(torch.randn(4, N, D), None, torch.zeros(4, dtype=torch.long)).message
+    assert {"index", "values.codes"} <= set(message) or {"bitmap", "values.codes"} <= set(message)
+    assert m.role("z.codes") == DIGITAL and m.role("targets") == "protected"
+
+
+def test_none_with_int4_is_quant_at_4_bits():
+    """The same grid and codes: the same values arrive; only the names differ (and the codec's .n)."""
+    h = torch.randn(6, N, D)
+    via_codec = coded("none", "int4")
+    via_quant = build_method("quant", C, N, D, bits=4)
+    z1 = via_codec.server().decode(via_codec.client().encode(h, None).message).z
+    z2 = via_quant.server().decode(via_quant.client().encode(h, None).message).z
+    torch.testing.assert_close(z1, z2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+@pytest.mark.parametrize("grid", ["minmax", "zero"])
+def test_the_codec_error_is_half_a_step(granularity, grid):
+    m = coded("none", "int4", granularity=granularity, grid=grid)
+    h = torch.randn(5, N, D)
+    message = m.client().encode(h, None).message
+    z = m.server().decode(message).z
+    step_size = message["z.range"][1] if granularity == "tensor" else message["z.range"][..., 1:]
+    assert ((z - h).abs() <= step_size / 2 + 1e-5).all()
+
+
+def test_a_rank_that_varies_is_carried():
+    """A low-rank factor's last dimension (the rank) changes from message to message: ``.n`` says it."""
+    m = apply_codec(build_method("lowrank", C, N, D, compression=0.9, energy=0.999, iters=3), "int4")  # rank up to 7
+    low = torch.randn(4, N, 2) @ torch.randn(4, 2, D)
+    message = m.client().encode(low, None, torch.zeros(4, dtype=torch.long)).message
+    r = int(message["P.n"])
+    assert r < m.r_max
+    z = m.server().decode(decode(encode(message), m.up_schema(16, N, D))[0]).z
+    assert z.shape == low.shape
+
+
+@pytest.mark.parametrize("spec", [ChannelSpec("bit_errors", ber=0.05), ChannelSpec("packet_loss", loss=0.4, arq=False, packet_bytes=64)],
+                         ids=["ber", "loss"])
+def test_a_channel_sees_the_codes_as_digital_and_the_receiver_copes(spec):
+    m = coded("adc", "int4")
+    sent = m.client().encode(torch.randn(16, N, D), torch.rand(16, N).softmax(-1), torch.arange(16) % C)
+    progress = Progress()
+    mod = Channel(spec, m.role, m.repair, progress.channel, seed=1)
+    payload, _ = mod.transmit(pack(Header("train", step=0), sent.message), "up")
+    message, header = unpack(payload, lenient(m.up_schema(16, N, D), m.role))
+    repaired, counts = m.repair(message, erasures(header, message))
+    got = m.server().decode(repaired)
+    assert torch.isfinite(got.z).all()
+    stats = progress.channel["up"]
+    if spec.kind == "bit_errors":
+        assert stats["bit_errors"] > 0
+    else:
+        assert counts["erased"] > 0 and (got.z == 0).any()
+
+
+def test_the_config_names_the_codec_and_refuses_two_knobs_for_one_thing():
+    cfg = make_cfg(*SMALL, "codec=int4", "codec.granularity=token")
+    assert shared_config(cfg)["codec.name"] == "int4"  # the handshake compares it
+    with pytest.raises(ConfigError, match="set one"):
+        validate(make_cfg(*SMALL, "codec=fp16", "wire.dtype=float16"))
+    with pytest.raises(ConfigError, match="codec.grid must be one of"):
+        validate(make_cfg(*SMALL, "codec=int8", "codec.grid=log"))
+    with pytest.raises(ConfigError, match="sends no floating-point payload"):
+        validate(make_cfg(*SMALL, "method=quant", "codec=int4"))
+
+
+RUN = [*SMALL, "train.batch_size=32", "train.max_steps=40", "eval.max_batches=2", "eval.batch_size=64"]
+
+
+def test_a_run_with_a_codec_sends_its_share_and_still_learns(tmp_path):
+    plain = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25"), tmp_path / "plain")
+    int8 = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25", "codec=int8"), tmp_path / "int8")
+    fp16 = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25", "codec=fp16"), tmp_path / "fp16")
+    assert int8["codec"] == "int8" and int8["steps"] == plain["steps"] == 40
+    assert 0.24 < int8["bytes_up"] / plain["bytes_up"] < 0.28  # 8 of 32 bits, plus scales and headers
+    assert 0.49 < fp16["bytes_up"] / plain["bytes_up"] < 0.52
+    assert abs(int8["final_val_loss"] - plain["final_val_loss"]) < 0.05  # 8 bits barely change 40 steps
+    assert isinstance(coded("adc", "int8"), Coded)
