@@ -129,15 +129,13 @@ def test_the_config_names_the_codec_and_refuses_two_knobs_for_one_thing():
         validate(make_cfg(*SMALL, "method=quant", "codec=int4"))
 
 
-RUN = [*SMALL, "train.batch_size=32", "train.max_steps=40", "eval.max_batches=2", "eval.batch_size=64"]
+RUN = [*SMALL, "train.batch_size=32", "train.max_steps=30", "eval.max_batches=2", "eval.batch_size=64"]
 
 
 def test_a_run_with_a_codec_sends_its_share_and_still_learns(tmp_path):
     plain = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25"), tmp_path / "plain")
     int8 = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25", "codec=int8"), tmp_path / "int8")
-    fp16 = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25", "codec=fp16"), tmp_path / "fp16")
-    assert int8["codec"] == "int8" and int8["steps"] == plain["steps"] == 40
+    assert int8["codec"] == "int8" and int8["steps"] == plain["steps"] == 30
     assert 0.24 < int8["bytes_up"] / plain["bytes_up"] < 0.28  # 8 of 32 bits, plus scales and headers
-    assert 0.49 < fp16["bytes_up"] / plain["bytes_up"] < 0.52
-    assert abs(int8["final_val_loss"] - plain["final_val_loss"]) < 0.05  # 8 bits barely change 40 steps
+    assert abs(int8["final_val_loss"] - plain["final_val_loss"]) < 0.05  # 8 bits barely change 30 steps
     assert isinstance(coded("adc", "int8"), Coded)
