@@ -29,7 +29,13 @@ def test_the_schema_may_depend_on_the_header():
     ({"kind": "gossip"}, "not one of"), ({"kind": "train"}, "needs a step"), ({"kind": "grad", "step": "1"}, "loss"),
     ({"kind": "eval"}, "mode"), ({"kind": "train", "step": "-1"}, "whole number"), ({"kind": "train", "step": "9" * 4300}, "whole number"),
     ({"kind": "train", "step": " 1"}, "whole number"), ({"kind": "logits", "client": "x"}, "whole number"),
-    ({"kind": "logits", "client": str(1 << 30)}, "outside"), ({"kind": "grad", "step": "1", "loss": "nan-ish"}, "not a number"),
+    ({"kind": "logits", "client": str(1 << 30)}, "outside"), ({"kind": "grad", "step": "1", "loss": "nan-ish"}, "not a finite number"),
+    # other scripts' digits, which str.isdigit and float take: '²' (2, superscript), '١٢' (12, Arabic-Indic)
+    ({"kind": "train", "step": "\u00b2"}, "whole number"), ({"kind": "train", "step": "\u0661\u0662"}, "whole number"),
+    ({"kind": "grad", "step": "1", "loss": "\u0661\u0662"}, "not a finite number"),
+    # a non-finite loss would reach metrics.jsonl as NaN, which strict JSON parsers reject
+    ({"kind": "grad", "step": "1", "loss": "nan"}, "not a finite number"), ({"kind": "grad", "step": "1", "loss": "inf"}, "not a finite number"),
+    ({"kind": "grad", "step": "1", "loss": "-Infinity"}, "not a finite number"), ({"kind": "grad", "step": "1", "loss": "1_0"}, "not a finite number"),
     ({"kind": "logits", "extra": "1"}, "unknown fields"),
 ])
 def test_malformed_headers_are_wire_errors(meta, words):

@@ -36,6 +36,9 @@ here, so what is counted is what is sent.
 
 from __future__ import annotations
 
+import math
+import re
+
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -107,7 +110,8 @@ def _integer(meta: Mapping[str, str], key: str, low: int, high: int, default: in
     if key not in meta and default is not None:
         return default
     text = meta.get(key, "")
-    if not (text.isdigit() and len(text) <= 20):  # digits only: no sign, no spaces, no 4,000-digit numbers
+    # ASCII digits only: no sign, no spaces, no 4,000-digit numbers, no '²' or other scripts' digits
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
         raise WireError(f"message header field {key}={text[:40]!r} is not a whole number")
     value = int(text)
     if not low <= value <= high:
@@ -115,14 +119,17 @@ def _integer(meta: Mapping[str, str], key: str, low: int, high: int, default: in
     return value
 
 
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # what repr(float) writes for a finite value
+
+
 def _number(meta: Mapping[str, str], key: str) -> float:
+    """A finite number in ASCII: ``nan`` and ``inf`` are refused (they would reach strict-JSON run files),
+    and so are other scripts' digits, which Python's ``float`` would take."""
     text = meta[key]
-    try:
-        if len(text) > 40:
-            raise ValueError
-        return float(text)
-    except ValueError:
-        raise WireError(f"message header field {key}={text[:40]!r} is not a number") from None
+    value = float(text) if len(text) <= 40 and NUMBER.fullmatch(text) else None
+    if value is None or not math.isfinite(value):
+        raise WireError(f"message header field {key}={text[:40]!r} is not a finite number")
+    return value
 
 
 def pack(header: Header, tensors: Mapping[str, torch.Tensor]) -> bytes:
