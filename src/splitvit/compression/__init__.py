@@ -11,7 +11,7 @@ from typing import Any
 
 from .adc import ADC, merge_and_select, select_tokens
 from .base import (
-    EVAL_MODES, METHODS, WIRE_DTYPES, ClientCodec, Decoded, Encoded, Method, RawServer, ServerCodec, register_method,
+    EVAL_MODES, METHODS, WIRE_DTYPES, ClientCodec, Decoded, Encoded, Method, RawServer, Seeded, ServerCodec, register_method,
 )
 from .bottlenet import BottleNet
 from .c3sl import C3SL
@@ -55,6 +55,6 @@ def build_method(
 
 __all__ = [
     "ADC", "SLACC", "BottleNet", "C3SL", "FedLite", "LowRank", "Quant", "RandTopK", "TopK", "EVAL_MODES", "METHODS", "WIRE_DTYPES",
-    "ClientCodec", "Decoded", "Encoded", "Method", "NoCompression", "RawServer", "ServerCodec", "build_method", "register_method",
+    "ClientCodec", "Decoded", "Encoded", "Method", "NoCompression", "RawServer", "Seeded", "ServerCodec", "build_method", "register_method",
     "kmeans", "merge_and_select", "select_tokens",
 ]

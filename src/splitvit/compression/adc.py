@@ -13,18 +13,14 @@ import torch.nn.functional as F
 
 from ..channel import PROTECTED
 from ..wire import Schema, TensorSpec
-from .base import ClientCodec, Encoded, Method, RawServer, on_device, register_method
+from .base import ClientCodec, Encoded, Method, RawServer, Seeded, register_method
 from .merge import FEATURES, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select, select_tokens
 
 __all__ = ["ADC", "ADCClient", "FEATURES", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
 
-class ADCClient(ClientCodec):
+class ADCClient(Seeded, ClientCodec):
     """ADC's client side: merges the batch's samples and their labels, keeps the most-attended tokens,
     and draws its K-means seeds from its own generator."""
-
-    def __init__(self, method: "ADC"):
-        super().__init__(method)
-        self.generator = torch.Generator().manual_seed(method.seed)
 
     def encode(self, h, cls_attn, labels=None) -> Encoded:
         m = self.method
@@ -32,17 +28,9 @@ class ADCClient(ClientCodec):
             z = select_tokens(h, cls_attn, m.token_ratio)
             return self.encoded({"z": m.to_wire(z)}, z, None)
         # training: samples are merged, so the labels are too
-        self.generator = on_device(self.generator, h.device)
-        z, assignment, _ = merge_and_select(h, cls_attn, m.batch_ratio, m.token_ratio, m.feature, self.generator)
+        z, assignment, _ = merge_and_select(h, cls_attn, m.batch_ratio, m.token_ratio, m.feature, self.draw_on(h.device))
         targets = cluster_mean(F.one_hot(labels, m.num_classes).float(), assignment, z.shape[0])
         return self.encoded({"z": m.to_wire(z), "targets": targets}, z, None)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.set_state(state["generator"])
 
 
 @register_method

@@ -237,6 +237,29 @@ class _Side:
         self.modules.load_state_dict(state[self.key])
 
 
+class Seeded:
+    """Mixed into a side that draws random numbers (K-means seeds, sampled positions): a generator of its
+    own, seeded from the method's seed (or ``seed``), moved to where its tensors live (:meth:`draw_on`)
+    and saved with the side under ``state_key``."""
+
+    state_key = "generator"
+
+    def __init__(self, method: Method, seed: int | None = None):
+        super().__init__(method)
+        self.generator = torch.Generator().manual_seed(method.seed if seed is None else seed)
+
+    def draw_on(self, device: torch.device) -> torch.Generator:
+        self.generator = on_device(self.generator, device)
+        return self.generator
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), self.state_key: self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state[self.state_key])
+
+
 class ClientCodec(_Side):
     """The client's side of a method: encodes a batch, and decodes the gradient that comes back.
 

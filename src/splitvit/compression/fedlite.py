@@ -22,7 +22,7 @@ import torch
 from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec
 from ..wire.bits import erased_codes, pack_rows, row_bytes, unpack_rows
-from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, on_device, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, Seeded, ServerCodec, register_method
 from .kmeans import kmeans
 
 
@@ -103,34 +103,16 @@ class ProductQuantizer:
         }
 
 
-class _Drawing:
-    """What both sides of FedLite have: a generator of their own (saved under ``state_key``), from which
-    their product quantizer draws."""
-
-    state_key = "generator"
-
-    def __init__(self, method: "FedLite", seed: int):
-        super().__init__(method)
-        self.generator = torch.Generator().manual_seed(seed)
+class _Quantizing(Seeded):
+    """What both sides of FedLite do: product-quantize with K-means that draws from the side's own generator."""
 
     def quantize(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        self.generator = on_device(self.generator, x.device)
-        message, xq = self.method.pq.encode(x, self.generator)
+        message, xq = self.method.pq.encode(x, self.draw_on(x.device))
         return {"codebook": self.method.to_wire(message["codebook"]), "codes": message["codes"]}, xq
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), self.state_key: self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.set_state(state[self.state_key])
-
-
-class FedLiteClient(_Drawing, ClientCodec):
+class FedLiteClient(_Quantizing, ClientCodec):
     """Product-quantizes the activations; back-propagates the decoded gradient with FedLite's correction."""
-
-    def __init__(self, method: "FedLite"):
-        super().__init__(method, method.seed)
 
     def encode(self, h, cls_attn, labels=None) -> Encoded:
         m = self.method
@@ -139,7 +121,7 @@ class FedLiteClient(_Drawing, ClientCodec):
         return self.encoded(message, sent, labels, lambda reply: m.pq.decode(reply, h.shape[1]))
 
 
-class FedLiteServer(_Drawing, ServerCodec):
+class FedLiteServer(_Quantizing, ServerCodec):
     """Decodes the activations; product-quantizes their gradient with K-means of its own."""
 
     state_key = "grad_generator"

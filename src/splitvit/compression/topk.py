@@ -17,7 +17,7 @@ import torch
 from ..channel import ANALOG, DIGITAL
 from ..wire import Schema, TensorSpec, WireError
 from ..wire.bits import pack_rows, row_bytes, unpack_rows
-from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, check_ratio, on_device, register_method
+from .base import ClientCodec, Decoded, Encoded, Method, Seeded, ServerCodec, check_ratio, register_method
 
 
 class TopKClient(ClientCodec):
@@ -137,29 +137,17 @@ class TopK(Method):
         return self.kept / (N * D) * self.value_ratio
 
 
-class RandTopKClient(TopKClient):
+class RandTopKClient(Seeded, TopKClient):
     """Draws the kept positions (module docstring) from its own generator when training."""
-
-    def __init__(self, method: "RandTopK"):
-        super().__init__(method)
-        self.generator = torch.Generator().manual_seed(method.seed)
 
     def select(self, flat, K, training):
         top = super().select(flat, K, training)
         n, alpha = flat.shape[1], self.method.alpha
         if not training or K == n or alpha == 0.0:
             return top
-        self.generator = on_device(self.generator, flat.device)
         weights = torch.full_like(flat, alpha / (n - K), dtype=torch.float32)
         weights.scatter_(1, top, (1 - alpha) / K)
-        return torch.multinomial(weights, K, replacement=False, generator=self.generator)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.set_state(state["generator"])
+        return torch.multinomial(weights, K, replacement=False, generator=self.draw_on(flat.device))
 
 
 @register_method
