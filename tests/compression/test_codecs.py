@@ -139,3 +139,10 @@ def test_a_run_with_a_codec_sends_its_share_and_still_learns(tmp_path):
     assert 0.24 < int8["bytes_up"] / plain["bytes_up"] < 0.28  # 8 of 32 bits, plus scales and headers
     assert abs(int8["final_val_loss"] - plain["final_val_loss"]) < 0.05  # 8 bits barely change 30 steps
     assert isinstance(coded("adc", "int8"), Coded)
+
+
+def test_a_channel_that_acts_on_digital_payload_is_not_idle_on_codes():
+    from splitvit.channel.mod import idle
+
+    assert idle(ChannelSpec("bit_errors", ber=0.01), coded("adc").roles, "adc") is None
+    assert idle(ChannelSpec("bit_errors", ber=0.01), build_method("adc", C, N, D).roles, "adc") is not None

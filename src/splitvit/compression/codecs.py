@@ -99,7 +99,7 @@ class RowQuantizer:
 
 class Coded(Method):
     """``inner`` with its analog payload sent by an integer codec (module docstring). It is ``inner`` in
-    every other way: its name, options, ratios and learned parts."""
+    every other way: its name, options (read through to ``inner``), ratios and learned parts."""
 
     def __init__(self, inner: Method, bits: int, granularity: str = "tensor", grid: str = "minmax", grad_grid: str = "minmax"):
         if granularity not in GRANULARITIES:
@@ -107,9 +107,14 @@ class Coded(Method):
         for key, value in (("codec.grid", grid), ("codec.grad_grid", grad_grid)):
             if value not in GRIDS:
                 raise ValueError(f"{key} must be one of {', '.join(GRIDS)}, got {value!r}")
-        self.__dict__.update(vars(inner))  # the inner method's config: sizes, seed, grad_center, its options
         self.inner, self.bits = inner, bits
         self.name, self.grad_of_tokens = inner.name, inner.grad_of_tokens
+        # an integer codec sends the values itself: the inner method's are float32 (check_codec)
+        super().__init__(inner.num_classes, inner.tokens, inner.dim, seed=inner.seed, grad_center=inner.grad_center)
+        # to a channel, an analog tensor's codes are digital and its range and length side data
+        self.roles = dict(inner.roles)
+        for name in [k for k, role in inner.roles.items() if role == ANALOG]:
+            self.roles.update({f"{name}.codes": DIGITAL, f"{name}.range": PROTECTED, f"{name}.n": PROTECTED})
         self.up = RowQuantizer(bits, granularity, grid)
         self.down = RowQuantizer(bits, granularity, grad_grid)
         sent = inner.up_schema(1, inner.tokens, inner.dim)
@@ -121,6 +126,12 @@ class Coded(Method):
         if not any(inner.role(k) == ANALOG and s.dtype.is_floating_point for k, s in sent.tensors.items()):
             raise ValueError(f"method={inner.name} sends no floating-point payload (its values are codes already): an "
                              f"integer codec would code nothing. Set the method's own bits, or use codec=none")
+
+    def __getattr__(self, name: str):
+        """The inner method's own options and sizes (ADC's ``batch_ratio``, Top-K's ``kept``)."""
+        if name == "inner":  # not set yet: no inner method to ask
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def client(self) -> "CodedClient":
         return CodedClient(self, self.inner.client())
@@ -203,14 +214,6 @@ class Coded(Method):
 
     def eval_token_ratio(self) -> float:
         return self.inner.eval_token_ratio()
-
-    def role(self, name: str) -> str:
-        base, _, part = name.partition(".")
-        if part == "codes":
-            return DIGITAL
-        if part in ("range", "n"):
-            return PROTECTED
-        return self.inner.role(name)
 
     def repair(self, message: Message, erased: dict[str, torch.Tensor]) -> tuple[Message, dict[str, int]]:
         """The inner method repairs its own tensors; a coded tensor's lost bytes erase their codes (any

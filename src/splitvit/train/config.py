@@ -95,7 +95,7 @@ def run_method(cfg: DictConfig, num_classes: int, tokens: int, dim: int) -> Meth
 
 
 def method_options(method: DictConfig) -> dict:
-    """The method's knobs: its config group without ``name``, nulls dropped."""
+    """A config group's knobs (``method=``'s, ``codec=``'s): the group without ``name``, nulls dropped."""
     opts = OmegaConf.to_container(method, resolve=True)
     return {k: v for k, v in opts.items() if k != "name" and v is not None}
 
