@@ -132,6 +132,20 @@ def test_the_config_names_the_codec_and_refuses_two_knobs_for_one_thing():
 RUN = [*SMALL, "train.batch_size=32", "train.max_steps=30", "eval.max_batches=2", "eval.batch_size=64"]
 
 
+def test_a_coded_run_over_grpc_equals_the_run_in_process(tmp_path):
+    """The server builds the same coded method from the handshake's config: every metric, step for step."""
+    import json
+
+    clock = {"wall_s", "time_s", "framing_bytes_up", "framing_bytes_down"}
+    args = [*RUN, "train.max_steps=8", "method=topk", "method.compression=0.2", "codec=int4", "codec.granularity=token"]
+    rows = []
+    for link, where in (("inprocess", tmp_path / "local"), ("grpc", tmp_path / "grpc")):
+        fit(make_cfg(*args, f"link={link}"), where)
+        lines = (where / "metrics.jsonl").read_text().splitlines()
+        rows.append([{k: v for k, v in json.loads(line).items() if k not in clock} for line in lines])
+    assert rows[0] == rows[1] and rows[0][-1]["step"] == 8
+
+
 def test_a_run_with_a_codec_sends_its_share_and_still_learns(tmp_path):
     plain = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25"), tmp_path / "plain")
     int8 = fit(make_cfg(*RUN, "method=adc", "method.compression=0.25", "codec=int8"), tmp_path / "int8")
