@@ -109,6 +109,17 @@ def test_runs_that_differ_in_any_key_are_separate_rows(tmp_path, key, a, b):
     assert {r["options"] for r in rows} == {f"{short}={a}", f"{short}={b}"}
 
 
+def test_runs_that_differ_in_their_codec_are_separate_rows_named_by_it(tmp_path):
+    """A codec's options tell rows apart among that codec's runs only (``none`` has none)."""
+    from splitvit.report import aggregate, find_runs
+
+    fake_run(tmp_path, "a", acc=0.12, codec="none")
+    fake_run(tmp_path, "b", acc=0.11, **{"codec": "int4", "codec.grid": "minmax"})
+    fake_run(tmp_path, "c", acc=0.10, **{"codec": "int4", "codec.grid": "zero"})
+    rows = aggregate(find_runs([str(tmp_path)]))
+    assert {r["options"] for r in rows} == {"codec=none", "codec=int4 codec.grid=minmax", "codec=int4 codec.grid=zero"}
+
+
 def test_keys_that_cannot_change_a_result_do_not_split_rows(tmp_path):
     from splitvit.report import aggregate, find_runs
 

@@ -115,11 +115,12 @@ def _label(key: tuple, varying: set[str]) -> str:
     """The keys that tell this setting from the others, ``method.`` dropped: ``compression=0.1 train.batch_size=16``."""
     parts = []
     parts_set = any(k in ("method.batch_ratio", "method.token_ratio") and v != "None" for k, v in key)
-    for k, v in key:
+    rank = {"method": 0, "codec": 2}  # the method's options, then the codec (its name first), then the rest
+    for k, v in sorted(key, key=lambda kv: (1 if kv[0] == "codec.name" else rank.get(kv[0].split(".")[0], 3), kv[0])):
         if parts_set and k == "method.compression":
             continue  # ADC: batch_ratio / token_ratio, when set, replace the balanced target
-        if k in varying and k != "method.name" and not (k.startswith("method.") and v == "None"):
-            parts.append(f"{k.removeprefix('method.')}={v}")
+        if k in varying and k != "method.name" and not (k.startswith(("method.", "codec.")) and v == "None"):
+            parts.append("codec=" + v if k == "codec.name" else f"{k.removeprefix('method.')}={v}")
     return " ".join(parts)
 
 
@@ -129,11 +130,16 @@ def aggregate(runs: list[dict], warn=None) -> list[dict]:
     for r in runs:
         groups[setting(r)].append(r)
     all_keys = {k for key in groups for k, _ in key}
-    # what tells settings apart: a method's options among that method's runs, any other key among all runs
-    varying = {k for k in all_keys if not k.startswith("method.") and len({dict(key).get(k) for key in groups}) > 1}
-    for method in {dict(key).get("method.name") for key in groups}:
-        same = [dict(key) for key in groups if dict(key).get("method.name") == method]
-        varying |= {k for k in all_keys if k.startswith("method.") and len({d.get(k) for d in same}) > 1}
+    # what tells settings apart: a method's (a codec's) options among that method's (codec's) runs, any other
+    # key among all runs
+    def option(k: str) -> bool:
+        return k.startswith(("method.", "codec.")) and k not in ("method.name", "codec.name")
+
+    varying = {k for k in all_keys if not option(k) and len({dict(key).get(k) for key in groups}) > 1}
+    for group in ("method", "codec"):
+        for name in {dict(key).get(f"{group}.name") for key in groups}:
+            same = [dict(key) for key in groups if dict(key).get(f"{group}.name") == name]
+            varying |= {k for k in all_keys if k.startswith(group + ".") and option(k) and len({d.get(k) for d in same}) > 1}
     rows = []
     for key, rs in groups.items():
         seeds = [r["config"].get("seed", r.get("seed")) for r in rs]
