@@ -106,16 +106,14 @@ class ALaST:
         self.trained_counts = list(state["trained_counts"])
 
 
-def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, alast: "ALaST | None") -> None:
-    """A training step's end, wherever the loss is taken: backward and the optimizer's step (timed as
-    phases under ``train.profile``), then ALaST's budget update when it schedules these blocks."""
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """A training step's end, wherever the loss is taken: backward and the optimizer's step, timed as
+    phases under ``train.profile`` (ALaST's budget update comes after, from its step mod)."""
     with timed("backward"):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     with timed("step"):
         optimizer.step()
-    if alast is not None:
-        alast.after_step()
 
 
 def stage_K(K: int, blocks: int, depth: int) -> int:

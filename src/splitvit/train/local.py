@@ -42,7 +42,7 @@ class LocalTrainer:
         with timed("forward"), autocast(images.device, self.bf16):
             logits = self.model(images)
             loss = F.cross_entropy(logits.float(), labels)
-        update(loss, self.optimizer, None)
+        update(loss, self.optimizer)
         return loss.item()
 
     @torch.no_grad()

@@ -77,7 +77,7 @@ class ServerHalf:
         with timed("forward"), autocast(self.device, self.bf16):
             logits = self.model(got.z)
             loss = soft_cross_entropy(logits, got.targets)  # in float32
-        update(loss, self.optimizer, None)
+        update(loss, self.optimizer)
         with timed("encode"):
             reply = got.reply()
         return Header("grad", client=header.client, step=header.step, loss=loss.item()), reply
