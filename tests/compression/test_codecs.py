@@ -51,6 +51,16 @@ def test_every_method_with_an_integer_codec_round_trips_and_sends_fewer_bytes(na
     assert m.nominal_ratio(16, N, D) == pytest.approx(m.inner.nominal_ratio(16, N, D) * m.bits / 32)
 
 
+@pytest.mark.parametrize("name", CODED)
+def test_compressed_evaluation_through_a_codec(name):
+    m = coded(name, "int4")
+    h = torch.randn(5, N, D)
+    message = m.client().eval_encode(h, torch.rand(5, N).softmax(-1), "compressed")
+    assert any(k.endswith(".codes") for k in message)
+    z = m.server().eval_decode(decode(encode(message), m.eval_schema(8, N, D, "compressed"))[0], "compressed")
+    assert z.shape[0] == 5 and z.shape[2] == D and torch.isfinite(z).all()
+
+
 @pytest.mark.parametrize("name", sorted(DIGITAL_ONLY))
 def test_a_codec_on_a_payload_of_codes_is_refused(name):
     with pytest.raises(ValueError, match="sends no floating-point payload"):
