@@ -64,8 +64,10 @@ def format_summary(s: dict, run_dir: Path) -> str:
         f"  uncompressed split learning would have sent {_mb(base)} for the same steps",
         *([f"  weights and control messages (client halves handed on or averaged): up {_mb(s['weights_bytes_up'])}, "
            f"down {_mb(s['weights_bytes_down'])}; in all {_mb(s['total_bytes'])}"] if several else []),
-        f"  compression: measured {s['compression_measured']:.4f} (bytes on the wire), nominal {s['compression_nominal']:.4f}, "
-        f"target {s['compression_target']:.4f}",
+        f"  compression: measured {s['compression_measured']:.4f} (bytes on the wire), " + (
+            f"nominal {s['compression_nominal']:.4f}, target {s['compression_target']:.4f}" if not s.get("compression_schedule")
+            else "target {start:g} to {end:g} ({name} schedule; {last:g} at the end)".format(
+                **s["compression_schedule"], last=s["compression_target"])),
         f"  wall {s['wall_s']:.1f} s; results in {run_dir}/ (metrics.jsonl, summary.json)",
     ]
     if s.get("link_s"):

@@ -11,7 +11,7 @@ from importlib import resources
 
 import yaml
 
-GROUPS = ("method", "codec", "dataset", "model", "link", "logger", "channel", "finetune")  # config groups whose option files hold a key's subtree
+GROUPS = ("method", "codec", "compression_schedule", "dataset", "model", "link", "logger", "channel", "finetune")  # config groups whose option files hold a key's subtree
 
 
 def leaves(tree, prefix: str = "") -> dict:

@@ -49,8 +49,13 @@ def build_method(
         takes = ", ".join(n for n, m in METHODS.items() if m.grad_of_tokens)
         raise ValueError(f"split.grad_center=true needs a method whose gradient is that of the tokens ({takes}); "
                          f"method {name!r} sends back the gradient of its code or of chosen values")
-    return cls(num_classes=num_classes, tokens=tokens, dim=dim, wire_dtype=wire_dtype, seed=seed,
-               grad_center=grad_center, **options)
+    def make(**changed: Any) -> Method:
+        method = cls(num_classes=num_classes, tokens=tokens, dim=dim, wire_dtype=wire_dtype, seed=seed,
+                     grad_center=grad_center, **{**options, **changed})
+        method.rebuild = make
+        return method
+
+    return make()
 
 
 __all__ = [

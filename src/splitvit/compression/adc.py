@@ -42,6 +42,7 @@ class ADC(Method):
     """
 
     name = "adc"
+    sized_by = ("batch_ratio", "token_ratio")
     grad_of_tokens = True
     Client, Server = ADCClient, RawServer
 

@@ -109,6 +109,11 @@ class Method(ABC):
     # the gradient that comes back is dL/dz of the tokens the server's blocks read ([..., D]: one row a
     # token), rather than of a code (BottleNet++, C3-SL) or of values at positions (Top-K)
     grad_of_tokens = False
+    # a compression schedule (:mod:`.schedule`) re-derives the method at each target with :meth:`at`.
+    # ``sized_by``: the options that fix its sizes apart from ``compression`` (a schedule needs them
+    # null); ``unscheduled``: why it cannot follow a schedule at all (learned parts shaped by the target)
+    sized_by: tuple[str, ...] = ()
+    unscheduled: str | None = None
     Client: type["ClientCodec"]
     Server: type["ServerCodec"]
 
@@ -128,6 +133,20 @@ class Method(ABC):
         self.wire_dtype = WIRE_DTYPES[wire_dtype]
         # what each tensor a message of this method may hold is, to a channel (methods add theirs)
         self.roles: dict[str, str] = {"z": ANALOG, "grad": ANALOG, "logits": ANALOG, "labels": PROTECTED}
+        self.rebuild: Callable[..., "Method"] | None = None  # set by build_method: this method with other options
+        self._derived: dict[float, "Method"] = {}
+
+    def at(self, target: float) -> "Method":
+        """This method re-derived for the compression ``target`` (a compression schedule): its sizes and
+        schemas at that target, the same in every other way. Each side switches to it with ``use``."""
+        if target not in self._derived:
+            if self.rebuild is None or self.unscheduled:
+                raise ValueError(f"method={self.name} cannot follow a compression schedule"
+                                 f"{': ' + self.unscheduled if self.unscheduled else ''}")
+            if len(self._derived) > 64:  # a schedule moves one way: the targets it left behind are not asked again
+                self._derived.clear()
+            self._derived[target] = self.rebuild(compression=target)
+        return self._derived[target]
 
     # -- the two sides ------------------------------------------------------------------------------
     def client(self) -> "ClientCodec":
@@ -227,6 +246,12 @@ class _Side:
     def to(self, device: torch.device) -> "_Side":
         self.modules.to(device)
         return self
+
+    def use(self, method: Method) -> None:
+        """Encode and decode with ``method`` from now on: this side's method re-derived at another
+        compression target (``method.at``). Its learned parts and state stay; a side that derives
+        anything from the method's sizes re-derives it here."""
+        self.method = method
 
     def state_dict(self) -> dict:
         """What this side keeps between steps: its learned parts, and whatever it draws from (sides with

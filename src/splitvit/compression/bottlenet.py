@@ -52,6 +52,7 @@ class BottleNet(Method):
     its encoder on the client and its decoder on the server (module docstring)."""
 
     name = "bottlenet"
+    unscheduled = "its learned encoder and decoder are method.compression * D wide"
     Client, Server = BottleNetClient, BottleNetServer
 
     def __init__(self, compression: float = 0.1, **kwargs):

@@ -21,14 +21,15 @@ from .base import ClientCodec, Decoded, Encoded, Method, ServerCodec, check_rati
 
 
 class _Keys:
-    """The keys' spectra on the device in use, computed once per side and device."""
+    """The keys' spectra on the device in use, computed once per side, device and key set (a
+    compression schedule changes ``R``, and with it the keys)."""
 
-    def __init__(self, keys: torch.Tensor):
-        self.keys, self.fft = keys, None
+    def __init__(self):
+        self.keys, self.fft = None, None
 
-    def __call__(self, device) -> torch.Tensor:
-        if self.fft is None or self.fft.device != torch.device(device):
-            self.fft = torch.fft.rfft(self.keys.to(device), dim=-1)  # [R, n/2 + 1]
+    def __call__(self, keys: torch.Tensor, device) -> torch.Tensor:
+        if self.keys is not keys or self.fft.device != torch.device(device):
+            self.keys, self.fft = keys, torch.fft.rfft(keys.to(device), dim=-1)  # [R, n/2 + 1]
         return self.fft
 
 
@@ -37,7 +38,7 @@ class C3SLClient(ClientCodec):
 
     def __init__(self, method: "C3SL"):
         super().__init__(method)
-        self.key_fft = _Keys(method.keys)
+        self.key_fft = _Keys()
 
     def encode(self, h, cls_attn, labels=None) -> Encoded:
         R = self.method.R
@@ -45,7 +46,7 @@ class C3SLClient(ClientCodec):
         G = -(-B // R)
         x = h.reshape(B, N * D).float()
         x = torch.cat([x, x.new_zeros(G * R - B, N * D)]).view(G, R, N * D)
-        s = torch.fft.irfft((torch.fft.rfft(x, dim=-1) * self.key_fft(h.device)).sum(1), n=N * D, dim=-1)
+        s = torch.fft.irfft((torch.fft.rfft(x, dim=-1) * self.key_fft(self.method.keys, h.device)).sum(1), n=N * D, dim=-1)
         return self.encoded({"s": self.method.to_wire(s), "n": torch.tensor([B], dtype=torch.int32)}, s, labels)
 
 
@@ -54,13 +55,13 @@ class C3SLServer(ServerCodec):
 
     def __init__(self, method: "C3SL"):
         super().__init__(method)
-        self.key_fft = _Keys(method.keys)
+        self.key_fft = _Keys()
 
     def decode(self, message) -> Decoded:
         m = self.method
         s = m.from_wire(message["s"])
         n = m.tokens * m.dim
-        x = torch.fft.irfft(torch.fft.rfft(s, dim=-1)[:, None] * self.key_fft(s.device).conj(), n=n, dim=-1)
+        x = torch.fft.irfft(torch.fft.rfft(s, dim=-1)[:, None] * self.key_fft(m.keys, s.device).conj(), n=n, dim=-1)
         B = int(message["n"])
         return self.decoded(s, x.reshape(-1, m.tokens, m.dim)[:B], message)
 
@@ -71,6 +72,7 @@ class C3SL(Method):
     the server; ``R`` directly, or ``round(1 / compression)`` (module docstring)."""
 
     name = "c3sl"
+    sized_by = ("R",)
     Client, Server = C3SLClient, C3SLServer
 
     def __init__(self, R: int | None = None, compression: float | None = 0.125, **kwargs):

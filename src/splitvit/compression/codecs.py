@@ -109,8 +109,11 @@ class Coded(Method):
                 raise ValueError(f"{key} must be one of {', '.join(GRIDS)}, got {value!r}")
         self.inner, self.bits = inner, bits
         self.name, self.grad_of_tokens = inner.name, inner.grad_of_tokens
+        self.sized_by, self.unscheduled = inner.sized_by, inner.unscheduled
         # an integer codec sends the values itself: the inner method's are float32 (check_codec)
         super().__init__(inner.num_classes, inner.tokens, inner.dim, seed=inner.seed, grad_center=inner.grad_center)
+        if inner.rebuild is not None:  # at another compression target: the inner method's, coded the same way
+            self.rebuild = lambda **changed: Coded(inner.rebuild(**changed), bits, granularity, grid, grad_grid)
         # to a channel, an analog tensor's codes are digital and its range and length side data
         self.roles = dict(inner.roles)
         for name in [k for k, role in inner.roles.items() if role == ANALOG]:
@@ -246,6 +249,10 @@ class CodedClient(ClientCodec):
         schema = m.inner.grad_schema(sent.tensor)
         return Encoded(m.pack(sent.message, "up"), sent.tensor, lambda reply: sent.decode(m.unpack(reply, "down", schema)))
 
+    def use(self, method: Coded) -> None:
+        self.method = method
+        self.inner.use(method.inner)
+
     def state_dict(self) -> dict:
         return self.inner.state_dict()
 
@@ -265,6 +272,10 @@ class CodedServer(ServerCodec):
         m = self.method
         got = self.inner.decode(m.unpack(message, "up", m.sent_up))
         return Decoded(got.z, got.targets, lambda: m.pack(got.reply(), "down"))
+
+    def use(self, method: Coded) -> None:
+        self.method = method
+        self.inner.use(method.inner)
 
     def state_dict(self) -> dict:
         return self.inner.state_dict()

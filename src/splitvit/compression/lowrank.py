@@ -124,6 +124,8 @@ class LowRank(Method):
     at the rank that keeps ``energy`` under the byte cap ``compression`` (module docstring)."""
 
     name = "lowrank"
+    sized_by = ("rank",)
+    unscheduled = "the bases and error memories it keeps from step to step have the rank that method.compression caps"
     grad_of_tokens = True
     Client, Server = LowRankClient, LowRankServer
 

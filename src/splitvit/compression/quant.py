@@ -136,6 +136,7 @@ class Quant(Method):
     tensor or per token; ``bits`` directly or ``round(32 * compression)`` (module docstring)."""
 
     name = "quant"
+    sized_by = ("bits",)
     grad_of_tokens = True
     Client, Server = QuantClient, QuantServer
 

@@ -127,6 +127,7 @@ class SLACC(Method):
     ``bits`` on average (module docstring)."""
 
     name = "slacc"
+    sized_by = ("bits",)
     grad_of_tokens = True
     Client, Server = SLACCClient, SLACCServer
 

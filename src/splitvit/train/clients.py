@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..channel import Channel, ChannelSpec, channel_metrics, combined, idle
+from ..compression.schedule import CompressionSchedule
 from ..data import batches, num_batches
 from ..data.augment import build_augment
 from ..data.partition import histograms, partition
@@ -79,7 +80,8 @@ class Member:
         return {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
                 "compressor": c.codec.state_dict(), "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "steps": self.steps, "version": self.version,
-                "told_stop": self.told_stop, **({"alast": alast.state_dict()} if alast is not None else {})}
+                "told_stop": self.told_stop, "target": c.target,
+                **({"alast": alast.state_dict()} if alast is not None else {})}
 
     def load_state_dict(self, s: dict) -> None:
         c, alast = self.client, self.mod(ALaST)
@@ -90,6 +92,8 @@ class Member:
             alast.load_state_dict(s["alast"])
         self.epoch, self.batch_in_epoch, self.steps, self.version = s["epoch"], s["batch_in_epoch"], s["steps"], s["version"]
         self.told_stop = s.get("told_stop", False)
+        if c.target is not None:  # under a compression schedule: the target of its next step
+            c.target = s.get("target", c.target)
 
     # -- what a client sends besides its training steps (see splitvit.wire.protocol) ----------------
     def upload(self, round_: int, hand_on: bool) -> bool:
@@ -147,7 +151,7 @@ class Clients:
             alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "client")  # before the optimizer: LoRA adds parameters
             client = SplitClient(model, codec, make_optimizer(cfg, model, codec.modules), None,
                                  data.num_classes, bf16=bf16, client_id=i, channel=self.channel,
-                                 mods=self.step_mods(alast))
+                                 mods=self.step_mods(alast), schedule=CompressionSchedule.from_config(cfg))
             self.members[i] = Member(i, self.parts[i], client)
         self.template = client_template(cfg, client_model, self.method, self.vit, data.num_classes)
         self.half_schema = half_schema(self.template)
@@ -347,7 +351,7 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_pass)
-    losses: list[float] = []
+    losses = p.losses  # saved with the progress: a run resumed mid-interval averages all of the interval's losses
     keep = cfg.train.get("checkpoint", "every_eval")
     clock = [time.perf_counter()]  # since the wall time was last added to p.wall_s
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
+from ..compression.schedule import CompressionSchedule
 from ..link import LinkModel
 from .config import ConfigError, method_options, resolve_device, validate
 from .state import Progress
@@ -137,6 +138,7 @@ def evaluate(cfg, client, data, vit, device, p: Progress, losses: list[float], e
         "train_loss": sum(losses) / len(losses) if losses else None,
         "val_loss": val_loss,
         "val_acc": val_acc,
+        "compression_target": getattr(client, "compression_target", None),  # in force (a schedule moves it)
         "eval_mode": cfg.eval.mode,
         "eval_bytes_up": p.eval_bytes_up,
         "eval_bytes_down": p.eval_bytes_down,
@@ -164,6 +166,9 @@ def config_hash(cfg: DictConfig | dict) -> str:
 def make_summary(cfg, method, vit, p: Progress, reason: str | None, data=None) -> dict:
     sent, baseline = p.bytes_up + p.bytes_down, p.baseline_up + p.baseline_down
     split = cfg.split.index is not None
+    schedule = CompressionSchedule.from_config(cfg)
+    if split and not schedule.constant and p.history:  # the target in force at the end, and the method at it
+        method = method.at(p.history[-1]["compression_target"])
     return {
         "method": cfg.method.name if split else "whole",
         "method_options": method_options(cfg.method) if split else {},
@@ -175,7 +180,10 @@ def make_summary(cfg, method, vit, p: Progress, reason: str | None, data=None) -
         "split_index": cfg.split.index,
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),
-        "compression_target": method.target_ratio() if split else None,
+        "compression_target": method.target_ratio() if split else None,  # under a schedule: the last in force
+        "compression_schedule": None if schedule.constant or not split else
+        {"name": schedule.kind, "start": schedule.start, "end": schedule.end,
+         **({"stages": schedule.stages} if schedule.kind == "steps" else {})},
         "batch_ratio": getattr(method, "batch_ratio", None),  # ADC's two parts, for the grid plot
         "token_ratio": getattr(method, "token_ratio", None),
         "compression_nominal": method.nominal_ratio(cfg.train.batch_size, vit.num_tokens, vit.embed_dim) if split else None,

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..channel import ChannelSpec
 from ..compression import EVAL_MODES, METHODS, WIRE_DTYPES, Method, build_method
 from ..compression.codecs import FLOAT_CODECS, apply_codec, check_codec
+from ..compression.schedule import KINDS as SCHEDULE_KINDS, CompressionSchedule
 from ..config_keys import GROUPS, known_keys, leaves, option_key, under, with_defaults
 from ..data import DATASETS, NORMALIZATIONS
 from ..data.partition import PARTITIONS
@@ -165,6 +166,7 @@ def validate(cfg: DictConfig) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _check_clients(cfg)
+    _check_schedule(cfg, method)
     _check_channel(cfg, method)
     _check_finetune(cfg, vit)
     if cfg.train.get("inspect") and cfg.split.index is None:
@@ -192,6 +194,35 @@ def _check_clients(cfg: DictConfig) -> None:
         raise ConfigError(f"clients.id={c.id!r} must be in [0, {c.num - 1}] for clients.num={c.num}")
     if c.num > 1 and cfg.split.index is None:
         raise ConfigError("several clients need a split model; set split.index (or clients.num=1)")
+
+
+def _check_schedule(cfg: DictConfig, method: Method) -> None:
+    """``compression_schedule=``: a method whose ``compression`` sets its sizes, and none of the options
+    that would fix them otherwise; the method must work at both ends."""
+    s = cfg.get("compression_schedule")
+    if s is None or s.name == "constant":
+        return
+    _choice("compression_schedule", s.name, SCHEDULE_KINDS)
+    if cfg.split.index is None:
+        raise ConfigError(f"compression_schedule={s.name} moves the method's compression, and a model trained in one "
+                          "piece sends nothing: set split.index, or compression_schedule=constant")
+    if "compression" not in cfg.method:
+        raise ConfigError(f"compression_schedule={s.name} moves method.compression, and method={cfg.method.name} has "
+                          "no compression key (its sizes come from its own options): use compression_schedule=constant")
+    if method.unscheduled:
+        raise ConfigError(f"compression_schedule={s.name} cannot move method={cfg.method.name}: {method.unscheduled}. "
+                          "Use compression_schedule=constant")
+    fixed = [k for k in method.sized_by if cfg.method.get(k) is not None]
+    if fixed:
+        raise ConfigError(f"compression_schedule={s.name} moves method.compression, but "
+                          f"{', '.join(f'method.{k}={cfg.method[k]}' for k in fixed)} fixes the method's size: set "
+                          f"{' and '.join(f'method.{k}=null' for k in fixed)}")
+    try:
+        schedule = CompressionSchedule.from_config(cfg)
+        for target in schedule.bounds:
+            method.at(target).check_batch(cfg.train.batch_size)
+    except ValueError as e:
+        raise ConfigError(_full_key(str(e))) from None
 
 
 def _check_channel(cfg: DictConfig, method) -> None:
@@ -249,14 +280,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 # keys whose change would make a resumed run a different experiment
-RESUME_KEYS = ("seed", "method", "codec", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
+RESUME_KEYS = ("seed", "method", "codec", "compression_schedule", "dataset", "model", "split", "train.batch_size", "train.lr", "train.weight_decay",
                "train.optimizer", "train.schedule", "train.warmup_epochs", "wire", "clients.num", "clients.scheme",
                "clients.partition", "clients.alpha", "clients.shards_per_client", "clients.min_samples",
                "clients.local_steps", "clients.fraction", "channel", "finetune")
 # keys client and server must agree on: what each half is, and how the messages between them look
 # (model.checkpoint may be a different path on each machine: the initial weights are compared by digest)
 SHARED_KEYS = (
-    "seed", "method", "codec", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
+    "seed", "method", "codec", "compression_schedule", "model.name", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
     "model.num_heads", "model.pretrained", "split", "train.batch_size", "train.lr", "train.weight_decay", "train.optimizer",
     "train.schedule", "train.precision",
     "eval.batch_size", "wire", "clients.num", "clients.scheme", "clients.partition", "clients.alpha",

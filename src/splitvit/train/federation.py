@@ -59,6 +59,19 @@ def caps_reached(cfg, steps: int, samples: int, sent: int, rounds: int, n_train:
     return None
 
 
+def spent(cfg, steps: int, samples: int, sent: int, rounds: int, n_train: int, budget: float | None) -> float:
+    """How far a run is, in [0, 1]: the largest share spent of any of the caps :func:`caps_reached` checks
+    (the one that will end the run)."""
+    shares = [samples / (cfg.train.epochs * n_train) if n_train else 0.0]
+    if cfg.train.max_steps is not None:
+        shares.append(steps / cfg.train.max_steps)
+    if budget:
+        shares.append(sent / budget)
+    if cfg.clients.rounds is not None:
+        shares.append(rounds / cfg.clients.rounds)
+    return min(max(shares), 1.0)
+
+
 class Federation:
     """The server's side of sharing the client half: the current half and its version. What an
     upload does, and what a round's end does, is the scheme's (:mod:`splitvit.train.schemes`)."""

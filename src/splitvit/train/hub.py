@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..channel import ChannelSpec
+from ..compression.schedule import CompressionSchedule
 from ..link import Counts
 from ..link.grpc import Refused
 from ..profiling import Profiler
@@ -24,7 +25,7 @@ from .baseline import epoch_bytes
 from .build import build_halves, make_optimizer
 from .checkpoint import atomic_save, load_checkpoint_file
 from .client import SplitClient
-from .federation import Coordinator, Federation, caps_reached, half_state
+from .federation import Coordinator, Federation, caps_reached, half_state, spent
 from .mods import ProfileStep, find
 from .schemes import RoundPlan, build_scheme
 from .server import ServerHalf, Session, server_digest
@@ -70,6 +71,7 @@ class Hub:
         self.federation = Federation(self.scheme, client_template(cfg, client_model, method, self.vit, num_classes))
         self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
         self.channel = ChannelSpec.from_config(cfg.get("channel"))
+        self.schedule = CompressionSchedule.from_config(cfg)
         self.ledger = Progress()  # the server's own count: training messages as received and replied
         self.sessions: dict[int, Session] = {}
         self.sizes: dict[int, int] = {}
@@ -107,7 +109,7 @@ class Hub:
                     self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
                     self.vit.embed_dim, max_eval_batch=self.cfg.eval.batch_size, client=client,
                     federation=self.federation, coordinator=self.coordinator, ledger=self, channel=self.channel,
-                    mods=self.step_mods)
+                    mods=self.step_mods, schedule=self.schedule)
             session = self.sessions[client]
             self.sizes[client] = samples
             if resume_steps is not None:
@@ -163,6 +165,14 @@ class Hub:
             self._budget_of = (n, cfg.train.budget_epochs * epoch_bytes(n, cfg.train.batch_size, self.vit.num_tokens,
                                                                           self.vit.embed_dim, self.num_classes))
         return self._budget_of[1]
+
+    def progress(self) -> float:
+        """How far the run is, in [0, 1]: the share of its nearest cap spent, on the server's count (what a
+        compression schedule follows)."""
+        p = self.ledger
+        with self.lock:
+            return spent(self.cfg, p.step, p.samples, p.bytes_up + p.bytes_down, p.round, sum(self.sizes.values()),
+                         self._budget())
 
     def _samples(self, client: int, step: int) -> int:
         B, n = self.cfg.train.batch_size, self.sizes[client]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..channel import ChannelSpec, Receiver
 from ..compression import EVAL_MODES, ServerCodec
+from ..compression.schedule import CompressionSchedule
 from ..models import ServerModel
 from ..profiling import timed
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, content_digest, pack, unpack
@@ -64,11 +65,17 @@ class ServerHalf:
         """The step of a decoded training message, through the half's mods: the reply's header and tensors
         (the gradient back)."""
         with self.lock:
+            self._at(header.target)
             return through(self.mods, Step(header.step), lambda _: self._train_step(message, header))
 
     def eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
         with self.lock:
+            self._at(header.target)
             return self._eval_step(message, header)
+
+    def _at(self, target: float | None) -> None:
+        """The method at the message's compression target (a compression schedule), else as configured."""
+        self.codec.use(self.method if target is None else self.method.at(target))
 
     def _train_step(self, message: dict[str, torch.Tensor], header: Header) -> tuple[Header, dict[str, torch.Tensor]]:
         self.model.train()
@@ -116,7 +123,8 @@ class Session:
 
     def __init__(self, half: ServerHalf, max_batch: int, num_tokens: int, dim: int, max_eval_batch: int | None = None,
                  client: int = 0, federation: Federation | None = None, coordinator: Coordinator | None = None,
-                 ledger=None, channel: ChannelSpec | None = None, mods: list[StepMod] = ()):
+                 ledger=None, channel: ChannelSpec | None = None, mods: list[StepMod] = (),
+                 schedule: CompressionSchedule | None = None):
         self.half = half
         self.mods = list(mods)  # what each training step goes through here (the profiler), its decoding included
         self.client = client
@@ -124,15 +132,12 @@ class Session:
         self.round = 0  # the round the client takes part from (a resumed one: the next)
         self.coordinator = coordinator  # holds each message until the round's plan says it is due
         self.ledger = ledger
-        eval_batch = max_eval_batch or max_batch
-        method = half.method
-        self.schemas: dict[str, Schema] = {"train": method.up_schema(max_batch, num_tokens, dim)}
-        for mode in EVAL_MODES:
-            self.schemas[f"eval/{mode}"] = method.eval_schema(eval_batch, num_tokens, dim, mode)
-        # a channel that damages what comes up: digital values may arrive out of range, to be repaired, not refused
-        self.receive = Receiver(channel, "up", method.role, method.repair)
-        for kind in ("train", *(f"eval/{m}" for m in EVAL_MODES)):
-            self.schemas[kind] = self.receive.schema(kind.split("/")[0], self.schemas[kind])
+        self.sizes = (max_batch, max_eval_batch or max_batch, num_tokens, dim)
+        self.channel = channel
+        # under a compression schedule each message says its target, which its schemas and repair follow
+        self.schedule = None if schedule is None or schedule.constant else schedule
+        self._targets: dict[float | None, tuple[dict[str, Schema], Receiver]] = {}
+        self.schemas, self.receive = self._at(None)
         if federation is not None:
             self.schemas["weights"] = federation.schema  # a client half up
             self.schemas["control"] = Schema({})  # a client asks for the current half
@@ -150,13 +155,41 @@ class Session:
         """The largest message any served schema admits: tensor data plus the largest header."""
         return max(s.max_bytes() for s in self.schemas.values()) + 8 + MAX_HEADER_BYTES
 
+    def _at(self, target: float | None) -> tuple[dict[str, Schema], Receiver]:
+        """The schemas of the training and evaluation messages, and their repair, at a compression target."""
+        if target not in self._targets:
+            method = self.half.method if target is None else self.half.method.at(target)
+            B, eval_batch, N, D = self.sizes
+            schemas = {"train": method.up_schema(B, N, D)}
+            for mode in EVAL_MODES:
+                schemas[f"eval/{mode}"] = method.eval_schema(eval_batch, N, D, mode)
+            # a channel that damages what comes up: digital values may arrive out of range, to be repaired, not refused
+            receive = Receiver(self.channel, "up", method.role, method.repair)
+            for kind in list(schemas):
+                schemas[kind] = receive.schema(kind.split("/")[0], schemas[kind])
+            if len(self._targets) > 64:  # a schedule moves one way: the targets it left behind are not asked again
+                self._targets = {None: self._targets[None]}
+            self._targets[target] = (schemas, receive)
+        return self._targets[target]
+
     def schema_for(self, header: Header) -> Schema:
         kind = header.kind if header.kind != "eval" else f"eval/{header.mode}"
         if kind not in self.schemas:
             raise WireError(f"message kind {kind!r} is not served; expected one of {sorted(self.schemas)}")
         if header.client != self.client:
             raise WireError(f"message from client {header.client} reached the session of client {self.client}")
-        return self.schemas[kind]
+        if header.kind not in ("train", "eval"):
+            return self.schemas[kind]
+        if self.schedule is None:
+            if header.target is not None:
+                raise WireError(f"a {header.kind} message says compression target {header.target}, but this run has no "
+                                "compression schedule (compression_schedule=constant)")
+            return self.schemas[kind]
+        if header.target is None or not self.schedule.admits(header.target):
+            lo, hi = self.schedule.bounds
+            raise WireError(f"a {header.kind} message under compression_schedule={self.schedule.kind} must say its "
+                            f"compression target, in [{lo}, {hi}]; got {header.target!r}")
+        return self._at(header.target)[0][kind]
 
     def lost(self) -> None:
         """A call of this session's client failed: with several clients, it is dropped from the round."""
@@ -196,11 +229,13 @@ class Session:
     def _received(self, message: dict[str, torch.Tensor], header: Header) -> dict[str, torch.Tensor]:
         """A message on the half's device, repaired when a damaging channel hits it on the way up."""
         with timed("decode"):
-            message = self.receive(header.kind, header, message)
+            message = self._at(header.target)[1](header.kind, header, message)
             return {k: v.to(self.half.device, non_blocking=True) for k, v in message.items()}
 
     def _train(self, payload: bytes, message: dict[str, torch.Tensor], header: Header) -> bytes:
         got, tensors = self.half.train_step(self._received(message, header), header)
+        if self.schedule is not None:  # the target of the client's next step, from how far the run is
+            got = replace(got, target=self.schedule.at(self.ledger.progress() if self.ledger is not None else 0.0))
         with timed("encode"):
             reply = pack(got, tensors)
             if self.ledger is not None:

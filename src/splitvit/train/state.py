@@ -39,6 +39,7 @@ class Progress:
     global_steps: int = 0  # several clients: steps of all clients, after the last round
     client_steps: dict[str, int] = field(default_factory=dict)  # several clients: each one's steps, after the last round
     channel: dict = field(default_factory=dict)  # a noisy or lossy channel's counters per direction, and its generator's state
+    losses: list[float] = field(default_factory=list)  # the training losses since the last evaluation (its train_loss)
 
     def record(self, client: int, kind: str, counts: Counts) -> None:
         key = f"{client}/{kind}"

@@ -81,7 +81,7 @@ def _train(cfg, run_dir: Path, data, client: LocalTrainer, method, vit, device, 
     p.done = reason is not None
     p.stopped_by = reason
     p.caps = caps
-    losses: list[float] = []
+    losses = p.losses  # saved with the progress: a run resumed mid-interval averages all of the interval's losses
 
     tracker = make_tracker(cfg, run_dir)
 

@@ -29,6 +29,11 @@ the round ends at that step. (Only that reply carries it: a run's other replies 
 A message that crossed a lossy channel without retransmission also has ``lost``: which of its
 elements never arrived (see :mod:`splitvit.channel`).
 
+Under a compression schedule (:mod:`splitvit.compression.schedule`), ``train`` and ``eval`` messages
+have ``target``: the compression target they were encoded at (a number in (0, 1], 4 significant
+digits), which the server decodes them at; a ``grad`` has the target of the client's next step.
+Without a schedule no message has it.
+
 ``client`` numbers the client a message is from or for (0 with one client). The client, the server
 and the baseline byte count (what uncompressed split learning would send) all build their headers
 here, so what is counted is what is sent.
@@ -60,6 +65,7 @@ class Header:
     mode: str | None = None
     loss: float | None = None
     lost: str | None = None  # set by a lossy channel without ARQ: which elements never arrived (splitvit.channel)
+    target: float | None = None  # under a compression schedule: the target the message is at (see above)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -76,6 +82,9 @@ class Header:
             raise WireError(f"a grad message's mode is absent or one of {', '.join(GRAD_MODES)}; got {self.mode!r}")
         if self.lost is not None and self.kind not in ("train", "grad", "eval", "logits"):
             raise WireError(f"a {self.kind} message does not cross a lossy channel: it cannot have lost elements")
+        if self.target is not None and (self.kind not in ("train", "grad", "eval") or not 0 < self.target <= 1):
+            raise WireError(f"a compression target is a number in (0, 1] on train, grad and eval messages; "
+                            f"got {self.target!r} on a {self.kind} message")
 
     def meta(self) -> dict[str, str]:
         """The header as safetensors metadata (strings only)."""
@@ -88,12 +97,14 @@ class Header:
             out["loss"] = repr(float(self.loss))
         if self.lost is not None:
             out["lost"] = self.lost
+        if self.target is not None:
+            out["target"] = repr(float(self.target))
         return out
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> "Header":
         """Parse and check a received header; :class:`WireError` when it is malformed."""
-        extra = set(meta) - {"kind", "client", "step", "mode", "loss", "lost"}
+        extra = set(meta) - {"kind", "client", "step", "mode", "loss", "lost", "target"}
         if extra:
             raise WireError(f"message header has unknown fields {sorted(extra)}")
         return cls(
@@ -103,6 +114,7 @@ class Header:
             mode=meta.get("mode"),
             loss=_number(meta, "loss") if "loss" in meta else None,
             lost=meta.get("lost"),
+            target=_number(meta, "target") if "target" in meta else None,
         )
 
 
