@@ -176,3 +176,37 @@ def test_many_settings_get_one_panel_per_method(tmp_path):
 
     w, h = Image.open(tmp_path / "accuracy_vs_bytes.png").size
     assert h > 500  # two rows of panels (four methods, three to a row), not one crowded axis
+
+
+def curve_run(root, name, points, seed=0, **config):
+    """A fake run whose evaluations are ``points``: (MB sent, accuracy)."""
+    fake_run(root, name, seed=seed, acc=max(a for _, a in points), **config)
+    d = root / name
+    rows = [{"step": i + 1, "bytes_up": int(mb * 1e6 / 2), "bytes_down": int(mb * 1e6 / 2), "val_acc": a}
+            for i, (mb, a) in enumerate(points)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.loads((d / "summary.json").read_text())
+    summary.update(bytes_up=rows[-1]["bytes_up"], bytes_down=rows[-1]["bytes_down"], best_val_acc=max(a for _, a in points))
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def test_the_frontier_is_the_upper_envelope_over_seeds_and_schedules(tmp_path):
+    from splitvit.report import aggregate, find_runs, frontier
+
+    # adc at 0.1 leads while bytes are few; quant catches up and leads from 40 MB; none never leads
+    curve_run(tmp_path, "adc0", [(10, 0.20), (20, 0.25), (40, 0.26)], seed=0, **{"method": "adc", "method.compression": 0.1})
+    curve_run(tmp_path, "adc1", [(10, 0.22), (20, 0.27), (40, 0.28)], seed=1, **{"method": "adc", "method.compression": 0.1})
+    curve_run(tmp_path, "quant", [(20, 0.15), (40, 0.30), (80, 0.38)], **{"method": "quant"})
+    curve_run(tmp_path, "none", [(40, 0.10), (80, 0.20)], **{"method": "none"})
+    curve_run(tmp_path, "sched", [(15, 0.05), (30, 0.24)], **{"method": "adc", "compression_schedule": "linear",
+                                                                   "compression_schedule.start": 0.02, "compression_schedule.end": 1.0})
+    rows = aggregate(find_runs([str(tmp_path)]))
+    env = [(x, round(y, 4), r["method"], r["options"]) for x, y, r in frontier(rows)]
+    assert env == [(10, 0.21, "adc", ""), (20, 0.26, "adc", ""),
+                   (40, 0.30, "quant", ""), (80, 0.38, "quant", "")]  # adc's mean over its seeds; the schedule never leads
+    labels = {r["options"] for r in rows}
+    assert "schedule=linear(0.02→1)" in labels  # the schedule's ends name it, not method.compression
+    assert report([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| 10.0 | 20.0 | 0.2600 | adc | - | 2 |" in text and "| 40.0 | 80.0 | 0.3800 | quant |" in text
+    assert (tmp_path / "out" / "accuracy_frontier.png").read_bytes()[:4] == b"\x89PNG"

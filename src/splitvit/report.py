@@ -115,10 +115,20 @@ def _label(key: tuple, varying: set[str]) -> str:
     """The keys that tell this setting from the others, ``method.`` dropped: ``compression=0.1 train.batch_size=16``."""
     parts = []
     parts_set = any(k in ("method.batch_ratio", "method.token_ratio") and v != "None" for k, v in key)
+    flat = dict(key)
     rank = {"method": 0, "codec": 2}  # the method's options, then the codec (its name first), then the rest
     for k, v in sorted(key, key=lambda kv: (1 if kv[0] == "codec.name" else rank.get(kv[0].split(".")[0], 3), kv[0])):
         if parts_set and k == "method.compression":
             continue  # ADC: batch_ratio / token_ratio, when set, replace the balanced target
+        if k.startswith("compression_schedule."):  # one part: schedule=linear(0.02→1)
+            if k == "compression_schedule.name" and v not in ("constant", "None"):
+                ends = "→".join(f"{float(flat.get(f'compression_schedule.{e}')):g}" for e in ("start", "end")
+                                if flat.get(f"compression_schedule.{e}") not in (None, "None"))
+                stages = flat.get("compression_schedule.stages")
+                parts.append(f"schedule={v}({ends}{f', {stages} stages' if v == 'steps' else ''})")
+            continue
+        if flat.get("compression_schedule.name") not in (None, "None", "constant") and k == "method.compression":
+            continue  # the schedule's ends replace it
         if k in varying and k != "method.name" and not (k.startswith(("method.", "codec.")) and v == "None"):
             parts.append("codec=" + v if k == "codec.name" else f"{k.removeprefix('method.')}={v}")
     return " ".join(parts)
@@ -201,6 +211,48 @@ def markdown(rows: list[dict]) -> str:
             f"{r['bytes_up'] / 1e6:,.1f} | {r['bytes_down'] / 1e6:,.1f} | {r['steps']:,.0f} | {r['wall_s']:,.0f} | "
             f"{acc(r['final_acc'], r['final_acc_sd'])} | {acc(r['best_acc'], r['best_acc_sd'])} | {also}{paper}{r['seeds']} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def mean_curve(row: dict) -> list[tuple[float, float]]:
+    """A setting's evaluations as (MB sent for training, both ways; test accuracy), each the mean over its
+    seeds at the same evaluation (the first ``n`` evaluations, ``n`` the fewest any seed has)."""
+    curves = [run["curve"] for run in row["runs"] if run["curve"]]
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    return [(statistics.fmean((c[i]["bytes_up"] + c[i]["bytes_down"]) / 1e6 for c in curves),
+             statistics.fmean(c[i]["val_acc"] for c in curves)) for i in range(n)]
+
+
+def frontier(rows: list[dict]) -> list[tuple[float, float, dict]]:
+    """The upper envelope of accuracy against bytes sent: ``(MB, accuracy, row)`` where some setting's
+    evaluation beats every evaluation, of any setting, that sent fewer bytes. From the fewest bytes up:
+    for a budget of ``x`` MB, the best a setting has reached is the last entry at or below ``x``.
+    (A run's evaluations on the way stand for runs with smaller budgets, which holds with a constant
+    learning rate and compression; a schedule's and a cosine rate's depend on the budget.)"""
+    points = sorted(((x, y, r) for r in rows for x, y in mean_curve(r) if x > 0), key=lambda p: (p[0], -p[1]))
+    out, best = [], float("-inf")
+    for x, y, r in points:
+        if y > best:
+            out.append((x, y, r))
+            best = y
+    return out
+
+
+def frontier_markdown(rows: list[dict]) -> str:
+    """The envelope as a table: one line for each stretch of bytes over which one setting leads."""
+    lines = ["| from MB sent (both ways) | to MB | best acc reached | method | options | seeds |",
+             "|--:|--:|--:|---|---|--:|"]
+    env = frontier(rows)
+    stretches: list[list] = []
+    for x, y, r in env:
+        if stretches and stretches[-1][3] is r:
+            stretches[-1][1], stretches[-1][2] = x, y
+        else:
+            stretches.append([x, x, y, r])
+    for x0, x1, y, r in stretches:
+        lines.append(f"| {x0:,.1f} | {x1:,.1f} | {y:.4f} | {r['method']} | {r['options'] or '-'} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -418,6 +470,8 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     fig.savefig(written[-1], dpi=130, bbox_inches="tight")
     plt.close(fig)
 
+    written.append(frontier_plot(rows, out / "accuracy_frontier.png", title))
+
     # time to accuracy: compute plus the modelled link (link.bandwidth_mbps), when the runs modelled one
     timed = [r for r in rows if r["runs"] and any(c.get("link_s") for c in r["runs"][0]["curve"])]
     if timed:
@@ -471,6 +525,67 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
     return written
 
 
+CODEC_MARKERS = {"none": "o", "fp16": "s", "bf16": "P", "int8": "^", "int4": "D", "int2": "v"}
+
+
+def frontier_plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Best accuracy against bytes sent: every setting a point (its mean over seeds, the bar their
+    spread), in its method's colour, its marker its codec's, hollow under a compression schedule; the
+    upper envelope over every setting's evaluations (:func:`frontier`) as a step line, the setting
+    that leads each stretch of it named."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    def config(r, key, default):
+        return str(r["runs"][0]["config"].get(key, default))
+
+    def scheduled(r):
+        return config(r, "compression_schedule.name", "constant") not in ("constant", "None")
+
+    fig, ax = plt.subplots(figsize=(9.5, 5.4))
+    shown = [r for r in rows if r["bytes_up"] + r["bytes_down"] > 0]
+    xs = [(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in shown]
+    for r, x in zip(shown, xs):
+        color = METHOD_COLORS.get(r["method"], "#1f77b4")
+        ax.errorbar([x], [r["best_acc"]], yerr=[r["best_acc_sd"]] if r["runs_n"] > 1 else None, color=color,
+                    marker=CODEC_MARKERS.get(config(r, "codec.name", "none"), "X"), mfc="none" if scheduled(r) else color,
+                    ms=6, capsize=2, ls="none", alpha=0.85)
+    env = frontier(shown)
+    if env:
+        ex, ey = [p[0] for p in env], [p[1] for p in env]
+        ax.step(ex + [max(xs + ex) * 1.2], ey + ey[-1:], where="post", color="k", lw=1.2, alpha=0.7, zorder=0)
+        ax.plot(ex, ey, ls="none", marker=".", ms=3, color="k", alpha=0.7)
+        leader, leaders = None, []  # each setting numbered where it takes the lead, and named in the legend
+        for x, y, r in env:
+            if r is not leader:
+                if not any(r is l for l in leaders):
+                    leaders.append(r)
+                n = next(i for i, l in enumerate(leaders) if l is r) + 1
+                ax.annotate(str(n), (x, y), xytext=(-2, 4), textcoords="offset points", fontsize=7, ha="right",
+                            color=METHOD_COLORS.get(r["method"], "k"), fontweight="bold")
+                leader = r
+    _log_axis(ax, xs + [p[0] for p in env])
+    ax.set_xlabel("MB sent for training, both directions (mean over seeds)")
+    ax.set_ylabel("best test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    methods = sorted({r["method"] for r in shown})
+    codecs = sorted({config(r, "codec.name", "none") for r in shown}, key=lambda c: (list(CODEC_MARKERS) + [c]).index(c))
+    handles = [Line2D([], [], color=METHOD_COLORS.get(m, "#1f77b4"), marker="o", ls="none", label=m) for m in methods]
+    handles += [Line2D([], [], color="0.3", marker=CODEC_MARKERS.get(c, "X"), ls="none", label=f"codec={c}") for c in codecs]
+    if any(scheduled(r) for r in shown):
+        handles.append(Line2D([], [], color="0.3", marker="o", mfc="none", ls="none", label="compression schedule"))
+    handles.append(Line2D([], [], color="k", lw=1.2, alpha=0.7, label="upper envelope: the best accuracy\nany setting reached for the bytes"))
+    if env:
+        handles += [Line2D([], [], ls="none", marker=f"${i}$", color=METHOD_COLORS.get(r["method"], "k"),
+                           label=f"{r['method']} {r['options']}".strip()) for i, r in enumerate(leaders, 1)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="splitvit report", description=__doc__)
     ap.add_argument("dirs", nargs="+", help="run or sweep directories")
@@ -514,7 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or args.dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
-    (out / "report.md").write_text(table + "".join(f"\nwarning: {w}\n" for w in warnings))
+    envelope = ("\nThe upper envelope of accuracy against bytes sent (accuracy_frontier.png): over each stretch of "
+                "bytes, the setting whose evaluations beat every evaluation that sent fewer bytes.\n\n"
+                + frontier_markdown(rows))
+    (out / "report.md").write_text(table + envelope + "".join(f"\nwarning: {w}\n" for w in warnings))
     write_csv(rows, out / "report.csv")
     written = plots(rows, out)
     if args.energy:
