@@ -190,3 +190,17 @@ def test_license_and_citation_are_shipped():
     cff = yaml.safe_load((root / "CITATION.cff").read_text())
     titles = " ".join(r["title"] for r in cff["references"])
     assert cff["cff-version"] and "Attention-based Double Compression" in titles and "Token Selection" in titles
+
+
+def test_a_client_without_a_server_address_is_refused(capsys):
+    assert main(["client", *SMALL, "--insecure"]) == 2
+    err = capsys.readouterr().err
+    assert "splitvit client needs server=HOST:PORT" in err and "splitvit train link=grpc" in err
+
+
+@pytest.mark.parametrize("arg", ["train.lr=nan", "train.lr=inf", "train.weight_decay=nan", "method.compression=-inf"])
+def test_a_setting_that_is_not_a_finite_number_is_refused(arg, capsys, tmp_path):
+    assert main(["train", *SMALL, arg, f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{arg.split('=')[0]}=" in err and "is not a finite number" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was made

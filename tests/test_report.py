@@ -210,3 +210,11 @@ def test_the_frontier_is_the_upper_envelope_over_seeds_and_schedules(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| 10.0 | 20.0 | 0.2600 | adc | - | 2 |" in text and "| 40.0 | 80.0 | 0.3800 | quant |" in text
     assert (tmp_path / "out" / "accuracy_frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_server_s_federation_summary_is_not_taken_for_a_run(tmp_path):
+    fake_run(tmp_path, "client0")
+    (tmp_path / "server" / "federation").mkdir(parents=True)
+    (tmp_path / "server" / "federation" / "summary.json").write_text(json.dumps({"rounds": 2, "steps": 12, "bytes_up": 5}))
+    assert report([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert len(list(csv.DictReader((tmp_path / "out" / "report.csv").open()))) == 1

@@ -136,12 +136,38 @@ def _precheck(args: list[str]) -> str | None:
     from .train import ConfigError
 
     try:
-        jobs(overrides, check=False)
+        found = jobs(overrides, check=False)
+        if len(found) == 1 and not any(a in ("--multirun", "-m") for a in args):
+            # one run: its values too, before Hydra makes its folder (a sweep checks each job as it runs,
+            # so that one bad job does not stop the others)
+            from hydra import compose, initialize_config_module
+
+            from .train.config import validate
+
+            with initialize_config_module("splitvit.conf", version_base=None):
+                validate(compose("config", overrides=found[0]))
     except ConfigError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - a malformed override: Hydra's parser says where
         return str(e).strip().splitlines()[0]
     return None
+
+
+def _client_needs_a_server(args: list[str]) -> str | None:
+    """``splitvit client`` is one half of a run: without the address of a ``splitvit serve`` it would start
+    a server of its own and run both halves here, which ``splitvit train link=grpc`` is for."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        with initialize_config_module("splitvit.conf", version_base=None):
+            cfg = compose("config", overrides=overrides)
+    except Exception:  # noqa: BLE001 - a sweep (a=1,2): each job checks its own link
+        return None
+    if cfg.link.get("server"):
+        return None
+    return ("splitvit client needs server=HOST:PORT, the address of a running `splitvit serve`; to run both halves "
+            "in this process over gRPC, use splitvit train link=grpc")
 
 
 def _shell_completion(argv: list[str]) -> int:
@@ -189,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("train", "serve", "client"):
         args = rest if command == "train" else ["link=grpc", *map(_link_shorthand, rest)]
         error = _precheck(args)
+        if error is None and command == "client" and not any(a in ("--help", "-h", "--cfg", "-c") for a in args):
+            error = _client_needs_a_server(args)
         if error:
             print(f"splitvit: error: {error}", file=sys.stderr)
             return 2

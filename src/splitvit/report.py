@@ -80,6 +80,8 @@ def find_runs(dirs: list[str]) -> list[dict]:
             raise FileNotFoundError(f"{root} does not exist")
         for summary in sorted(root.rglob("summary.json")):
             run = json.loads(summary.read_text())
+            if "method" not in run or "final_val_acc" not in run:
+                continue  # not a run's summary: a server's federation/summary.json (its rounds and bytes)
             metrics = summary.parent / "metrics.jsonl"
             run["curve"] = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
             run["run_dir"] = str(summary.parent)

@@ -110,3 +110,21 @@ def test_corrupt_download_is_not_kept(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="md5"):
         load_dataset("cifar100", str(root), download=True)
     assert list(root.iterdir()) == []  # no partial archive left behind
+
+
+def test_digits_are_scikit_learn_s_read_without_importing_it():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from splitvit.data.digits import load_digits
+
+    d, s = sklearn_digits(), load_digits()
+    pixels = torch.cat([s.test.images, s.train.images])  # the split's order: test first
+    order = torch.from_numpy(np.random.RandomState(0).permutation(len(d.target)))
+    assert torch.equal(pixels, torch.from_numpy(np.rint(d.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)[order])
+    assert torch.equal(torch.cat([s.test.labels, s.train.labels]), torch.from_numpy(d.target)[order])
+    code = "import sys; from splitvit.data.digits import load_digits; load_digits(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

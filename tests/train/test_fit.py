@@ -24,12 +24,12 @@ def without_wall(rows, drop=CLOCK):
 
 
 def test_adc_on_digits_learns_well_above_chance(tmp_path):
-    cfg = make_cfg(*SMALL, "train.epochs=12", "train.lr=5e-4", "train.batch_size=32")
+    cfg = make_cfg(*SMALL, "train.epochs=6", "train.lr=1e-3", "train.batch_size=32")
     s = fit(cfg, tmp_path)
     rows = read_metrics(tmp_path)
     assert s["final_val_acc"] > 0.35 and s["best_val_acc"] > rows[0]["val_acc"] + 0.2  # chance is 0.1
     assert SUMMARY_KEYS <= set(s) and json.loads((tmp_path / "summary.json").read_text()) == s
-    assert len(rows) == 12 and all(METRIC_KEYS <= set(r) for r in rows)
+    assert len(rows) == 6 and all(METRIC_KEYS <= set(r) for r in rows)
     assert all(0 <= r["val_acc"] <= 1 for r in rows)
     assert [r["bytes_up"] for r in rows] == sorted(r["bytes_up"] for r in rows)
     assert s["compression_measured"] == pytest.approx(0.1, rel=0.1)
@@ -124,10 +124,10 @@ def test_budget_stops_at_the_bytes_of_uncompressed_epochs(tmp_path):
     assert none["steps"] == 12 and none["stopped_by"] == "budget"  # 1438 images, batch 128
     assert none["compression_measured"] == 1.0
     budget = none["bytes_up"] + none["bytes_down"]
-    adc = fit(make_cfg(*SMALL, "train.batch_size=128", "train.budget_epochs=0.5", "train.epochs=50"), tmp_path / "adc")
+    adc = fit(make_cfg(*SMALL, "train.batch_size=128", "train.budget_epochs=0.25", "train.epochs=50"), tmp_path / "adc")
     sent = adc["bytes_up"] + adc["bytes_down"]
-    assert adc["stopped_by"] == "budget" and budget / 2 <= sent < budget / 2 + sent / adc["steps"] + 1
-    assert adc["steps"] > 5 * 6  # ~0.1 of the bytes per step: about ten times the steps
+    assert adc["stopped_by"] == "budget" and budget / 4 <= sent < budget / 4 + sent / adc["steps"] + 1
+    assert adc["steps"] > 5 * 3  # ~0.1 of the bytes per step: about ten times the steps
 
 
 def test_token_mode_evaluation(tmp_path):

@@ -12,10 +12,10 @@ from splitvit.train.common import lr_factor
 
 
 def test_whole_model_learns_and_sends_nothing(tmp_path):
-    s = fit(make_cfg(*SMALL, "split.index=null", "train.epochs=4", "train.lr=1e-3", "train.batch_size=32"), tmp_path)
+    s = fit(make_cfg(*SMALL, "split.index=null", "train.epochs=3", "train.lr=2e-3", "train.batch_size=32"), tmp_path)
     assert s["method"] == "whole" and s["split_index"] is None
     assert s["bytes_up"] == s["bytes_down"] == s["baseline_bytes_up"] == 0 and s["compression_measured"] is None
-    assert s["final_val_acc"] > 0.18  # chance is 0.1: a ViT from scratch on digits starts slowly
+    assert s["final_val_acc"] > 0.17  # chance is 0.1: a ViT from scratch on digits starts slowly
     assert (tmp_path / "checkpoints" / "client.pt").is_file()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import replace
 
 import torch
@@ -116,6 +117,9 @@ def _at_least(key: str, value, low, optional: bool = False) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work."""
     check_keys(cfg)
+    for key, value in leaves(OmegaConf.to_container(cfg, resolve=True)).items():
+        if isinstance(value, float) and not math.isfinite(value) and not key.startswith("hydra."):
+            raise ConfigError(f"{key}={value!r} is not a finite number; give a value (or null where the key takes one)")
     _choice("method", cfg.method.name, METHODS)
     _choice("dataset", cfg.dataset.name, DATASETS)
     _choice("model", cfg.model.name, PRESETS)
