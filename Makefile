@@ -20,7 +20,7 @@ train: $(STAMP)
 	$(BIN)/splitvit train $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_and_select.py

@@ -1,7 +1,15 @@
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several workers, one per core: one thread each, and for
+    os.environ["OMP_NUM_THREADS"] = "1"     # the processes the tests start (the machine's cores are shared out)
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 from hydra import compose, initialize_config_module
 
 # a model small enough that a few epochs on digits take seconds on two CPU cores

@@ -113,3 +113,23 @@ def test_adc_soft_labels_and_options():
         build_method("adc", 5, 17, 8, R=4)
     with pytest.raises(ValueError, match="adc, bottlenet, c3sl"):
         build_method("c3", 5, 17, 8)
+
+
+def test_the_research_code_s_split_and_rounding_are_options():
+    from splitvit.compression import build_method
+    from splitvit.compression.merge import balanced_ratios, budgets
+    from test_codecs import step
+
+    assert balanced_ratios(0.1) == pytest.approx((0.1 ** 0.5, 0.1 ** 0.5))
+    assert balanced_ratios(0.1, "fifth") == pytest.approx((0.1 ** 0.2, 0.1 ** 0.8))
+    # 0.631 * 128 = 80.8: round keeps 81 merged samples, int() 80; int() never merges into fewer than 2
+    assert budgets(128, 17, 0.631, 0.5) == (81, 8) and budgets(128, 17, 0.631, 0.5, "floor") == (80, 8)
+    assert budgets(128, 17, 0.001, 0.1) == (1, 2) and budgets(128, 17, 0.001, 0.1, "floor") == (2, 1)
+    with pytest.raises(ValueError, match="rounding must be one of round, floor"):
+        budgets(8, 17, 0.5, 0.5, "ceil")
+    m = build_method("adc", 10, 17, 16, compression=0.1, split="fifth", rounding="floor")
+    assert (m.batch_ratio, m.token_ratio) == pytest.approx((0.1 ** 0.2, 0.1 ** 0.8))
+    _, got, up, _ = step(m, B=12)  # through the wire, against its own schemas
+    assert got.z.shape[:2] == budgets(12, 17, m.batch_ratio, m.token_ratio, "floor") == (7, 2)
+    with pytest.raises(ValueError, match="method.split must be one of sqrt, fifth"):
+        build_method("adc", 10, 17, 16, split="half")

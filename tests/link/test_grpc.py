@@ -429,3 +429,42 @@ def test_calls_without_the_token_are_refused_before_their_body_and_hold_no_worke
     assert time.perf_counter() - t0 < 5
     release.set()
     link.close()
+
+
+def test_a_failed_connection_says_what_it_most_likely_means(tmp_path):
+    c = certificates(tmp_path)
+    server = LinkServer(lambda hello: None, "127.0.0.1:0", Security(cert=c["server.pem"], key=c["server.key"], token=TOKEN))
+    try:
+        def fails(target, security, **kw):
+            link = GrpcLink(target, security, retries=5, backoff_s=0.01, timeout_s=2, **{"connect_timeout_s": 1, **kw})
+            t0 = time.monotonic()
+            with pytest.raises(LinkError) as e:
+                link.connect("a" * 32, "{}", 10, "")
+            return str(e.value), link.retried, time.monotonic() - t0
+
+        message, *_ = fails("127.0.0.1:9", Security(insecure=True))
+        assert "is `splitvit serve` running at 127.0.0.1:9?" in message
+        message, *_ = fails(server.address, Security(insecure=True, token=TOKEN))
+        assert "speaks plaintext to it: give link.tls.ca" in message
+        # a certificate that does not name the host is not a network blip: no retries, the key named at once
+        message, retried, took = fails(server.address, Security(ca=c["ca.pem"], token=TOKEN, server_name="elsewhere"),
+                                       connect_timeout_s=30)
+        assert "set link.tls.server_name" in message and retried == 0 and took < 10
+    finally:
+        server.stop()
+
+
+def test_a_server_that_offers_impossible_chunks_is_refused(tmp_path):
+    class Session:  # what the handshake reads of a session
+        max_message_bytes, round = 1 << 20, 0
+
+        def lost(self):
+            pass
+
+    for chunk in (0, 16, 1 << 30):
+        server = LinkServer(lambda hello: Session(), "127.0.0.1:0", Security(insecure=True), chunk_bytes=chunk)
+        try:
+            with pytest.raises(LinkError, match=f"offers chunks of {chunk} bytes"):
+                GrpcLink(server.address, Security(insecure=True), retries=0, connect_timeout_s=5).connect("a" * 32, "{}", 10, "")
+        finally:
+            server.stop()

@@ -24,12 +24,12 @@ def without_wall(rows, drop=CLOCK):
 
 
 def test_adc_on_digits_learns_well_above_chance(tmp_path):
-    cfg = make_cfg(*SMALL, "train.epochs=6", "train.lr=1e-3", "train.batch_size=32")
+    cfg = make_cfg(*SMALL, "train.epochs=8", "train.lr=1e-3", "train.batch_size=32")
     s = fit(cfg, tmp_path)
     rows = read_metrics(tmp_path)
     assert s["final_val_acc"] > 0.35 and s["best_val_acc"] > rows[0]["val_acc"] + 0.2  # chance is 0.1
     assert SUMMARY_KEYS <= set(s) and json.loads((tmp_path / "summary.json").read_text()) == s
-    assert len(rows) == 6 and all(METRIC_KEYS <= set(r) for r in rows)
+    assert len(rows) == 8 and all(METRIC_KEYS <= set(r) for r in rows)
     assert all(0 <= r["val_acc"] <= 1 for r in rows)
     assert [r["bytes_up"] for r in rows] == sorted(r["bytes_up"] for r in rows)
     assert s["compression_measured"] == pytest.approx(0.1, rel=0.1)

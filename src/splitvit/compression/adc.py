@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from ..channel import PROTECTED
 from ..wire import Schema, TensorSpec
 from .base import ClientCodec, Encoded, Method, RawServer, Seeded, register_method
-from .merge import FEATURES, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select, select_tokens
+from .merge import (FEATURES, ROUNDINGS, SPLITS, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select,
+                    select_tokens)
 
 __all__ = ["ADC", "ADCClient", "FEATURES", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
 
@@ -25,10 +26,11 @@ class ADCClient(Seeded, ClientCodec):
     def encode(self, h, cls_attn, labels=None) -> Encoded:
         m = self.method
         if labels is None:  # per sample (compressed evaluation): token selection alone, no merging across samples
-            z = select_tokens(h, cls_attn, m.token_ratio)
+            z = select_tokens(h, cls_attn, m.token_ratio, m.rounding)
             return self.encoded({"z": m.to_wire(z)}, z, None)
         # training: samples are merged, so the labels are too
-        z, assignment, _ = merge_and_select(h, cls_attn, m.batch_ratio, m.token_ratio, m.feature, self.draw_on(h.device))
+        z, assignment, _ = merge_and_select(h, cls_attn, m.batch_ratio, m.token_ratio, m.feature, self.draw_on(h.device),
+                                            m.rounding)
         targets = cluster_mean(F.one_hot(labels, m.num_classes).float(), assignment, z.shape[0])
         return self.encoded({"z": m.to_wire(z), "targets": targets}, z, None)
 
@@ -38,7 +40,10 @@ class ADC(Method):
     """ADC: merged activations and merged soft labels up, ``dL/dz`` down.
 
     Give ``compression`` for the balanced split, or ``batch_ratio`` and ``token_ratio`` (either
-    alone leaves the other at 1: batch merging only, or token selection only).
+    alone leaves the other at 1: batch merging only, or token selection only). ``split`` and
+    ``rounding``: the paper's (``sqrt``, ``round``) or the public research code's earlier ones
+    (``fifth``: xi^(1/5) on samples and xi^(4/5) on tokens; ``floor``: ``int()``, at least 2 merged
+    samples), whose results the paper's figures may come from.
     """
 
     name = "adc"
@@ -52,14 +57,21 @@ class ADC(Method):
         batch_ratio: float | None = None,
         token_ratio: float | None = None,
         feature: str = "attention",
+        split: str = "sqrt",
+        rounding: str = "round",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.roles.update(targets=PROTECTED)
+        if split not in SPLITS:
+            raise ValueError(f"method.split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"method.rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        self.split, self.rounding = split, rounding
         if batch_ratio is None and token_ratio is None:
             if compression is None:
                 raise ValueError("ADC needs method.compression, or method.batch_ratio and/or method.token_ratio")
-            batch_ratio, token_ratio = balanced_ratios(compression)
+            batch_ratio, token_ratio = balanced_ratios(compression, split)
         self.batch_ratio = check_ratio("batch_ratio", 1.0 if batch_ratio is None else batch_ratio)
         self.token_ratio = check_ratio("token_ratio", 1.0 if token_ratio is None else token_ratio)
         if feature not in FEATURES:
@@ -71,19 +83,19 @@ class ADC(Method):
 
     def nominal_ratio(self, B: int, N: int, D: int) -> float:
         """The realised ``(T/B)(k/N)`` after rounding, for a batch of ``B`` samples of ``N`` tokens."""
-        T, k = budgets(B, N, self.batch_ratio, self.token_ratio)
+        T, k = budgets(B, N, self.batch_ratio, self.token_ratio, self.rounding)
         return (T / B) * (k / N) * self.value_ratio
 
     def up_schema(self, B: int, N: int, D: int) -> Schema:
         """A training message: ``T`` merged samples of ``k`` tokens, and their soft labels."""
-        T, k = budgets(B, N, self.batch_ratio, self.token_ratio)
+        T, k = budgets(B, N, self.batch_ratio, self.token_ratio, self.rounding)
         return Schema(
             {"z": TensorSpec(self.wire_dtype, ("T", "k", D)), "targets": TensorSpec(torch.float32, ("T", self.num_classes), low=0.0, high=1.0)},
             dims={"T": (1, T), "k": (1, k)},
         )
 
     def activation_schema(self, B: int, N: int, D: int) -> Schema:
-        k = budgets(B, N, 1.0, self.token_ratio)[1]
+        k = budgets(B, N, 1.0, self.token_ratio, self.rounding)[1]
         return Schema({"z": TensorSpec(self.wire_dtype, ("B", k, D))})
 
     def eval_token_ratio(self) -> float:

@@ -22,15 +22,31 @@ def check_ratio(name: str, value: float) -> float:
 FEATURES = ("attention", "cls", "mean")
 
 
-def budgets(B: int, N: int, batch_ratio: float, token_ratio: float) -> tuple[int, int]:
-    """Merged samples ``T = round(batch_ratio * B)`` in ``[1, B]``, kept tokens ``k = round(token_ratio * N)`` in ``[1, N]``."""
+ROUNDINGS = ("round", "floor")
+# how a target xi splits into (samples, tokens): the paper's sqrt(xi) each, or the public research code's
+# split until 2025-09-20 (two days after the paper): xi^(1/5) on samples, xi^(4/5) on tokens
+SPLITS = {"sqrt": (0.5, 0.5), "fifth": (0.2, 0.8)}
+
+
+def budgets(B: int, N: int, batch_ratio: float, token_ratio: float, rounding: str = "round") -> tuple[int, int]:
+    """Merged samples ``T`` in ``[1, B]`` and kept tokens ``k`` in ``[1, N]``: ``round(batch_ratio * B)``
+    and ``round(token_ratio * N)``, or with ``rounding="floor"`` (the research code's ``int()``)
+    ``int(batch_ratio * B)``, at least 2 merged samples, and ``int(token_ratio * N)``."""
+    if rounding == "floor":
+        return min(max(int(batch_ratio * B), 2), B), min(max(int(token_ratio * N), 1), N)
+    if rounding != "round":
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     return min(max(round(batch_ratio * B), 1), B), min(max(round(token_ratio * N), 1), N)
 
 
-def balanced_ratios(compression: float) -> tuple[float, float]:
-    """The paper's balanced split of a target ``xi``: ``sqrt(xi)`` on samples and ``sqrt(xi)`` on tokens."""
-    r = math.sqrt(check_ratio("compression", compression))
-    return r, r
+def balanced_ratios(compression: float, split: str = "sqrt") -> tuple[float, float]:
+    """A target ``xi`` split into (batch ratio, token ratio): the paper's ``sqrt(xi)`` on each (``split="sqrt"``),
+    or ``xi^(1/5)`` on samples and ``xi^(4/5)`` on tokens (``"fifth"``, the research code's earlier split)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    xi = check_ratio("compression", compression)
+    a, b = SPLITS[split]
+    return xi ** a, xi ** b
 
 
 def cluster_mean(x: torch.Tensor, assignment: torch.Tensor, T: int) -> torch.Tensor:
@@ -47,6 +63,7 @@ def merge_and_select(
     token_ratio: float,
     feature: str = "attention",
     generator: torch.Generator | None = None,
+    rounding: str = "round",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ADC's double compression of one batch (docs/architecture.md, "ADC, exactly", steps 2-3).
 
@@ -58,6 +75,7 @@ def merge_and_select(
         feature: what K-means clusters: ``attention`` (the CLS attention row, the paper's best),
             ``cls`` (the CLS token of ``h``) or ``mean`` (the mean token of ``h``).
         generator: seeds K-means++.
+        rounding: ``round`` (the default) or ``floor``: how the budgets are made whole (:func:`budgets`).
 
     Returns:
         z: ``[T, k, D]``, ``z[t]`` = mean of the members' ``h`` at the cluster's kept tokens;
@@ -73,7 +91,7 @@ def merge_and_select(
         raise ValueError(f"cls_attn must be [B, N] = [{B}, {N}] to match h, got {tuple(cls_attn.shape)}")
     if feature not in FEATURES:
         raise ValueError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
-    T, k = budgets(B, N, check_ratio("batch_ratio", batch_ratio), check_ratio("token_ratio", token_ratio))
+    T, k = budgets(B, N, check_ratio("batch_ratio", batch_ratio), check_ratio("token_ratio", token_ratio), rounding)
 
     attn = cls_attn.detach().float()
     if feature == "attention":
@@ -95,7 +113,7 @@ def merge_and_select(
     return cluster_mean(kept, assignment, T), assignment, token_index
 
 
-def select_tokens(h: torch.Tensor, cls_attn: torch.Tensor, token_ratio: float) -> torch.Tensor:
+def select_tokens(h: torch.Tensor, cls_attn: torch.Tensor, token_ratio: float, rounding: str = "round") -> torch.Tensor:
     """Token selection alone, per sample by its own CLS attention: ``[B, N, D] -> [B, k, D]``."""
-    z, _, _ = merge_and_select(h, cls_attn, 1.0, token_ratio)
+    z, _, _ = merge_and_select(h, cls_attn, 1.0, token_ratio, rounding=rounding)
     return z

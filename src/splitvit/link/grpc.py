@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "splitvit/1"
 SERVICE = "splitvit.v1.SplitLearning"
 CHUNK_BYTES = 1 << 20  # 1 MiB pieces: a quarter of gRPC's 4 MiB default, cheap to buffer on both sides
+MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 1 << 12, 1 << 26  # what a client accepts from a server's Welcome
 FRAME_SLACK = 1 << 12  # room for the protobuf field tag and length around one chunk
 GRPC_PREFIX = 5  # bytes gRPC writes before every message: a compressed flag and a 4-byte length
 SESSION_HEADER = "splitvit-session"
@@ -377,6 +378,7 @@ class GrpcLink:
         self.target = target
         self.token = security.token
         self.chunk_bytes = chunk_bytes
+        self.security = security
         self.timeout_s, self.retries, self.backoff_s, self.connect_timeout_s = timeout_s, retries, backoff_s, connect_timeout_s
         self.session_id = ""
         self.max_message_bytes = 0
@@ -398,6 +400,24 @@ class GrpcLink:
             md.append(("authorization", f"Bearer {self.token}"))
         return md
 
+    def _diagnosis(self, details: str) -> tuple[str | None, bool]:
+        """What a failed call's text most likely means for a user, and whether it is worth retrying."""
+        text = details or ""
+        if "Hostname Verification" in text or "No match found for server name" in text:
+            return (f"the server's TLS certificate does not name the host this client reaches it by ({self.target}"
+                    f"{', link.tls.server_name=' + self.security.server_name if self.security.server_name else ''}): set "
+                    "link.tls.server_name to a name the certificate holds (as when reaching a server by its IP "
+                    "address or through a tunnel)"), False
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            return (f"the server's TLS certificate is not signed by link.tls.ca={self.security.ca}: give the CA that "
+                    "signed it"), False
+        if "Connection refused" in text:
+            return f"nothing listens at {self.target}: is `splitvit serve` running at {self.target}?", True
+        if "Socket closed" in text and not self.security.tls:
+            return (f"the server at {self.target} closed the connection; if it serves TLS, this client (link.insecure, "
+                    "no link.tls) speaks plaintext to it: give link.tls.ca"), True
+        return None, True
+
     def _call(self, what: str, fn: Callable[[], object], retry_on=RETRYABLE, deadline: float | None = None):
         attempt = 0
         while True:
@@ -405,11 +425,14 @@ class GrpcLink:
                 return fn()
             except grpc.RpcError as e:
                 code = e.code()
+                hint, transient = self._diagnosis(e.details())
                 out_of_time = deadline is not None and time.monotonic() > deadline
-                if code not in retry_on or (deadline is None and attempt >= self.retries) or out_of_time:
-                    raise LinkError(f"{what} failed ({code.name}) talking to {self.target}: {e.details()}") from None
+                if (code not in retry_on or not transient or (deadline is None and attempt >= self.retries)
+                        or out_of_time):
+                    raise LinkError(f"{what} failed ({code.name}) talking to {self.target}: "
+                                    + (f"{hint} ({e.details()})" if hint else str(e.details()))) from None
                 wait = min(self.backoff_s * 2 ** attempt, 10.0) * (0.5 + random.random())  # jitter: not seeded, never in results
-                log.warning("%s: %s (%s); retrying in %.1f s", what, code.name, e.details(), wait)
+                log.warning("%s: %s; retrying in %.1f s", what, hint or f"{code.name} ({e.details()})", wait)
                 self.retried += 1
                 attempt += 1
                 time.sleep(wait)
@@ -424,6 +447,10 @@ class GrpcLink:
             "handshake", lambda: self._handshake(hello, timeout=self.timeout_s, metadata=self._metadata()),
             retry_on=(*RETRYABLE, grpc.StatusCode.RESOURCE_EXHAUSTED), deadline=time.monotonic() + self.connect_timeout_s,
         )
+        if not MIN_CHUNK_BYTES <= welcome.chunk_bytes <= MAX_CHUNK_BYTES or welcome.max_message_bytes < 0:
+            raise LinkError(f"the server at {self.target} offers chunks of {welcome.chunk_bytes} bytes and messages of at "
+                            f"most {welcome.max_message_bytes}; a splitvit server offers chunks of {MIN_CHUNK_BYTES} to "
+                            f"{MAX_CHUNK_BYTES} bytes (a misconfigured or hostile server): refused")
         self.session_id = welcome.session_id
         self.max_message_bytes = welcome.max_message_bytes
         self.chunk_bytes = min(self.chunk_bytes, welcome.chunk_bytes)

@@ -155,6 +155,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.dataset.name not in ("digits",) and not cfg.dataset.get("root"):
         raise ConfigError(f"dataset.root is required for dataset={cfg.dataset.name}: the folder that holds its files "
                           "(see the README, 'Data')")
+    kb = cfg.link.get("chunk_kb")
+    if kb is not None and (isinstance(kb, bool) or not isinstance(kb, int) or not 4 <= kb <= 65536):
+        raise ConfigError(f"link.chunk_kb={kb!r} must be a whole number of KiB in [4, 65536] (or null: 1024)")
     if cfg.split.index is None and cfg.link.kind != "inprocess":
         raise ConfigError("split.index=null trains the model in one piece, which needs no link; drop link=grpc")
     if cfg.train.get("schedule", "constant") != "constant" and cfg.link.kind != "inprocess":

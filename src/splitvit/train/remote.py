@@ -164,6 +164,11 @@ def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = 
               f"serving one client at a time; each round's state in {run_dir}/federation/" if cfg.clients.num == 1 else
               f"serving {cfg.clients.num} clients ({cfg.clients.scheme}); each round's state in {run_dir}/federation/"),
           flush=True)
+    if not security.tls:
+        print("splitvit serve: warning: without TLS what crosses the link (activations, gradients" +
+              (", the token" if security.token else "") + ") travels in plaintext, and " +
+              ("any peer that reaches this port may hold handshakes open" if not security.token else
+               "anyone on the path can read the token") + ": use this on a network you trust only", flush=True)
     if ready_file is not None:
         tmp = Path(f"{ready_file}.tmp")
         tmp.write_text(server.address)
@@ -231,6 +236,9 @@ def connect(cfg: DictConfig, run_dir: Path, progress, num_classes: int, digest: 
     local = None
     if link_cfg.server:
         target, security = link_cfg.server, security_from(link_cfg)
+        if security.token and not security.tls:
+            log.warning("warning: the token goes to %s in plaintext (link.insecure without link.tls): anyone on the "
+                        "path can read it; use TLS (link.tls.ca) beyond a network you trust", target)
     else:
         local = LocalServer(cfg, run_dir)
         target = local.address
