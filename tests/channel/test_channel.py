@@ -192,6 +192,24 @@ def test_a_malformed_lost_field_is_refused():
             erasures(Header("train", step=0, lost=lost), tensors)
     with pytest.raises(WireError):
         Header("weights", step=0, lost="{}")
+    for lost in ('{"z": [[0, true]]}', '{"z": [[0, 1, 2]]}', '{"z": [0, 1]}'):
+        with pytest.raises(WireError):
+            erasures(Header("train", step=0, lost=lost), tensors)
+
+
+def test_lost_spans_are_read_at_once_and_bounded():
+    import json
+
+    n = 2_000_000
+    spans = [[i, i + 3] for i in range(0, 87_000 * 8, 8)] + [[n - 2, n]]
+    tensors = {"z": torch.zeros(n)}
+    mask = erasures(Header("train", step=0, lost=json.dumps({"z": spans})), tensors)["z"]  # 87,000 spans, vectorised
+    expect = torch.zeros(n, dtype=torch.bool)
+    for a, b in spans[:5] + spans[-2:]:
+        expect[a:b] = True
+    assert int(mask.sum()) == 87_000 * 3 + 2 and torch.equal(mask[:40], expect[:40]) and mask[-2:].all()
+    with pytest.raises(WireError, match="more than"):
+        erasures(Header("train", step=0, lost=json.dumps({"z": [[i, i + 1] for i in range(0, 2 * (1 << 18) + 4, 2)]})), tensors)
 
 
 # -- whole runs -------------------------------------------------------------------------------------------
