@@ -204,3 +204,42 @@ def test_a_setting_that_is_not_a_finite_number_is_refused(arg, capsys, tmp_path)
     err = capsys.readouterr().err
     assert f"{arg.split('=')[0]}=" in err and "is not a finite number" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path):
+    from splitvit.train import ConfigError, fit
+    from splitvit.train.common import held
+    from conftest import make_cfg
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom splitvit.train.common import held\n"
+                               f"with held({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"run_dir {tmp_path} is in use by another splitvit process \\(pid {holder.pid}\\)"):
+            fit(make_cfg(*SMALL, "train.max_steps=1"), tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    with held(tmp_path):  # the hold goes with its process
+        pass
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_resume_of_nothing_is_refused_before_anything_is_made(tmp_path, capsys):
+    assert main(["train", *SMALL, "train.resume=true", f"run_dir={tmp_path / 'nope'}"]) == 2
+    assert "holds no checkpoints/" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+def test_each_client_gets_its_own_default_folder(monkeypatch):
+    import splitvit.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_train", lambda: seen.setdefault("argv", list(sys.argv)))
+    monkeypatch.setattr(cli, "_client_needs_a_server", lambda args: None)
+    assert cli.main(["client", *SMALL, "server=127.0.0.1:9", "clients.num=2", "clients.id=1"]) == 0
+    assert "run_dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-client${clients.id}" in seen["argv"]
+    from conftest import make_cfg
+
+    cfg = make_cfg(*SMALL, "clients.num=2", "clients.id=1", "run_dir=outputs/x-client${clients.id}")
+    assert cfg.run_dir == "outputs/x-client1"

@@ -126,7 +126,7 @@ def _train(cfg: DictConfig) -> float | None:
     return summary["final_val_acc"]  # what a Hydra sweeper optimises
 
 
-def _precheck(args: list[str]) -> str | None:
+def _precheck(args: list[str], command: str = "train") -> str | None:
     """Compose every job's config before Hydra runs anything: an unknown key or group option is refused
     with what to do instead of Hydra's raw message. Values are checked per job, when it runs."""
     overrides = [a for a in args if not a.startswith("-")]
@@ -145,7 +145,11 @@ def _precheck(args: list[str]) -> str | None:
             from .train.config import validate
 
             with initialize_config_module("splitvit.conf", version_base=None):
-                validate(compose("config", overrides=found[0]))
+                cfg = compose("config", overrides=found[0])
+            validate(cfg)
+            if command != "serve" and cfg.train.resume and not (Path(cfg.run_dir) / "checkpoints").is_dir():
+                raise ConfigError(f"train.resume=true but {cfg.run_dir} holds no checkpoints/; pass the run_dir of the "
+                                  "run to resume")
     except ConfigError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - a malformed override: Hydra's parser says where
@@ -214,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         return _shell_completion(argv)
     if command in ("train", "serve", "client"):
         args = rest if command == "train" else ["link=grpc", *map(_link_shorthand, rest)]
-        error = _precheck(args)
+        if command == "client" and not any(a.startswith("run_dir=") for a in args):
+            # clients started at the same second on one machine must not share a folder
+            args.append("run_dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-client${clients.id}")
+        error = _precheck(args, command)
         if error is None and command == "client" and not any(a in ("--help", "-h", "--cfg", "-c") for a in args):
             error = _client_needs_a_server(args)
         if error:

@@ -3,15 +3,22 @@ rate, stop between two steps on Ctrl-C, evaluate, and summarise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
 
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..compression.schedule import CompressionSchedule
@@ -70,6 +77,33 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 def workers(cfg: DictConfig) -> int:
     n = cfg.dataset.get("workers")
     return default_workers() if n is None else n
+
+
+@contextlib.contextmanager
+def held(run_dir: str | Path):
+    """The run directory, made and held by this process while the block runs: a second live process
+    (two ``splitvit client`` runs given the same folder) is refused rather than let the two overwrite
+    each other's run files. The hold is an OS lock on ``<run_dir>/.lock``, gone with the process."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # no POSIX locks here: nothing to hold
+        yield run_dir
+        return
+    with (run_dir / ".lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ConfigError(f"run_dir {run_dir} is in use by another splitvit process ({f.read().strip() or 'pid unknown'}); "
+                              "give this run its own run_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield run_dir
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare(cfg: DictConfig, run_dir: str | Path):

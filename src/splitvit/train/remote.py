@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..link import Exchange
 from ..link.grpc import CHUNK_BYTES, GrpcLink, LinkError, LinkServer, Refused, Security
 from .clients import Clients
+from .common import held
 from .config import ConfigError, config_diff, resolve_device, shared_config, validate
 from .hub import Hub
 from .server import Session, server_digest
@@ -149,8 +150,11 @@ def serve(cfg: DictConfig, run_dir: str | Path, ready_file: str | Path | None = 
     ends, ``link.once``); with ``clients.num > 1``, one run of that many clients (``link.once``: stop
     when they all closed)."""
     validate(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with held(run_dir):
+        _serve(cfg, Path(run_dir), ready_file)
+
+
+def _serve(cfg: DictConfig, run_dir: Path, ready_file: str | Path | None) -> None:
     security = security_from(cfg.link)
     try:
         server = LinkServer(

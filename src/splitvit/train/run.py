@@ -9,15 +9,19 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .clients import Simulation, fit_clients
-from .common import prepare
+from .common import held, prepare
+from .config import validate
 from .whole import fit_whole
 from .remote import RemoteClient
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``."""
-    run_dir, device, shaping, data = prepare(cfg, run_dir)
-    if cfg.split.index is None:
-        return fit_whole(cfg, run_dir, data, device)
-    make = RemoteClient if cfg.link.kind == "grpc" else Simulation
-    return fit_clients(cfg, run_dir, device, shaping, data, make_clients=make)
+    """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``.
+    The config is checked before anything is made; the run directory is this process's while it runs."""
+    validate(cfg)
+    with held(run_dir):
+        run_dir, device, shaping, data = prepare(cfg, run_dir)
+        if cfg.split.index is None:
+            return fit_whole(cfg, run_dir, data, device)
+        make = RemoteClient if cfg.link.kind == "grpc" else Simulation
+        return fit_clients(cfg, run_dir, device, shaping, data, make_clients=make)
