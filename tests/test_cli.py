@@ -48,3 +48,19 @@ def test_usage(tmp_path):
     assert "splitvit train" in splitvit(cwd=tmp_path).stdout
     r = splitvit("fly", cwd=tmp_path)
     assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+def test_the_end_of_run_summary_has_a_line_for_each_instrument(tmp_path):
+    from conftest import make_cfg
+    from splitvit.cli import format_summary
+    from splitvit.train import fit
+
+    s = fit(make_cfg(*SMALL, "train.max_steps=4", "eval.max_batches=1", "channel=awgn", "channel.snr_db=10",
+                     "train.profile=true", "train.inspect=true", "finetune=alast"), tmp_path)
+    text = format_summary(s, tmp_path)
+    assert "channel awgn (measured): SNR up 10." in text and "SNR down" in text
+    assert "profile, client:" in text and "profile, server:" in text and "ms a step" in text
+    assert "ALaST, client: budgets" in text and "ALaST, server: budgets" in text
+    assert "inspection, client: " in text and "clusters mixed" in text
+    plain = fit(make_cfg(*SMALL, "train.max_steps=2", "eval.max_batches=1"), tmp_path / "plain")
+    assert not any(w in format_summary(plain, tmp_path / "plain") for w in ("channel", "profile", "ALaST", "inspection"))

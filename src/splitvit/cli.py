@@ -73,8 +73,41 @@ def format_summary(s: dict, run_dir: Path) -> str:
     if s.get("link_s"):
         lines.insert(-1, f"  modelled link: {s['link_s']:.1f} s on the link, {s['time_s']:.1f} s in all; "
                          f"best accuracy reached at {s['time_to_best_s']:.1f} s")
+    lines[-1:-1] = _feature_lines(s, run_dir)
     lines[-1:-1] = [f"  warning: {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _feature_lines(s: dict, run_dir: Path) -> list[str]:
+    """A line for each of the run's instruments that applies: the channel, the profile, ALaST, inspection
+    (the last two as the last evaluation saw them)."""
+    import json
+
+    out = []
+    if s.get("channel") not in (None, "ideal"):
+        parts = [f"SNR {d} {s[f'channel_snr_db_{d}']:.1f} dB" for d in ("up", "down") if s.get(f"channel_snr_db_{d}") is not None]
+        parts += [f"{s[k]:,} {words}" for k, words in (
+            ("channel_bit_errors", "bit errors"), ("channel_packets", "packets"), ("channel_packets_lost", "lost"),
+            ("channel_bytes_retransmitted", "bytes resent"), ("channel_erased", "values erased"),
+            ("channel_dropped", "dropped"), ("channel_clamped", "clamped")) if s.get(k)]
+        out.append(f"  channel {s['channel']} (measured): {', '.join(parts) or 'nothing happened to the messages'}")
+    for side, prof in (s.get("profile") or {}).items():
+        if isinstance(prof, dict) and prof.get("steps"):
+            ms = prof["ms"]
+            top = sorted(((v, k) for k, v in ms.items() if k != "total" and "/" not in k), reverse=True)[:3]
+            out.append(f"  profile, {side}: {ms['total'] / prof['steps']:.1f} ms a step ("
+                       + ", ".join(f"{k} {v / prof['steps']:.1f}" for v, k in top) + f"), peak {prof.get('peak_mb', 0):.0f} MB")
+    metrics = run_dir / "metrics.jsonl"
+    last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() and metrics.stat().st_size else {}
+    for side, a in (last.get("alast") or {}).items():
+        out.append(f"  ALaST, {side}: budgets {', '.join(f'{b:.2f}' for b in a['budgets'])}; tokens per block "
+                   f"{', '.join(map(str, a['tokens']))}")
+    i = last.get("inspect")
+    if i:
+        for side, x in (i.items() if all(isinstance(v, dict) for v in i.values()) else [("client", i)]):
+            out.append(f"  inspection, {side}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in x.items()
+                                                            if isinstance(v, (int, float))))
+    return out
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
