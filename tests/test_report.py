@@ -218,3 +218,29 @@ def test_a_server_s_federation_summary_is_not_taken_for_a_run(tmp_path):
     (tmp_path / "server" / "federation" / "summary.json").write_text(json.dumps({"rounds": 2, "steps": 12, "bytes_up": 5}))
     assert report([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert len(list(csv.DictReader((tmp_path / "out" / "report.csv").open()))) == 1
+
+
+def test_every_subcommand_takes_key_value_and_its_help_says_so(tmp_path, capsys):
+    fake_run(tmp_path, "a")
+    assert report([str(tmp_path), f"out={tmp_path / 'kv'}"]) == 0 and (tmp_path / "kv" / "report.md").is_file()
+    with pytest.raises(SystemExit):
+        report(["--help"])
+    text = capsys.readouterr().out
+    assert "out=OUT" in text and "energy.device=DEVICE" in text and "``" not in text and ":data:" not in text
+    from splitvit.plan import main as plan
+
+    assert plan(["--multirun", *SMALL, "method.compression=0.1,0.2"]) == 0  # as given to train: accepted
+    assert "2 jobs" in capsys.readouterr().out
+
+
+def test_keys_that_change_nothing_computed_do_not_split_settings_and_those_that_do_are_lines(tmp_path):
+    from splitvit.report import aggregate, find_runs, variants
+
+    fake_run(tmp_path, "a", **{"method.compression": 0.1, "train.profile": "true"})
+    fake_run(tmp_path, "b", seed=1, **{"method.compression": 0.1})
+    fake_run(tmp_path, "c", **{"method.compression": 0.2, "train.max_steps": 5})
+    fake_run(tmp_path, "d", **{"method.compression": 0.1, "train.max_steps": 5})
+    rows = aggregate(find_runs([str(tmp_path)]))
+    assert sorted(r["runs_n"] for r in rows) == [1, 1, 2]  # train.profile split nothing
+    lines = variants(rows)
+    assert {lines[id(r)] for r in rows} == {"train.max_steps=5", ""}  # two lines: 5 steps, and the cap unset

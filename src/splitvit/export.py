@@ -15,7 +15,6 @@ the final accuracy and the source run's config hash.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .argv import KeyValueParser, plain
 from . import __version__
 
 
@@ -170,7 +170,7 @@ def export(client_path: Path, out: Path, server_path: Path | None = None) -> dic
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="splitvit export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = KeyValueParser(prog="splitvit export", description=plain(__doc__))
     ap.add_argument("run_dir", nargs="?", type=Path, help="the run directory (its checkpoints/clients.pt is read)")
     ap.add_argument("--client", type=Path, help="the clients' checkpoint, instead of RUN_DIR")
     ap.add_argument("--server", type=Path, help="a run over gRPC: the server's round-<steps>.pt, or its federation "

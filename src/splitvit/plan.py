@@ -8,6 +8,7 @@ and checks every job's config so that a sweep with an impossible setting is caug
 from __future__ import annotations
 
 import argparse
+
 import copy
 import itertools
 import sys
@@ -18,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .argv import KeyValueParser, plain
 from .train.config import ConfigError, check_keys, validate
 
 
@@ -161,9 +163,10 @@ def composition_error(e: Exception, job: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="splitvit plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = KeyValueParser(prog="splitvit plan", description=plain(__doc__))
     ap.add_argument("overrides", nargs="*", help="as for splitvit train --multirun, e.g. +experiment=paper/main_adc seed=0")
     ap.add_argument("--all", action="store_true", help="list every shipped experiment and its number of jobs")
+    ap.add_argument("--multirun", "-m", action="store_true", help=argparse.SUPPRESS)  # as given to train: a plan is one
     args = ap.parse_args(argv)
     try:
         if args.all or not args.overrides:

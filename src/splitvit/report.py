@@ -6,7 +6,7 @@ folder of single runs, or both). Two runs are the same experiment when every key
 (:data:`IGNORED`); such runs are one row, with the mean and spread over their seeds. Where the paper
 reports the same setting (``reference/paper_2509.15058.csv``: method, model, dataset, compression,
 accuracy), its accuracy is shown beside ours, in the table and the figure; runs on another model or
-dataset get the paper's curves in a panel of their own, on the same axes.
+dataset are shown alone.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from .argv import KeyValueParser, plain
 from .config_keys import leaves, load_run_config
 
 PAPER_CSV = Path(__file__).parent / "reference" / "paper_2509.15058.csv"
-PAPER_SETTING = ("deit_tiny_patch16_224", "cifar100")  # the paper's panel when our runs are on something else
 
 # keys that cannot change what a run computes: where it is, how it shows progress, where its data lie
-IGNORED = ("seed", "run_dir", "train.progress", "train.resume", "train.checkpoint", "eval.also", "dataset.root",
-           "dataset.download", "dataset.workers", "link.token_file", "link.tls", "link.server", "link.listen",
-           "link.insecure", "link.once")
+IGNORED = ("seed", "run_dir", "train.progress", "train.resume", "train.checkpoint", "train.profile", "train.inspect",
+           "eval.also", "dataset.root", "dataset.download", "dataset.workers", "logger", "link.token_file", "link.tls",
+           "link.server", "link.listen", "link.insecure", "link.once", "link.chunk_kb", "link.timeout_s", "link.retries",
+           "link.connect_timeout_s", "link.idle_timeout_s")
 # the knobs that place a run along the compression axis, not on a line of its own
 RATIO_KNOBS = {"method.compression", "method.R", "method.bits", "method.q", "method.rank"}
 
@@ -272,8 +273,10 @@ def variants(rows: list[dict]) -> dict[int, str]:
     varying: dict[str, set[str]] = {}
     for method in {r["method"] for r in rows}:
         keys = [dict(r["key"]) for r in rows if r["method"] == method]
-        varying[method] = {k for k in set().union(*keys) if k.startswith("method.") and k != "method.name"
-                           and k not in RATIO_KNOBS and len({str(kk.get(k)) for kk in keys}) > 1}
+        # any key but the one that sets the compression: a method's other options, and the run's own keys
+        # (train.max_steps, a codec): settings that differ in them are lines of their own, never joined
+        varying[method] = {k for k in set().union(*keys) if k != "method.name" and k not in RATIO_KNOBS
+                           and not k.startswith("compression_schedule.") and len({str(kk.get(k)) for kk in keys}) > 1}
     return {id(r): " ".join(f"{k.removeprefix('method.')}={v}" for k, v in r["key"]
                             if k in varying[r["method"]] and v != "None") for r in rows}
 
@@ -321,16 +324,19 @@ def _title(rows: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def _log_axis(ax, values: list[float]) -> None:
+def _log_axis(ax, values: list[float], axis: str = "x") -> None:
     """A log axis with plain, non-overlapping labels at 1-2-5 steps."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     lo, hi = min(values), max(values)
-    ticks = [m * 10.0 ** e for e in range(-4, 4) for m in (1, 2, 5) if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ticks = [m * 10.0 ** e for e in range(-4, 5) for m in (1, 2, 5) if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
+    if len(ticks) < 2:  # a narrow range between two 1-2-5 steps: its ends, to 2 significant digits
+        ticks = sorted({float(f"{v:.2g}") for v in (lo, (lo * hi) ** 0.5, hi)})
+    getattr(ax, f"set_{axis}scale")("log")
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    a.set_major_locator(FixedLocator(ticks))
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.set_minor_formatter(NullFormatter())
 
 
 def _legend_outside(fig, ax) -> None:
@@ -354,15 +360,12 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
         lines[(r["method"], variant[id(r)])].append(r)
 
     # the paper's main figure: final accuracy against measured compression, one line per method variant;
-    # the paper's values beside ours: on the same axes where it reports our model and dataset, else a panel
+    # the paper's values on the same axes where it reports our model and dataset (nowhere else)
     reference = paper_reference() if reference is None else reference
     shown = {(r["model"], r["dataset"]) for r in rows}
     same = [p for p in reference if (p["model"], p["dataset"]) in shown]
-    other = [] if same else [p for p in reference if (p["model"], p["dataset"]) == PAPER_SETTING]
-    panels = 2 if other else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7.5 + 3.5 * (panels - 1), 4.6), sharey=False, squeeze=False)
-    ax = axes[0][0]
-    xs = [r["measured"] for r in rows] + [p["compression"] for p in same + other]
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    xs = [r["measured"] for r in rows] + [p["compression"] for p in same]
     for (method, name), rs in sorted(lines.items()):
         rs = sorted(rs, key=lambda r: r["measured"])
         st = styles[(method, name)]
@@ -372,42 +375,23 @@ def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> l
             continue
         ax.errorbar([r["measured"] for r in rs], [r["final_acc"] for r in rs], yerr=[r["final_acc_sd"] for r in rs],
                     color=st["color"], marker=st["marker"], ls=st["ls"], capsize=3, ms=5, label=label)
-
-    def draw_paper(target, points, prefix):
-        by: dict[str, list[dict]] = defaultdict(list)
-        for p in points:
-            by[p["method"]].append(p)
-        for method, ps in sorted(by.items()):
-            ps = sorted(ps, key=lambda p: p["compression"])
-            color = METHOD_COLORS.get(method, "k")
-            if method == "none":
-                target.axhline(ps[0]["accuracy"], color=color, ls=":", lw=1, label=f"{prefix}base")
-                continue
-            target.plot([p["compression"] for p in ps], [p["accuracy"] for p in ps], ls=":", marker="o", mfc="none",
-                        color=color, label=f"{prefix}{method}")
-
-    draw_paper(ax, same, "paper: ")
+    by: dict[str, list[dict]] = defaultdict(list)
+    for p in same:
+        by[p["method"]].append(p)
+    for method, ps in sorted(by.items()):
+        ps = sorted(ps, key=lambda p: p["compression"])
+        color = METHOD_COLORS.get(method, "k")
+        if method == "none":
+            ax.axhline(ps[0]["accuracy"], color=color, ls=":", lw=1, label="paper: base")
+            continue
+        ax.plot([p["compression"] for p in ps], [p["accuracy"] for p in ps], ls=":", marker="o", mfc="none",
+                color=color, label=f"paper: {method}")
     _log_axis(ax, xs)
     ax.set_xlabel("compression, measured on the wire (bytes sent / uncompressed)")
     ax.set_ylabel("final test accuracy")
     ax.grid(True, alpha=0.3)
-    if other:
-        fig.suptitle(title, fontsize=9)
-        ax.set_title("these runs", fontsize=9)
-    else:
-        ax.set_title(title, fontsize=9)
-    if other:
-        pax = axes[0][1]
-        draw_paper(pax, other, "")
-        _log_axis(pax, xs)
-        pax.set_xlabel("compression")
-        pax.set_title("the paper: ImageNet DeiT-Tiny on CIFAR-100, 10 epochs of bytes", fontsize=9)
-        pax.grid(True, alpha=0.3)
-        _legend_outside(fig, pax)
-        handles, labels = ax.get_legend_handles_labels()  # below the axes: no point hidden under it
-        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, frameon=False)
-    else:
-        _legend_outside(fig, ax)
+    ax.set_title(title, fontsize=9)
+    _legend_outside(fig, ax)
     fig.tight_layout()
     written.append(out / "accuracy_vs_compression.png")
     fig.savefig(written[-1], dpi=130, bbox_inches="tight")
@@ -589,32 +573,33 @@ def frontier_plot(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="splitvit report", description=__doc__)
+    ap = KeyValueParser(prog="splitvit report", description=plain(__doc__))
     ap.add_argument("dirs", nargs="+", help="run or sweep directories")
     ap.add_argument("--out", default=None, help="where report.md, report.csv and the plots go (default: the first DIR)")
-    ap.epilog = ("energy keys may also be given as energy.device=NAME energy.radio=wifi,lte energy.mbps=10; "
-                 "energy.device=custom energy.watts=W energy.gflops=G (or energy.joules_per_flop=J); "
-                 "energy.radio=custom energy.alpha_up=A energy.alpha_down=A energy.beta=B (mW per Mbit/s, mW)")
-    ap.add_argument("--energy", default=None, metavar="DEVICE",
+    ap.epilog = ("a device of your own: energy.device=custom energy.watts=W energy.gflops=G (or energy.joules_per_flop=J); "
+                 "a radio of your own: energy.radio=custom energy.alpha_up=A energy.alpha_down=A energy.beta=B (mW per "
+                 "Mbit/s, mW)")
+    ap.add_argument("--energy.device", dest="energy", default=None, metavar="DEVICE",
                     help="also energy.md/energy.png: the client's energy per step, run and accuracy point on DEVICE "
-                         "(jetson_nano_10w, jetson_nano_5w, jetson_orin_nano_7w, jetson_orin_nano_15w, raspberry_pi_4, this_machine)")
-    ap.add_argument("--radio", default="wifi,lte", help="radio power models for --energy (default: wifi,lte)")
-    ap.add_argument("--mbps", type=float, default=None,
-                    help="link rate for --energy, Mbit/s both ways (default: the runs' link.bandwidth_mbps, else 10)")
+                         "(jetson_nano_10w, jetson_nano_5w, jetson_orin_nano_7w, jetson_orin_nano_15w, raspberry_pi_4, "
+                         "this_machine, custom)")
+    ap.add_argument("--energy.radio", dest="radio", default="wifi,lte", metavar="RADIOS",
+                    help="radio power models, comma-separated (default: wifi,lte; custom)")
+    ap.add_argument("--energy.mbps", dest="mbps", type=float, default=None, metavar="MBPS",
+                    help="link rate, Mbit/s both ways (default: the runs' link.bandwidth_mbps, else 10)")
+    for old, dest in (("--energy", "energy"), ("--radio", "radio"), ("--mbps", "mbps")):  # the earlier spellings
+        ap.add_argument(old, dest=dest, type=float if dest == "mbps" else str, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
-    energy_keys = {a.split("=", 1)[0].removeprefix("energy."): a.split("=", 1)[1] for a in argv if a.startswith("energy.") and "=" in a}
-    args = ap.parse_args([a for a in argv if not (a.startswith("energy.") and "=" in a)])
-    unknown = set(energy_keys) - ENERGY_KEYS
+    custom = {"energy." + k for k in ENERGY_KEYS - {"device", "radio", "mbps"}}
+    energy_keys = {a.split("=", 1)[0].removeprefix("energy."): a.split("=", 1)[1] for a in argv
+                   if a.startswith("energy.") and "=" in a and a.split("=", 1)[0] not in ("energy.device", "energy.radio", "energy.mbps")}
+    unknown = {f"energy.{k}" for k in energy_keys} - custom
     if unknown:
-        print(f"splitvit report: error: unknown key energy.{sorted(unknown)[0]}; the energy keys: "
+        print(f"splitvit report: error: unknown key {sorted(unknown)[0]}; the energy keys: "
               + ", ".join(f"energy.{k}" for k in sorted(ENERGY_KEYS)), file=sys.stderr)
         return 2
-    if "device" in energy_keys:
-        args.energy = energy_keys.pop("device")
-    if "radio" in energy_keys:
-        args.radio = energy_keys.pop("radio").strip("[]")
-    if "mbps" in energy_keys:
-        args.mbps = float(energy_keys.pop("mbps"))
+    args = ap.parse_args([a for a in argv if not (a.startswith("energy.") and a.split("=", 1)[0] in custom)])
+    args.radio = args.radio.strip("[]")
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as e:
@@ -685,9 +670,10 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
     axes[0].set_ylabel(f"client J per step ({first}, {mbps:g} Mbit/s)")
     axes[1].set_ylabel(f"client J per accuracy point over the run ({first})")
     for ax in axes[:2]:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axis(ax, [e["measured"] for e in erows])
         ax.set_xlabel("compression measured (bytes / uncompressed bytes)")
+    _log_axis(axes[0], [e[first]["step_j"] for e in erows], "y")
+    _log_axis(axes[1], [e[first]["per_point_j"] for e in erows], "y")
     # the crossover question: energy per step against the link rate, for each method's most compressed setting
     rates = [10 ** (i / 10) for i in range(0, 31)]  # 1 to 1000 Mbit/s
     for i, (name, r) in enumerate(radios.items()):
@@ -696,11 +682,12 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
             axes[2].plot(rates, [e["compute_j"] + r.joules(e["up"], e["down"], x, x) for x in rates],
                          ls=("-", "--", ":")[i % 3], color=f"C{methods.index(method)}",
                          label=f"{method} {e['measured']:.2g} ({name})" if i == 0 or len(methods) < 4 else None)
-    axes[2].set_xscale("log")
-    axes[2].set_yscale("log")
+    _log_axis(axes[2], rates)
+    _log_axis(axes[2], [y for line in axes[2].get_lines() for y in line.get_ydata()], "y")
     axes[2].set_xlabel("link rate, both ways (Mbit/s)")
     axes[2].set_ylabel("client J per step: compute + radio")
-    axes[2].set_title(" / ".join(f"{n}: {('-', '--', ':')[i % 3]}" for i, n in enumerate(radios)), fontsize=8)
+    axes[2].set_title("line style: " + ", ".join(f"{n} {('solid', 'dashed', 'dotted')[i % 3]}" for i, n in enumerate(radios)),
+                      fontsize=8)
     axes[0].set_title(f"{device_name}: {dev.joules_per_flop * 1e12:.0f} pJ/FLOP", fontsize=8)
     axes[1].legend(fontsize=7)
     axes[2].legend(fontsize=6)

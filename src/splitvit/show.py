@@ -14,7 +14,6 @@ It also prints the batch's cluster purity (the label entropy inside clusters, th
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from .argv import KeyValueParser, plain
 from .compression.merge import balanced_ratios, merge_and_select
 from .export import ExportError, checkpoint_of, joined_state
 from .train.inspect import entropy_bits
@@ -155,7 +155,7 @@ def show(run_dir: Path, out: Path | None = None, server: Path | None = None, bat
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="splitvit show", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = KeyValueParser(prog="splitvit show", description=plain(__doc__))
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="where the pictures go (default: RUN_DIR)")
     ap.add_argument("--server", type=Path, default=None, help="the server half's checkpoint (a run trained over gRPC)")
