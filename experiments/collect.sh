@@ -14,4 +14,4 @@ if [ "$(realpath "$src")" != "$(realpath "$dst/runs")" ]; then
     if [ -f "$d/splitvit.log" ]; then cp "$d/splitvit.log" "$dst/runs/$rel/"; fi
   done
 fi
-"${SPLITVIT:-splitvit}" report "$dst/runs" --out "$dst"
+"${SPLITVIT:-splitvit}" report "$dst/runs" out="$dst"

@@ -76,9 +76,12 @@ def test_one_bad_job_does_not_stop_the_sweep(tmp_path):
     r = run("train", "--multirun", *SMALL, "train.max_steps=1", "method.compression=0.1,2,0.2",
             f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert r.returncode == 1
-    assert (tmp_path / "s" / "0" / "summary.json").is_file() and (tmp_path / "s" / "2" / "summary.json").is_file()
-    assert "must be in (0, 1]" in (tmp_path / "s" / "1" / "FAILED").read_text()
-    assert "1 job(s) of the sweep failed" in r.stderr and str(tmp_path / "s" / "1") in r.stderr
+    # each job's folder is named by its number and what the sweep varies in it
+    jobs = {p.name: p for p in (tmp_path / "s").iterdir() if p.is_dir()}
+    assert sorted(jobs) == ["0_method.compression=0.1", "1_method.compression=2", "2_method.compression=0.2"]
+    assert (jobs["0_method.compression=0.1"] / "summary.json").is_file() and (jobs["2_method.compression=0.2"] / "summary.json").is_file()
+    assert "must be in (0, 1]" in (jobs["1_method.compression=2"] / "FAILED").read_text()
+    assert "1 job(s) of the sweep failed" in r.stderr and str(jobs["1_method.compression=2"]) in r.stderr
 
 
 def test_unreachable_target_is_warned_in_the_log_and_the_summary(tmp_path):

@@ -38,7 +38,7 @@ def test_multirun_sweep_then_report_from_the_command_line(tmp_path):
            "method=adc,none", f"hydra.sweep.dir={sweep}"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert (sweep / "0" / "summary.json").exists() and (sweep / "1" / "summary.json").exists()
+    assert (sweep / "0_method=adc" / "summary.json").exists() and (sweep / "1_method=none" / "summary.json").exists()
     r = subprocess.run([sys.executable, "-m", "splitvit.cli", "report", str(sweep)], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0 and "| none |" in r.stdout
 

@@ -8,9 +8,34 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 FAILED: list[tuple[Path, str]] = []  # the jobs of a sweep that failed, with why
+
+
+def job_dir(num, overrides: str = "") -> str:
+    """A sweep job's folder: its number, then its settings (``0_method.compression=0.1,seed=0``), without
+    the ones that name a path, and short enough for any file system."""
+    kept = [o for o in str(overrides or "").split(",") if o and "/" not in o and "\\" not in o]
+    name = f"{num}_{','.join(kept)}" if kept else str(num)
+    return name if len(name) <= 120 else name[:117] + "..."
+
+
+OmegaConf.register_new_resolver("splitvit_job_dir", job_dir, replace=True)
+
+
+def _name_jobs_by_their_sweep(args: list[str]) -> str:
+    """The override that leaves out of each job's folder name the keys every job of the sweep shares."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed = {"run_dir", "dataset.root", "model.checkpoint", "hydra.sweep.dir", "+experiment", "experiment"}
+    try:
+        for o in OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")]):
+            if not o.is_sweep_override():
+                fixed |= {o.key_or_group, o.get_key_element()}
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra says so when it parses them
+        pass
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(fixed))}]"
 
 USAGE = """usage: splitvit <command> [key=value ...]
 
@@ -29,11 +54,11 @@ commands:
   plan     list the jobs of a sweep without running them; splitvit plan --all lists the paper's experiments
            splitvit plan +experiment=paper/main_adc
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
-           splitvit report multirun/2026-01-01/12-00-00 [--out DIR]
+           splitvit report multirun/2026-01-01/12-00-00 [out=DIR] [energy.device=jetson_nano_10w]
   export   join a run's client and server halves into one timm-layout .safetensors (model.checkpoint= loads it)
-           splitvit export RUN_DIR [--out model.safetensors] [--server federation/round-000001234.pt]
+           splitvit export RUN_DIR [out=model.safetensors] [server=federation/round-000001234.pt]
   show     what ADC does to a batch (the paper's figure 8): clusters with their kept patches, CLS attention by layer
-           splitvit show RUN_DIR [--out DIR] [--clusters 4]
+           splitvit show RUN_DIR [out=DIR] [clusters=4]
 """
 
 
@@ -260,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         if error:
             print(f"splitvit: error: {error}", file=sys.stderr)
             return 2
+        if any(a in ("--multirun", "-m") for a in args):
+            args = [*args, _name_jobs_by_their_sweep(args)]
         sys.argv = [f"splitvit {command}", *args]
         FAILED.clear()
         _serve() if command == "serve" else _train()
