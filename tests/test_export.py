@@ -117,3 +117,19 @@ def test_mismatched_and_corrupt_checkpoints_get_clear_errors(split_run, tmp_path
     export(split_run / "checkpoints" / "clients.pt", tmp_path / "m.safetensors")
     with pytest.raises(ConfigError, match="does not fit"):
         fit(make_cfg(*SMALL, "model.embed_dim=32", f"model.checkpoint={tmp_path / 'm.safetensors'}", "train.max_steps=1"), tmp_path / "r2")
+
+
+def test_eval_measures_a_run_or_its_model_file_as_the_run_did(tmp_path, capsys):
+    from splitvit.cli import main
+
+    s = fit(make_cfg(*SMALL, "train.max_steps=6", "clients.num=2", "clients.scheme=splitfed_v2"), tmp_path / "run")
+    assert main(["eval", str(tmp_path / "run"), f"out={tmp_path / 'e.json'}"]) == 0
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["val_acc"] == s["final_val_acc"] and got["val_loss"] == pytest.approx(s["final_val_loss"], rel=1e-6)
+    assert main(["export", str(tmp_path / "run"), f"out={tmp_path / 'm.safetensors'}"]) == 0
+    assert main(["eval", str(tmp_path / "m.safetensors"), "eval.max_batches=1", "eval.batch_size=64"]) == 0
+    assert "64 test images" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "neither a run directory nor a .safetensors file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "run"), "dataset.classes=0:5"]) == 2
+    assert "the model has 10 classes" in capsys.readouterr().err

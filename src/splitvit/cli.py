@@ -55,6 +55,8 @@ commands:
            splitvit plan +experiment=paper/main_adc
   report   compare runs: a table (Markdown, CSV) and plots of accuracy against compression
            splitvit report multirun/2026-01-01/12-00-00 [out=DIR] [energy.device=jetson_nano_10w]
+  eval     a trained model's test accuracy, without training: a run directory or a .safetensors file
+           splitvit eval RUN_DIR [dataset.root=/data] [eval.max_batches=4] [out=result.json]
   export   join a run's client and server halves into one timm-layout .safetensors (model.checkpoint= loads it)
            splitvit export RUN_DIR [out=model.safetensors] [server=federation/round-000001234.pt]
   show     what ADC does to a batch (the paper's figure 8): clusters with their kept patches, CLS attention by layer
@@ -304,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report
 
         return report(rest)
+    if command == "eval":
+        from .evaluate import main as evaluate
+
+        return evaluate(rest)
     if command == "export":
         from .export import main as export
 
