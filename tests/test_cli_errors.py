@@ -119,18 +119,39 @@ def test_resume_hint_only_when_a_checkpoint_exists(tmp_path):
     assert r.returncode == 3 and "train.resume=true" not in r.stderr
 
 
-def test_a_truncated_checkpoint_names_the_file(tmp_path):
-    assert run("train", *SMALL, "train.max_steps=2", f"run_dir={tmp_path}", cwd=tmp_path).returncode == 0
-    ckpt = tmp_path / "checkpoints" / "clients.pt"
-    ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    r = run("train", *SMALL, "train.max_steps=4", "train.resume=true", f"run_dir={tmp_path}", cwd=tmp_path)
-    assert r.returncode == 2 and str(ckpt) in r.stderr and "truncated" in r.stderr and "Traceback" not in r.stderr
-    ckpt.write_bytes(b"PK\x03\x04 not a zip")
-    from splitvit.train.checkpoint import load_checkpoint_file
-    from splitvit.train import ConfigError
+def test_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, capsys):
+    from conftest import make_cfg
+    from splitvit.train import ConfigError, fit
+    from splitvit.train.checkpoint import atomic_save, checksum_file, load_checkpoint_file
 
+    fit(make_cfg(*SMALL, "train.max_steps=2"), tmp_path)
+    ckpt = tmp_path / "checkpoints" / "clients.pt"
+    good = ckpt.read_bytes()
+    rot = bytearray(good)
+    rot[len(rot) // 2] ^= 1  # one bit, which torch might well load without a word
+    ckpt.write_bytes(bytes(rot))
+    with pytest.raises(SystemExit) as e:  # what the command says
+        main(["train", *SMALL, "train.max_steps=4", "train.resume=true", f"run_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and str(ckpt) in err and "does not match its checksum" in err and "Traceback" not in err
+    assert "keeps no checkpoint before it: start the run again in a new run_dir" in err  # the advice is what works
+    ckpt.write_bytes(good[:1000])
     with pytest.raises(ConfigError, match="truncated"):
         load_checkpoint_file(ckpt)
+    checksum_file(ckpt).unlink()  # a checkpoint from before checksums: read as it is
+    with pytest.raises(ConfigError, match="cannot be read .* damaged or truncated"):
+        load_checkpoint_file(ckpt)
+    # a server's round: the advice is to fall back on the round before, which the server keeps
+    rnd = tmp_path / "federation" / "round-000000002.pt"
+    atomic_save({"a": torch.zeros(3)}, rnd)
+    first = rnd.read_bytes()
+    atomic_save({"a": torch.ones(3)}, rnd)
+    assert len(checksum_file(rnd).read_text().split()) == 2
+    rnd.write_bytes(first)  # a crash between the two renames: the old file with the new checksum list
+    assert torch.equal(load_checkpoint_file(rnd)["a"], torch.zeros(3))
+    rnd.write_bytes(first[:-10])
+    with pytest.raises(ConfigError, match="the server resumes from the round it saved before it"):
+        load_checkpoint_file(rnd)
 
 
 def test_shell_completion_installs_for_splitvit_and_completes_after_the_subcommand(tmp_path):

@@ -31,16 +31,15 @@ class ExportError(ValueError):
 
 
 def _load(path: Path, what: str) -> dict:
+    from .train.checkpoint import load_checkpoint_file
+    from .train.config import ConfigError
+
     if not path.is_file():
         raise ExportError(f"{what} checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated zip, a pickle that is not weights: the file is unusable either way
-        raise ExportError(f"{path} is not a readable {what} checkpoint ({type(e).__name__}: {e}); "
-                          "it may be truncated: use the run's previous checkpoint or train again") from None
-    if not isinstance(state, dict):
-        raise ExportError(f"{path} is not a splitvit {what} checkpoint")
-    return state
+        return load_checkpoint_file(path)  # checked against its checksum, where it has one
+    except ConfigError as e:
+        raise ExportError(f"{what} {e}") from None
 
 
 def checkpoint_of(run_dir: Path) -> Path:

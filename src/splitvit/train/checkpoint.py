@@ -5,6 +5,8 @@ its own disk. A model trained in one piece saves ``client.pt`` (:func:`save_clie
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -18,31 +20,70 @@ from .mods import find
 from .state import CAPS, Progress
 
 
-def atomic_save(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` so that a crash or a power loss leaves the old file or the new one, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
-    fd = os.open(path.parent, os.O_RDONLY)
+def checksum_file(path: Path) -> Path:
+    """Where a checkpoint's SHA-256 is kept: beside it, ``<name>.sha256``."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)  # and the rename itself survives a power loss
+        os.fsync(fd)  # a rename survives a power loss
     finally:
         os.close(fd)
 
 
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    os.replace(tmp, path)  # atomic: a crash leaves the previous file whole
+
+
+def atomic_save(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` so that a crash or a power loss leaves the old file or the new one, whole,
+    with its SHA-256 beside it (:func:`checksum_file`), which every load checks: bytes that change on disk
+    afterwards (bit rot, a partial copy) are caught. The checksum file is replaced first and lists the new
+    digest and the one before, so that a crash between the two renames leaves a pair that still agrees."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    sums = checksum_file(path)
+    before = sums.read_text().split()[:1] if sums.is_file() and path.is_file() else []
+    _write(sums, ("\n".join([hashlib.sha256(data).hexdigest(), *before]) + "\n").encode())
+    _write(path, data)
+    _fsync_dir(path.parent)
+
+
+def _advice(path: Path) -> str:
+    if path.name.startswith("round-"):  # a server's round: it keeps the one before too
+        return "Delete it (and its .sha256): the server resumes from the round it saved before it"
+    return ("This run keeps no checkpoint before it: start the run again in a new run_dir, or restore the file "
+            "from a copy")
+
+
 def load_checkpoint_file(path: Path, map_location="cpu") -> dict:
-    """``torch.load`` of a checkpoint, with an error that names the file and what to do when it is damaged."""
+    """A checkpoint, checked against its SHA-256 where it has one, with an error that names the file and
+    what to do when it is damaged."""
+    path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"checkpoint {path} cannot be read ({e})") from None
+    sums = checksum_file(path)
+    if sums.is_file() and hashlib.sha256(data).hexdigest() not in sums.read_text().split():
+        raise ConfigError(f"checkpoint {path} does not match its checksum ({sums.name}): its bytes changed on disk "
+                          f"(bit rot, a truncated or partial copy). {_advice(path)}")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated zip, a foreign pickle: the file is unusable either way
         raise ConfigError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:120]}); it is damaged or truncated. "
-            "Delete it to resume from the checkpoint before it (the server keeps two), or start the run again"
+            f"{_advice(path)}"
         ) from None
     if not isinstance(state, dict):
         raise ConfigError(f"{path} is not a splitvit checkpoint")

@@ -23,7 +23,7 @@ from ..profiling import Profiler
 from .alast import build_alast
 from .baseline import epoch_bytes
 from .build import build_halves, make_optimizer
-from .checkpoint import atomic_save, load_checkpoint_file
+from .checkpoint import atomic_save, checksum_file, load_checkpoint_file
 from .client import SplitClient
 from .federation import Coordinator, Federation, caps_reached, half_state, spent
 from .mods import ProfileStep, find
@@ -219,6 +219,7 @@ class Hub:
         atomic_save(self.state_dict(), self.state_dir / f"round-{p.step:09d}.pt")
         for old in self._saved()[:-KEEP_ROUNDS]:
             old.unlink()
+            checksum_file(old).unlink(missing_ok=True)
         (self.state_dir / "summary.json").write_text(json.dumps({
             "rounds": p.round, "steps": p.step, "samples": p.samples, "stopped_by": reason,
             "bytes_up": p.bytes_up, "bytes_down": p.bytes_down,
