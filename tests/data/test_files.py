@@ -180,3 +180,14 @@ def test_deit_at_224_with_augmentation_on_cifar100_files(tmp_path):
                      "train.progress=false"), tmp_path / "run")
     assert s["steps"] == 2 and s["model"] == "deit_tiny_patch16_224"
     assert s["bytes_up"] < 2 * 4 * 197 * 192 * 4 * 0.2  # ADC at 0.1 of DeiT-Tiny's 197 x 192 activations
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_is_one_line_with_workers_or_without(tmp_path, workers):
+    write_folder(tmp_path / "imgs")
+    bad = next((tmp_path / "imgs" / "train").rglob("*.*"))
+    bad.write_bytes(b"not an image")
+    s = load_dataset("folder", tmp_path / "imgs")
+    with pytest.raises(MissingDataset) as e:
+        list(batches(s.train, 4, 16, workers=workers))
+    assert len(str(e.value).splitlines()) == 1 and str(bad) in str(e.value) and "replace or remove it" in str(e.value)

@@ -137,13 +137,30 @@ def batches(
         source = torch.utils.data.DataLoader(
             Decoded(ds, size), batch_size=batch_size, sampler=order.tolist(), num_workers=workers, pin_memory=pin,
         )
-    for i, (x, y) in enumerate(source, start=start):
+    for i, (x, y) in enumerate(_one_line_errors(source), start=start):
         if pin and not x.is_pinned():
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         key = None if shuffle_seed is None else shuffle_seed * 1_000_003 + i
         aug = None if augment is None else (lambda t: augment(t, key))  # noqa: E731
         yield prepare(x, ds, size, channels, aug), y
+
+
+def _one_line_errors(source):
+    """``source``'s batches; a file a DataLoader worker could not read is reported as one line, as without
+    workers (a worker's error comes back with the worker's whole traceback in its message)."""
+    it = iter(source)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except MissingDataset as e:
+            lines = str(e).strip().splitlines()
+            if len(lines) > 1 and lines[-1].startswith(f"{MissingDataset.__module__}.{MissingDataset.__name__}: "):
+                raise MissingDataset(lines[-1].split(": ", 1)[1]) from None
+            raise
+        yield batch
 
 
 def num_batches(ds, batch_size: int) -> int:
