@@ -27,7 +27,8 @@ def test_phases_add_up_to_the_step_on_both_sides(tmp_path, method):
     for side in ("client", "server"):
         prof = s["profile"][side]
         assert prof["steps"] == 6  # 8 steps, of which steps 0 and 4 counted FLOPs instead of time
-        assert top_level(prof["ms"]) == pytest.approx(prof["ms"]["total"], rel=0.05)
+        # the phases cover the step: what is left is the Python between them (a few per cent; more on a busy machine)
+        assert top_level(prof["ms"]) == pytest.approx(prof["ms"]["total"], rel=0.1)
         assert prof["flops"]["total"] > 0 and prof["peak_mb"] > 0
         assert all(side in r["profile"] for r in rows)  # per evaluation, as means
     client = s["profile"]["client"]
