@@ -10,6 +10,10 @@ jobs=(
   "alast_K4|finetune=alast finetune.K=4"
   "alast_K4_b0.5|finetune=alast finetune.K=4 finetune.b0=0.5 finetune.b_min=0.5"
   "alast_K6_b0.75|finetune=alast finetune.K=6 finetune.b0=0.75 finetune.b_min=0.5"
+  # the co-author's code where it departs from the paper: importance by the batch's squared norm alone, then
+  # with its other three choices (budgets from 0.9, pruning after a block, K drawn from softmax(budgets))
+  "alast_K4_batch|finetune=alast finetune.K=4 finetune.importance=batch"
+  "alast_K4_research|finetune=alast finetune.K=4 finetune.importance=batch finetune.b0=0.9 finetune.prune=after finetune.select=softmax"
   "adc0.1|split.index=2 method=adc method.compression=0.1"
   "adc0.1_alast_client|split.index=2 method=adc method.compression=0.1 finetune=alast finetune.where=client finetune.b0=0.5 finetune.b_min=0.5"
 )

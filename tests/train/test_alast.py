@@ -200,3 +200,23 @@ def test_alast_over_grpc_equals_in_process(tmp_path):
     rows = lambda d: [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "time_s", "framing_bytes_up",  # noqa: E731
                        "framing_bytes_down", "alast")} for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert rows(tmp_path / "local") == rows(tmp_path / "grpc")  # the server's ALaST runs in the server process
+
+
+def test_blocks_drawn_from_softmax_of_the_budgets():
+    """The co-author's code draws the K blocks from softmax(budgets): with budgets in [0.5, 1] that is close to
+    uniform, where sample (proportional to b) favours the high budgets twice as much."""
+    counts = {}
+    for select in ("sample", "softmax"):
+        a = ALaST(tiny(4).blocks, tokens=17, K=1, alpha=0.0, b0=1.0, b_min=0.5, select=select, seed=3)
+        a.budgets = [1.0, 0.5, 0.5, 0.5]
+        seen = [0] * 4
+        for _ in range(4000):
+            a.before_step()
+            seen[a.schedule.frozen.index(False)] += 1
+            a.schedule.keep = []
+        counts[select] = [c / 4000 for c in seen]
+    # P(block 0): 1 / 2.5 = 0.4 in proportion to b; e^1 / (e^1 + 3 e^0.5) = 0.355 from the softmax
+    assert counts["sample"][0] == pytest.approx(0.4, abs=0.03)
+    assert counts["softmax"][0] == pytest.approx(torch.tensor([1.0, 0.5, 0.5, 0.5]).softmax(0)[0].item(), abs=0.03)
+    with pytest.raises(ValueError, match="finetune.select='best' is not one of top, sample, softmax"):
+        ALaST(tiny(2).blocks, tokens=17, K=1, alpha=0.0, select="best")

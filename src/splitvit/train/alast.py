@@ -13,7 +13,13 @@ disagree the choice is an option (``finetune.*``):
 - block l sees CLS and the top ``floor(b_l (N - 1))`` patch tokens by the previous block's CLS attention
   (``prune=before``), or keeps them after itself (``after``); dropped tokens stay dropped;
 - ``K`` blocks train at each step, the ``K`` highest budgets (``select=top``) or ``K`` drawn without
-  replacement with probability proportional to ``b`` (``sample``); the others are frozen for the step.
+  replacement with probability proportional to ``b`` (``sample``) or to ``softmax(b)`` (``softmax``);
+  the others are frozen for the step.
+
+The co-author's public code differs from the paper's description in four places, each an option here:
+it scores importance by the batch's squared norm (``importance=batch``), starts budgets at 0.9
+(``b0=0.9``), prunes after a block by that block's own attention (``prune=after``) and draws the K
+blocks from ``softmax(budgets)`` (``select=softmax``).
 
 One :class:`ALaST` schedules one stage of blocks: the whole model, a client's blocks or a server's
 (each side of a split runs its own, with ``K`` shared out by the blocks it holds). Evaluation runs on
@@ -30,7 +36,7 @@ from torch import nn
 from ..models.alast import IMPORTANCE, PRUNE, Schedule, add_lora, keep_counts, patch
 from ..profiling import timed
 
-SELECT = ("top", "sample")
+SELECT = ("top", "sample", "softmax")
 WHERE = ("client", "server", "both")
 
 
@@ -66,8 +72,9 @@ class ALaST:
         b = torch.tensor(self.budgets)
         if self.select == "top":
             chosen = set(b.topk(self.K, sorted=False).indices.tolist()) if self.K < L else set(range(L))
-        else:
-            chosen = set(torch.multinomial(b, self.K, replacement=False, generator=self.generator).tolist())
+        else:  # drawn without replacement: in proportion to b (sample), or to softmax(b) (the co-author's code)
+            weights = b if self.select == "sample" else b.softmax(0)
+            chosen = set(torch.multinomial(weights, self.K, replacement=False, generator=self.generator).tolist())
         s = self.schedule
         s.keep = keep_counts(self.budgets, s.tokens)
         s.frozen = [i not in chosen for i in range(L)]
