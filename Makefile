@@ -22,12 +22,13 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 $(ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/merge_and_select.py
-	$(BIN)/python benchmarks/split_overhead.py
-	$(BIN)/python benchmarks/link_throughput.py
-	$(BIN)/python benchmarks/clients_throughput.py
-	$(BIN)/python benchmarks/step_phases.py
+bench: $(STAMP)  # every benchmark in full; its output, headed by the machine and versions, in benchmarks/results/
+	mkdir -p benchmarks/results
+	for b in merge_and_select split_overhead link_throughput clients_throughput step_phases; do \
+	  { $(BIN)/python -c "from splitvit.profiling import describe_machine; print(describe_machine())"; \
+	    $(BIN)/python benchmarks/$$b.py; } > benchmarks/results/$$b.txt || exit 1; \
+	  cat benchmarks/results/$$b.txt; \
+	done
 
 proto: $(STAMP)  # regenerate src/splitvit/link/splitvit_pb2.py after editing the .proto
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'

@@ -157,3 +157,23 @@ def peak_rss_mb() -> float:
     """The process's peak resident memory (all sides in one process count together)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def describe_machine() -> str:
+    """One line on where a measurement was made: the CPU (and GPU), the cores and threads, the versions, the date.
+    Every benchmark output starts with it (``make bench``)."""
+    import datetime
+    import os
+    import platform
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"# {datetime.date.today().isoformat()}: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, splitvit {__version__}")
