@@ -149,6 +149,34 @@ def test_a_client_killed_mid_round_is_dropped_and_resumed_in_a_later_round(tmp_p
     assert summaries[0]["final_val_acc"] is not None and summaries[0]["rounds"] == 40
 
 
+def test_an_evaluator_back_after_the_run_ended_says_its_last_evaluation_is_not_the_end(tmp_path):
+    run = [*RUN, "clients.scheme=splitfed_v2", "clients.rounds=6", "clients.local_steps=2", "clients.drop_after_s=2"]
+    server, address = start_serve(tmp_path, *run, "--insecure")
+    try:
+        def client(i, *more):
+            return splitvit("client", *run, f"server={address}", "--insecure", f"clients.id={i}",
+                            f"run_dir={tmp_path / f'c{i}'}", *more)
+
+        procs = [client(i) for i in range(3)]
+        ckpt = tmp_path / "c0" / "checkpoints" / "clients.pt"
+        deadline = time.monotonic() + 120
+        while not ckpt.is_file():  # client 0, each round's evaluator, has saved its first round
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        procs[0].kill()
+        procs[0].communicate()
+        outs = [p.communicate(timeout=300)[0] for p in procs[1:]]  # the others finish the run without it
+        assert all(p.returncode == 0 for p in procs[1:]), "\n".join(outs)
+        back = client(0, "train.resume=true")
+        out, _ = back.communicate(timeout=120)
+        assert back.returncode == 0, out
+    finally:
+        stop(server)
+    s = json.loads((tmp_path / "c0" / "summary.json").read_text())
+    [warning] = [w for w in s.get("warnings", []) if "the run ended while this client was away" in w]
+    assert "is not the run's final model" in warning and "warning: the run ended while this client was away" in out
+
+
 def test_with_mutual_tls_a_client_must_present_its_own_id(tmp_path):
     from splitvit.train.remote import Sessions
     from test_grpc import certificates

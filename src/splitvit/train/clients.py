@@ -394,6 +394,16 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
                 over = _round(cfg, clients, plan, p, losses, interrupt, tracker, total_steps, warmup,
                               evaluate_and_save)
                 if over is None:
+                    last = p.history[-1].get("round") if p.history else None
+                    if cfg.clients.num > 1 and (last is None or last < plan.round):
+                        # this client came back after the run ended: what it last evaluated is not the end
+                        w = (f"the run ended while this client was away: it took part up to round {p.round}, and its "
+                             f"last evaluation, of round {last}, is not the run's final model (the run reached round "
+                             f"{plan.round} at least). The run's result is in the run files of the client that "
+                             "evaluated its last round; or join this client's half with the server's last round file "
+                             "(splitvit export RUN_DIR server=round-<steps>.pt) and measure it (splitvit eval)")
+                        log.warning(f"warning: {w}")
+                        warnings.append(w)
                     break
                 p.round += 1
                 tick()
