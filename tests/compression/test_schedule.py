@@ -153,3 +153,15 @@ def test_a_server_refuses_a_target_the_schedule_never_reaches(tmp_path):
     plain = Hub(make_cfg(*RUN, "compression_schedule=constant"), 10, torch.device("cpu")).session(0, 100)
     with pytest.raises(WireError, match="has no compression schedule"):
         plain.handle(pack(Header("train", step=0, target=0.1), {}))
+
+
+def test_a_schedule_composes_with_several_clients_a_channel_and_a_codec(tmp_path):
+    args = [*RUN, "method=topk", "codec=int8", "channel=awgn", "channel.snr_db=20", "clients.num=2",
+            "clients.scheme=splitfed_v2", "clients.local_steps=3", "train.max_steps=12"]
+    s = fit(make_cfg(*args), tmp_path / "a")
+    r = rows(tmp_path / "a")
+    targets = [x["compression_target"] for x in r]
+    assert targets == sorted(targets) and targets[0] < targets[-1] <= 0.5  # the federation's count moves it
+    assert s["compression_schedule"]["name"] == "linear" and s["channel"] == "awgn" and s["clients"] == 2
+    fit(make_cfg(*args), tmp_path / "b")
+    assert rows(tmp_path / "b") == r  # and the same seed gives the same run

@@ -99,7 +99,7 @@ class TopK(Method):
         values is unknown, so the rest of that sample's values are dropped. ``index`` (int64) and
         ``_keep`` replace what was sent."""
         n = self.tokens * self.dim
-        K = message["values"].shape[1]
+        K = self.kept  # (the values may travel coded: a codec's codes, not a [B, K] tensor)
         if "bitmap" in message:
             bits = unpack_rows(message.pop("bitmap"), 1, n).bool()
             if "bitmap" in erased:
