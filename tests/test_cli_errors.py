@@ -189,8 +189,13 @@ def test_checkpoints_are_fsynced_file_and_directory(tmp_path, monkeypatch):
     atomic_save({"x": torch.ones(2)}, tmp_path / "c" / "client.pt")
     import stat
 
-    assert [stat.S_ISREG(m) for m in synced] == [True, False]  # the file's bytes, then the rename in its directory
+    # the checksum's bytes and the file's, then the renames in their directory
+    assert [stat.S_ISREG(m) for m in synced] == [True, True, False]
     assert torch.load(tmp_path / "c" / "client.pt", weights_only=True)["x"].sum() == 2
+    import hashlib
+
+    digest = hashlib.sha256((tmp_path / "c" / "client.pt").read_bytes()).hexdigest()
+    assert (tmp_path / "c" / "client.pt.sha256").read_text().split() == [digest]
     assert not list((tmp_path / "c").glob("*.tmp"))
 
 
