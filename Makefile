@@ -33,6 +33,7 @@ bench: $(STAMP)  # every benchmark in full; its output, headed by the machine an
 proto: $(STAMP)  # regenerate src/splitvit/link/splitvit_pb2.py after editing the .proto
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	cd src/splitvit/link/proto && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=.. splitvit.proto
+	$(BIN)/python src/splitvit/link/proto/portable.py src/splitvit/link/splitvit_pb2.py  # loads under protobuf 5.26 on
 
 clean:
 	rm -rf $(VENV) outputs multirun
