@@ -5,21 +5,13 @@
 # One job at a time; a job stopped half-way resumes from its last evaluation.
 #   experiments/adc_balance.sh DATA_ROOT OUT_DIR [SEED] [EXTRA OVERRIDES...]
 set -euo pipefail
-data=$1; out=$2; seed=${3:-0}; shift $(( $# < 3 ? $# : 3 ))
-splitvit=${SPLITVIT:-splitvit}
+data=$1; out=$2; seed=${3:-0}; shift $(( $# < 3 ? $# : 3 )); extra=("$@")
+# shellcheck source=experiments/jobs.sh
+source "$(dirname "$0")/jobs.sh"
 jobs=()
 for k in 2 3 4 5 6 9 17; do
   T=$(python3 -c "print(round(0.1 * 128 * 17 / $k))")
   jobs+=("k${k}_T${T}|method=adc method.token_ratio=$(python3 -c "print($k / 17)") method.batch_ratio=$(python3 -c "print($T / 128)")")
 done
 mkdir -p "$out"
-for job in "${jobs[@]}"; do
-  name=${job%%|*}_s$seed args=${job#*|}
-  [[ -f $out/$name/summary.json ]] && continue
-  resume=false
-  [[ -d $out/$name/checkpoints ]] && resume=true
-  echo "$(date +%H:%M:%S) $name (resume=$resume)"
-  # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 $splitvit train +experiment=cpu/common dataset.root="$data" seed="$seed" $args "$@" \
-    train.resume=$resume run_dir="$out/$name" >> "$out/$name.stdout" 2>&1 || echo "failed: $name (see $out/$name.stdout)"
-done
+for job in "${jobs[@]}"; do run_job "$job"; done

@@ -4,8 +4,9 @@
 # byte budget, cheapest first. One job at a time; a job stopped half-way resumes from its last evaluation.
 #   experiments/codecs.sh DATA_ROOT OUT_DIR [SEED] [EXTRA OVERRIDES...]
 set -euo pipefail
-data=$1; out=$2; seed=${3:-0}; shift $(( $# < 3 ? $# : 3 ))
-splitvit=${SPLITVIT:-splitvit}
+data=$1; out=$2; seed=${3:-0}; shift $(( $# < 3 ? $# : 3 )); extra=("$@")
+# shellcheck source=experiments/jobs.sh
+source "$(dirname "$0")/jobs.sh"
 jobs=(
   "none_fp16|method=none codec=fp16"
   "none_int8|method=none codec=int8"
@@ -17,13 +18,4 @@ jobs=(
   "topk0.2_int4|method=topk method.compression=0.2 codec=int4"
 )
 mkdir -p "$out"
-for job in "${jobs[@]}"; do
-  name=${job%%|*}_s$seed args=${job#*|}
-  [[ -f $out/$name/summary.json ]] && continue
-  resume=false
-  [[ -d $out/$name/checkpoints ]] && resume=true
-  echo "$(date +%H:%M:%S) $name (resume=$resume)"
-  # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 $splitvit train +experiment=cpu/common dataset.root="$data" seed="$seed" $args "$@" \
-    train.resume=$resume run_dir="$out/$name" >> "$out/$name.stdout" 2>&1 || echo "failed: $name (see $out/$name.stdout)"
-done
+for job in "${jobs[@]}"; do run_job "$job"; done

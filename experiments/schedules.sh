@@ -4,8 +4,9 @@
 # One job at a time; a job stopped half-way resumes from its last evaluation.
 #   experiments/schedules.sh DATA_ROOT OUT_DIR [SEED] [EXTRA OVERRIDES...]
 set -euo pipefail
-data=$1; out=$2; seed=${3:-0}; shift $(( $# < 3 ? $# : 3 ))
-splitvit=${SPLITVIT:-splitvit}
+data=$1; out=$2; seed=${3:-0}; shift $(( $# < 3 ? $# : 3 )); extra=("$@")
+# shellcheck source=experiments/jobs.sh
+source "$(dirname "$0")/jobs.sh"
 jobs=()
 for ends in "0.02 1.0" "0.05 0.5"; do
   read -r start end <<< "$ends"
@@ -14,13 +15,4 @@ for ends in "0.02 1.0" "0.05 0.5"; do
   done
 done
 mkdir -p "$out"
-for job in "${jobs[@]}"; do
-  name=${job%%|*}_s$seed args=${job#*|}
-  [[ -f $out/$name/summary.json ]] && continue
-  resume=false
-  [[ -d $out/$name/checkpoints ]] && resume=true
-  echo "$(date +%H:%M:%S) $name (resume=$resume)"
-  # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 $splitvit train +experiment=cpu/common dataset.root="$data" seed="$seed" $args "$@" \
-    train.resume=$resume run_dir="$out/$name" >> "$out/$name.stdout" 2>&1 || echo "failed: $name (see $out/$name.stdout)"
-done
+for job in "${jobs[@]}"; do run_job "$job"; done
