@@ -115,23 +115,30 @@ def wait_for(path: Path, text: str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+def client_process(tmp_path: Path, run: list[str], address: str, i: int, *more: str) -> subprocess.Popen:
+    """``splitvit client`` number ``i`` of ``run`` against ``address``, in ``tmp_path/c<i>``."""
+    return splitvit("client", *run, f"server={address}", "--insecure", f"clients.id={i}", f"run_dir={tmp_path / f'c{i}'}",
+                    *more)
+
+
+def killed_once_saved(tmp_path: Path, procs: list, i: int) -> None:
+    """Kill client ``i`` once it has finished a round and saved it."""
+    ckpt = tmp_path / f"c{i}" / "checkpoints" / "clients.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.is_file():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    procs[i].kill()
+    procs[i].communicate()
+
+
 def test_a_client_killed_mid_round_is_dropped_and_resumed_in_a_later_round(tmp_path):
     run = [*RUN, "clients.scheme=splitfed_v2", "clients.rounds=40", "clients.local_steps=2", "clients.drop_after_s=3"]
     server, address = start_serve(tmp_path, *run, "--insecure", "link.once=true")
     try:
-        def client(i, *more):
-            return splitvit("client", *run, f"server={address}", "--insecure", f"clients.id={i}",
-                            f"run_dir={tmp_path / f'c{i}'}", *more)
-
-        procs = [client(i) for i in range(3)]
-        ckpt = tmp_path / "c2" / "checkpoints" / "clients.pt"
-        deadline = time.monotonic() + 120
-        while not ckpt.is_file():  # client 2 has finished a round and saved it
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        procs[2].kill()
-        procs[2].communicate()
-        procs[2] = client(2, "train.resume=true")
+        procs = [client_process(tmp_path, run, address, i) for i in range(3)]
+        killed_once_saved(tmp_path, procs, 2)
+        procs[2] = client_process(tmp_path, run, address, 2, "train.resume=true")
         outs = [p.communicate(timeout=300)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), "\n".join(outs)
         assert server.wait(timeout=30) == 0
@@ -153,21 +160,11 @@ def test_an_evaluator_back_after_the_run_ended_says_its_last_evaluation_is_not_t
     run = [*RUN, "clients.scheme=splitfed_v2", "clients.rounds=6", "clients.local_steps=2", "clients.drop_after_s=2"]
     server, address = start_serve(tmp_path, *run, "--insecure")
     try:
-        def client(i, *more):
-            return splitvit("client", *run, f"server={address}", "--insecure", f"clients.id={i}",
-                            f"run_dir={tmp_path / f'c{i}'}", *more)
-
-        procs = [client(i) for i in range(3)]
-        ckpt = tmp_path / "c0" / "checkpoints" / "clients.pt"
-        deadline = time.monotonic() + 120
-        while not ckpt.is_file():  # client 0, each round's evaluator, has saved its first round
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        procs[0].kill()
-        procs[0].communicate()
+        procs = [client_process(tmp_path, run, address, i) for i in range(3)]
+        killed_once_saved(tmp_path, procs, 0)  # client 0 evaluates every round
         outs = [p.communicate(timeout=300)[0] for p in procs[1:]]  # the others finish the run without it
         assert all(p.returncode == 0 for p in procs[1:]), "\n".join(outs)
-        back = client(0, "train.resume=true")
+        back = client_process(tmp_path, run, address, 0, "train.resume=true")
         out, _ = back.communicate(timeout=120)
         assert back.returncode == 0, out
     finally:
