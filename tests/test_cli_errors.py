@@ -265,7 +265,6 @@ def test_each_client_gets_its_own_default_folder(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(cli, "_train", lambda: seen.setdefault("argv", list(sys.argv)))
-    monkeypatch.setattr(cli, "_client_needs_a_server", lambda args: None)
     assert cli.main(["client", *SMALL, "server=127.0.0.1:9", "clients.num=2", "clients.id=1"]) == 0
     assert "run_dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-client${clients.id}" in seen["argv"]
     from conftest import make_cfg

@@ -207,6 +207,9 @@ def _precheck(args: list[str], command: str = "train") -> str | None:
             with initialize_config_module("splitvit.conf", version_base=None):
                 cfg = compose("config", overrides=found[0])
             validate(cfg)
+            if command == "client" and not cfg.link.get("server"):  # it would start a server of its own
+                raise ConfigError("splitvit client needs server=HOST:PORT, the address of a running `splitvit serve`; "
+                                  "to run both halves in this process over gRPC, use splitvit train link=grpc")
             if command != "serve" and cfg.train.resume and not (Path(cfg.run_dir) / "checkpoints").is_dir():
                 raise ConfigError(f"train.resume=true but {cfg.run_dir} holds no checkpoints/; pass the run_dir of the "
                                   "run to resume")
@@ -215,23 +218,6 @@ def _precheck(args: list[str], command: str = "train") -> str | None:
     except Exception as e:  # noqa: BLE001 - a malformed override: Hydra's parser says where
         return str(e).strip().splitlines()[0]
     return None
-
-
-def _client_needs_a_server(args: list[str]) -> str | None:
-    """``splitvit client`` is one half of a run: without the address of a ``splitvit serve`` it would start
-    a server of its own and run both halves here, which ``splitvit train link=grpc`` is for."""
-    from hydra import compose, initialize_config_module
-
-    overrides = [a for a in args if not a.startswith("-")]
-    try:
-        with initialize_config_module("splitvit.conf", version_base=None):
-            cfg = compose("config", overrides=overrides)
-    except Exception:  # noqa: BLE001 - a sweep (a=1,2): each job checks its own link
-        return None
-    if cfg.link.get("server"):
-        return None
-    return ("splitvit client needs server=HOST:PORT, the address of a running `splitvit serve`; to run both halves "
-            "in this process over gRPC, use splitvit train link=grpc")
 
 
 def _shell_completion(argv: list[str]) -> int:
@@ -282,8 +268,6 @@ def main(argv: list[str] | None = None) -> int:
             # clients started at the same second on one machine must not share a folder
             args.append("run_dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-client${clients.id}")
         error = _precheck(args, command)
-        if error is None and command == "client" and not any(a in ("--help", "-h", "--cfg", "-c") for a in args):
-            error = _client_needs_a_server(args)
         if error:
             print(f"splitvit: error: {error}", file=sys.stderr)
             return 2
