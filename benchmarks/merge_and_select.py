@@ -77,11 +77,13 @@ def main():
         a = torch.rand(B, args.tokens, generator=g).softmax(-1)
         grad = torch.randn(*budgets(B, args.tokens, r, r), args.dim, generator=g)
 
+        x = h.detach().requires_grad_()
+
         def run(kernel):
-            def step():
-                x = h.clone().requires_grad_()
+            def step():  # forward, backward into h (a leaf: its .grad is the kernel's gradient, stored, not added)
                 z = kernel(x, a, r, r, generator=torch.Generator().manual_seed(1))[0]
                 z.backward(grad)
+                x.grad = None
             return step
 
         def forward(kernel):

@@ -29,15 +29,25 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator | None = None)
     of all problems.
     """
     P, n, _ = x.shape
-    rows = torch.arange(P, device=x.device)
-    idx = torch.empty(P, k, dtype=torch.long, device=x.device)
-    idx[:, 0] = torch.randint(n, (P,), generator=generator, device=x.device)
-    d2 = (x - x[rows, idx[:, 0]][:, None]).pow(2).sum(-1)  # [P, n]
-    for i in range(1, k):
-        # + 1e-30: when every point coincides with a seed (duplicate rows) draw uniformly, never NaN
-        idx[:, i] = torch.multinomial(d2 + 1e-30, 1, generator=generator).squeeze(1)
-        d2 = torch.minimum(d2, (x - x[rows, idx[:, i]][:, None]).pow(2).sum(-1))
-    return idx
+    seeds = [torch.randint(n, (P,), generator=generator, device=x.device)]
+    flat = x.reshape(P * n, -1)
+    offsets = torch.arange(P, device=x.device) * n
+    d2 = (x - flat[seeds[0] + offsets][:, None]).pow(2).sum(-1)  # [P, n]
+    for _ in range(1, k):
+        seeds.append(_draw(d2, generator))
+        torch.minimum(d2, (x - flat[seeds[-1] + offsets][:, None]).pow(2).sum(-1), out=d2)
+    return torch.stack(seeds, 1)
+
+
+def _draw(d2: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``d2 [P, n]``, with probability proportional to ``d2``: exactly
+    ``torch.multinomial(d2 + 1e-30, 1, generator=generator)`` (same draws, same generator state), which
+    for one sample is ``argmax(p / q)`` with ``q ~ Exp(1)``, without its input checks (``d2`` is a
+    finite squared distance by construction): a third of the cost at ADC's sizes, and k-means++ makes
+    ``k`` of these draws in sequence. ``tests/compression/test_kmeans.py`` holds it to ``torch.multinomial``.
+    The ``+ 1e-30``: when every point coincides with a seed (duplicate rows), draw uniformly, never NaN."""
+    p = d2 + 1e-30
+    return (p / torch.empty_like(p).exponential_(generator=generator)).argmax(-1)
 
 
 def _rank_within(group: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +142,10 @@ def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator | None, max_iter
         points, clusters = _fill_empty(assignment, dist.gather(-1, assignment[..., None]).squeeze(-1), k, keep_nearest=False)
         if points.numel():
             centroids.view(P * k, d)[clusters] = x.reshape(-1, d)[points]
-    own = torch.cdist(x, centroids).gather(-1, assignment[..., None]).squeeze(-1)
-    points, clusters = _fill_empty(assignment, own, k, keep_nearest=True)
-    if points.numel():  # Lloyd's argmin can leave a cluster empty (identical rows tie): give it a point
+    if bool((torch.bincount((assignment + offsets).reshape(-1), minlength=P * k) == 0).any()):
+        # Lloyd's argmin can leave a cluster empty (identical rows tie): give it a point
+        own = torch.cdist(x, centroids).gather(-1, assignment[..., None]).squeeze(-1)
+        points, clusters = _fill_empty(assignment, own, k, keep_nearest=True)
         assignment = assignment.clone()
         assignment.view(-1)[points] = clusters % k
     centroids = means(assignment)

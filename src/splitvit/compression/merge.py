@@ -108,9 +108,42 @@ def merge_and_select(
     patches = scores[:, 1:].topk(k - 1, dim=1).indices.sort(dim=1).values + 1
     token_index = torch.cat([torch.zeros(T, 1, dtype=torch.long, device=h.device), patches], dim=1)
 
-    # gather each member's kept tokens first, then average: B*k*D work instead of B*N*D
-    kept = h.gather(1, token_index[assignment].unsqueeze(-1).expand(B, k, D))
-    return cluster_mean(kept, assignment, T), assignment, token_index
+    # row b*N + n of h viewed as [B*N, D] is token n of sample b; member b's j-th kept token adds into
+    # row t*k + j of the merged batch, t its cluster
+    rows = (token_index[assignment] + (torch.arange(B, device=h.device) * N)[:, None]).reshape(-1)
+    slots = (assignment[:, None] * k + torch.arange(k, device=h.device)).reshape(-1)
+    counts = torch.bincount(assignment, minlength=T).to(h.dtype)
+    return _MergeKept.apply(h, rows, slots, counts, k), assignment, token_index
+
+
+class _MergeKept(torch.autograd.Function):
+    """``z[t, j] = mean over the members b of cluster t of h[b, token_index[t, j]]``, as row operations on
+    ``h`` viewed as ``[B*N, D]``: one ``index_select`` of the kept rows (``B*k*D`` work, not ``B*N*D``), one
+    ``index_add_`` into the ``T*k`` merged rows. Autograd's own backward of a gather is a zero-filled
+    ``[B, N, D]`` and a ``scatter_add_`` into it; here the gradient is one ``index_select`` that writes each
+    of its ``B*N`` rows once, from the ``T*k`` rows of ``grad / counts`` or from one zero row (a dropped
+    token). Every kept ``(b, token)`` row is distinct, so nothing needs adding. Same values as the
+    gather-then-:func:`cluster_mean` it replaces, forward and backward (``tests/compression/test_adc.py``)."""
+
+    @staticmethod
+    def forward(ctx, h, rows, slots, counts, k):
+        B, N, D = h.shape
+        T = counts.numel()
+        kept = h.reshape(B * N, D).index_select(0, rows)
+        sums = torch.zeros(T * k, D, dtype=h.dtype, device=h.device).index_add_(0, slots, kept)
+        ctx.save_for_backward(rows, slots, counts)
+        ctx.shape = (B, N, D)
+        return sums.view(T, k, D) / counts.view(T, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, slots, counts = ctx.saved_tensors
+        B, N, D = ctx.shape
+        merged = grad / counts.view(-1, 1, 1)
+        source = torch.cat([merged.reshape(-1, D), merged.new_zeros(1, D)])  # the last row: a dropped token's
+        pick = torch.full((B * N,), source.shape[0] - 1, dtype=torch.long, device=grad.device)
+        pick[rows] = slots
+        return source.index_select(0, pick).view(B, N, D), None, None, None, None
 
 
 def select_tokens(h: torch.Tensor, cls_attn: torch.Tensor, token_ratio: float, rounding: str = "round") -> torch.Tensor:
