@@ -1,12 +1,14 @@
-"""What one training step costs each side, phase by phase (README, "What a step costs the edge device").
+"""What one training step costs each side, phase by phase (docs: "Benchmarks").
 
-    python benchmarks/step_phases.py [--steps 4] [--threads 2]
+    python benchmarks/step_phases.py [--steps 5] [--threads 1] [--deit]
 
-Two geometries: DeiT-Tiny (224 x 224, 16 x 16 patches, split after block 3, batch 128) and the CPU
-protocol's small ViT (vit_nano_patch8_32, split after block 2, batch 128), each with plain split
-learning (``method=none``) and ADC at 0.1. Every point is a real in-process run with
-``train.profile=true`` on random-looking images (the embedded digits, resized): the first step counts
-FLOPs, the others are timed. Prints a table per geometry, and K-means' share of the client's step.
+The CPU protocol's ViT (vit_nano_patch8_32, split after block 2, batch 128) with plain split learning
+(``method=none``), ADC at 0.1, 4-bit quantisation and FedLite (q = 32); ``--deit`` adds DeiT-Tiny (224 x 224,
+16 x 16 patches, split after block 3). Every point is a real in-process run with ``train.profile=true``
+on the embedded digits, resized: the first step counts FLOPs, the others are timed. Nested phases are
+indented under their parent: the client's ``deserialize`` is the header check against the schema
+(``check``), safetensors' load (``load``) and the finite and range checks of the values (``values``).
+In process, the client's ``wait`` is the server's whole step.
 """
 
 from __future__ import annotations
@@ -22,13 +24,22 @@ import torch
 from splitvit.train import fit
 
 GEOMETRIES = {
-    "DeiT-Tiny, 224, split 3, batch 128": ["model=deit_tiny_patch16_224", "split.index=3"],
     "CPU protocol's ViT (vit_nano_patch8_32), split 2, batch 128": ["model=vit_nano_patch8_32", "split.index=2"],
 }
-METHODS = {"none": ["method=none"], "ADC 0.1": ["method=adc", "method.compression=0.1"]}
-CLIENT = ["forward", "forward/cls_attention", "compress", "compress/kmeans", "serialize", "wait", "deserialize",
-          "decompress", "backward", "step", "total"]
-SERVER = ["decode", "forward", "backward", "step", "encode", "total"]
+DEIT = ("DeiT-Tiny, 224, split 3, batch 128", ["model=deit_tiny_patch16_224", "split.index=3"])
+METHODS = {"none": ["method=none"], "ADC 0.1": ["method=adc", "method.compression=0.1"],
+           "quant 4-bit": ["method=quant", "method.bits=4"], "FedLite q=32": ["method=fedlite", "method.q=32"]}
+
+
+def phases(results: dict, side: str) -> list[str]:
+    """Every phase any method recorded on ``side``, parents before their children, in the order they run."""
+    names: list[str] = []
+    for r in results.values():
+        for ph in r[side]["ms"]:
+            if ph not in names and ph != "total":
+                names.append(ph)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(names, key=lambda n: [order.get("/".join(n.split("/")[: i + 1]), 0) for i in range(n.count("/") + 1)]) + ["total"]
 
 
 def profile(overrides: list[str], steps: int) -> dict:
@@ -44,8 +55,9 @@ def profile(overrides: list[str], steps: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=4, help="steps per run; the first counts FLOPs, the rest are timed")
+    ap.add_argument("--steps", type=int, default=5, help="steps per run; the first counts FLOPs, the rest are timed")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--deit", action="store_true", help="also DeiT-Tiny at 224 x 224 (minutes per method)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw profiles here")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
@@ -54,6 +66,8 @@ def main() -> int:
         GEOMETRIES.clear()
         GEOMETRIES["smoke: vit_mini_patch4_32 of depth 3, split 2, batch 128"] = [
             "model=vit_mini_patch4_32", "model.depth=3", "model.embed_dim=32", "model.num_heads=2", "split.index=2"]
+    elif args.deit:
+        GEOMETRIES[DEIT[0]] = DEIT[1]
     if args.threads:
         torch.set_num_threads(args.threads)
     raw = {}
@@ -61,18 +75,21 @@ def main() -> int:
         results = {name: profile(g + m, args.steps) for name, m in METHODS.items()}
         raw[geometry] = results
         print(f"\n{geometry}: ms per step (GFLOP per step), {torch.get_num_threads()} threads")
-        print(f"{'phase':28s}" + "".join(f"{name:>26s}" for name in results))
-        for side, phases in (("client", CLIENT), ("server", SERVER)):
-            for ph in phases:
+        print(f"{'phase':30s}" + "".join(f"{name:>22s}" for name in results))
+        for side in ("client", "server"):
+            for ph in phases(results, side):
                 cells = []
                 for r in results.values():
                     ms, fl = r[side]["ms"].get(ph), r[side]["flops"].get(ph)
-                    cells.append("-" if ms is None else f"{ms:10.1f} ({(fl or 0) / 1e9:8.3f})")
-                print(f"{side + ' ' + ph:28s}" + "".join(f"{c:>26s}" for c in cells))
-        adc = results["ADC 0.1"]["client"]["ms"]
-        print(f"K-means: {adc['compress/kmeans']:.1f} ms of the client's {adc['total'] - adc['wait']:.1f} ms of its own work "
-              f"({adc['compress/kmeans'] / (adc['total'] - adc['wait']):.1%}); CLS attention row: "
-              f"{adc['forward/cls_attention']:.2f} ms")
+                    cells.append("-" if ms is None else f"{ms:8.1f} ({(fl or 0) / 1e9:7.3f})")
+                label = "  " * ph.count("/") + ph.rsplit("/", 1)[-1]
+                print(f"{side[0]} {label:28s}" + "".join(f"{c:>22s}" for c in cells))
+        for name, r in results.items():
+            c = r["client"]["ms"]
+            own = c["total"] - c["wait"]
+            km = c.get("compress/kmeans", 0.0) + r["server"]["ms"].get("encode/kmeans", 0.0)
+            print(f"{name}: step {c['total']:.1f} ms (client's own work {own:.1f}, server {r['server']['ms']['total']:.1f}); "
+                  f"K-means, both sides: {km:.1f} ms ({km / c['total']:.1%} of the step)")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
     return 0

@@ -44,7 +44,7 @@ def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-_current: ContextVar["Profiler | None"] = ContextVar("splitvit_profiler", default=None)
+_current: ContextVar["Profiler | _Recorder | None"] = ContextVar("splitvit_profiler", default=None)
 _NULL = nullcontext()
 
 
@@ -52,6 +52,41 @@ def timed(name: str):
     """A phase of the active profiler, or nothing when none is active."""
     p = _current.get()
     return _NULL if p is None else p.phase(name)
+
+
+class _Recorder:
+    """Phase times of work done before a profiler knows it belongs to a training step (a server parsing a
+    message), kept by full name to be added to that step (``train.mods.Step.before``)."""
+
+    def __init__(self, name: str):
+        self.stack = [name]
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str):
+        self.stack.append(name)
+        full = "/".join(self.stack)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[full] += time.perf_counter() - t0
+            self.stack.pop()
+
+
+@contextmanager
+def recording(name: str):
+    """Times the block as phase ``name``, and the phases marked inside it, into the dict it yields: in
+    place of any active profiler, whose step this work is not (in process, the server's parsing runs
+    inside the client's ``wait``)."""
+    recorder = _Recorder(name)
+    token = _current.set(recorder)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    try:
+        yield recorder.seconds
+    finally:
+        recorder.seconds[name] += time.perf_counter() - t0
+        _current.reset(token)
 
 
 class Profiler:

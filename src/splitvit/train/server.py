@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from dataclasses import replace
 
 import torch
@@ -14,7 +13,7 @@ from ..channel import ChannelSpec, Receiver
 from ..compression import EVAL_MODES, ServerCodec
 from ..compression.schedule import CompressionSchedule
 from ..models import ServerModel
-from ..profiling import timed
+from ..profiling import recording, timed
 from ..wire import MAX_HEADER_BYTES, Header, Schema, WireError, content_digest, pack, unpack
 from .alast import ALaST, update
 from .mods import Step, StepMod, find, through
@@ -202,9 +201,8 @@ class Session:
         self._fed_cache = None
 
     def handle(self, payload: bytes) -> bytes:
-        t0 = time.perf_counter()
-        message, header = unpack(payload, self.schema_for)
-        parsed = time.perf_counter() - t0
+        with recording("decode") as parsed:  # the checks of the message, the step's decoding if it is a step
+            message, header = unpack(payload, self.schema_for)
         if self.coordinator is not None:
             self.coordinator.touch(self.client)
         if header.kind != "train":
@@ -222,7 +220,7 @@ class Session:
         if not self._due("train"):  # (over gRPC, waits for its turn in the round: not part of the step)
             raise WireError("the run is over: no more training steps are taken")
         # unpacking came before the message was known to be a step: its time is the step's decoding
-        reply = through(self.mods, Step(step, before={"decode": parsed}), lambda _: self._train(payload, message, header))
+        reply = through(self.mods, Step(step, before=dict(parsed)), lambda _: self._train(payload, message, header))
         self._complete("train")  # may close the round (and save it): after the step
         return reply
 

@@ -9,6 +9,7 @@ checks the values (finite floats, integers in range). Byte counts come from :fun
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -16,6 +17,8 @@ from typing import Callable, Mapping
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from ..profiling import timed
 
 # safetensors dtype names
 DTYPES: dict[torch.dtype, str] = {
@@ -141,23 +144,33 @@ def decode(
 
     ``schema`` may be a function of the message's metadata (a server picks the schema by ``kind``).
     """
-    header, meta = read_header(data)
-    if callable(schema):
-        schema = schema(meta)
-    n = struct.unpack("<Q", bytes(data[:8]))[0]
-    _check_header(header, schema, len(data) - 8 - n)
-    try:
-        tensors = st_load(bytes(data))
-    except Exception as e:  # safetensors' own checks (overlapping or unused buffer bytes, ...)
-        raise WireError(f"message is not valid safetensors: {e}") from None
+    with timed("check"):  # the header against the schema: names, dtypes, shapes, offsets
+        header, meta = read_header(data)
+        if callable(schema):
+            schema = schema(meta)
+        n = struct.unpack("<Q", bytes(data[:8]))[0]
+        _check_header(header, schema, len(data) - 8 - n)
+    with timed("load"):
+        try:
+            tensors = st_load(bytes(data))
+        except Exception as e:  # safetensors' own checks (overlapping or unused buffer bytes, ...)
+            raise WireError(f"message is not valid safetensors: {e}") from None
+    with timed("values"):  # finite floats, integers in range
+        _check_values(tensors, schema)
+    return tensors, meta
+
+
+def _check_values(tensors: dict[str, torch.Tensor], schema: Schema) -> None:
+    """Floats finite, values in the schema's range. One pass per tensor: ``aminmax`` propagates NaN and
+    shows an infinity as an extreme, and is a twentieth of ``isfinite(t).all()``'s time on a CPU."""
     for name, spec in schema.tensors.items():
         t = tensors[name]
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if not t.numel() or (not t.is_floating_point() and spec.low is None and spec.high is None):
+            continue
+        lo, hi = (float(v) for v in torch.aminmax(t if t.is_floating_point() else t.to(torch.int64)))
+        if t.is_floating_point() and not (math.isfinite(lo) and math.isfinite(hi)):
             raise WireError(f"tensor {name!r} holds NaN or infinite values")
-        if not t.is_floating_point():
-            t = t.to(torch.int64)  # range checks on any integer width
-        if spec.low is not None and t.numel() and t.min().item() < spec.low:
+        if spec.low is not None and lo < spec.low:
             raise WireError(f"tensor {name!r} has values below {spec.low}")
-        if spec.high is not None and t.numel() and t.max().item() > spec.high:
+        if spec.high is not None and hi > spec.high:
             raise WireError(f"tensor {name!r} has values above {spec.high}")
-    return tensors, meta
