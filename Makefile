@@ -22,12 +22,18 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 $(ARGS)
 
-bench: $(STAMP)  # every benchmark in full; its output, headed by the machine and versions, in benchmarks/results/
+# name:script [args]: each output, headed by the machine and versions, in benchmarks/results/<name>.txt
+BENCHES = "merge_and_select:merge_and_select.py" "merge_and_select_1thread:merge_and_select.py --batches 128 --threads 1" \
+          "split_overhead:split_overhead.py" "link_throughput:link_throughput.py" \
+          "clients_throughput:clients_throughput.py --method none" "clients_throughput_adc:clients_throughput.py --method adc" \
+          "step_phases:step_phases.py"
+
+bench: $(STAMP)  # every benchmark in full; run it on an otherwise idle machine
 	mkdir -p benchmarks/results
-	for b in merge_and_select split_overhead link_throughput clients_throughput step_phases; do \
+	for b in $(BENCHES); do \
 	  { $(BIN)/python -c "from splitvit.profiling import describe_machine; print(describe_machine())"; \
-	    $(BIN)/python benchmarks/$$b.py; } > benchmarks/results/$$b.txt || exit 1; \
-	  cat benchmarks/results/$$b.txt; \
+	    $(BIN)/python benchmarks/$${b#*:}; } > benchmarks/results/$${b%%:*}.txt || exit 1; \
+	  cat benchmarks/results/$${b%%:*}.txt; \
 	done
 
 proto: $(STAMP)  # regenerate src/splitvit/link/splitvit_pb2.py after editing the .proto

@@ -3,7 +3,7 @@
 The loop version is how research code writes ADC: Lloyd's iterations and the merge each loop over
 clusters in Python. Both use the same k-means++ seeding and iteration cap.
 
-    python benchmarks/merge_and_select.py [--repeat 20] [--batches 32 64 128 256]
+    python benchmarks/merge_and_select.py [--repeat 30] [--batches 32 64 128 256]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def loop_merge_and_select(h, cls_attn, batch_ratio, token_ratio, generator):
 
 
 def time_ms(fn, repeat):
+    """Median milliseconds of ``fn`` repeated alone (steady state: its allocations reused, as in training)."""
     fn()  # warm-up
     times = []
     for _ in range(repeat):
@@ -60,11 +61,14 @@ def main():
     ap.add_argument("--tokens", type=int, default=197)
     ap.add_argument("--dim", type=int, default=192)
     ap.add_argument("--compression", type=float, default=0.1)
-    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI runs every benchmark so)")
     args = ap.parse_args()
     if args.smoke:
         args.batches, args.tokens, args.dim, args.repeat = [8], 17, 16, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     r = args.compression ** 0.5
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={args.tokens} D={args.dim} xi={args.compression}; "
           "median ms")

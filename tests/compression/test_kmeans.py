@@ -53,27 +53,24 @@ def test_batched_problems_each_get_k_nonempty_clusters():
 
 
 def _reference_seeding(x, k, generator):
-    """k-means++ as written in the textbook, one problem, with torch.multinomial."""
-    idx = [int(torch.randint(x.shape[0], (1,), generator=generator))]
-    d2 = (x - x[idx[0]]).pow(2).sum(-1)
-    for _ in range(1, k):
-        idx.append(int(torch.multinomial(d2 + 1e-30, 1, generator=generator)))
-        d2 = torch.minimum(d2, (x - x[idx[-1]]).pow(2).sum(-1))
-    return torch.tensor(idx)
+    """k-means++ over P problems at once with torch.multinomial, as written before the draws were inlined."""
+    P, n, _ = x.shape
+    rows = torch.arange(P)
+    idx = torch.empty(P, k, dtype=torch.long)
+    idx[:, 0] = torch.randint(n, (P,), generator=generator)
+    d2 = (x - x[rows, idx[:, 0]][:, None]).pow(2).sum(-1)
+    for i in range(1, k):
+        idx[:, i] = torch.multinomial(d2 + 1e-30, 1, generator=generator).squeeze(1)
+        d2 = torch.minimum(d2, (x - x[rows, idx[:, i]][:, None]).pow(2).sum(-1))
+    return idx
 
 
 def test_seeding_draws_exactly_what_multinomial_draws():
-    from splitvit.compression.kmeans import _draw, kmeans_pp
+    from splitvit.compression.kmeans import kmeans_pp
 
-    for seed, (P, n) in enumerate([(1, 128), (32, 300), (3, 7), (2, 1)] * 10):
-        p = torch.rand(P, n, generator=torch.Generator().manual_seed(seed)) ** 4
-        if seed % 3 == 0:
-            p[:, : n // 2] = 0.0
+    for seed, (P, n, d, k) in enumerate([(1, 128, 17, 40), (3, 300, 2, 64), (2, 7, 3, 7), (1, 1, 4, 1)] * 3):
+        x = torch.randn(P, n, d, generator=torch.Generator().manual_seed(seed)).softmax(-1)
+        x[:, n // 3 : n // 2] = x[:, :1]  # duplicate rows
         g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-        assert torch.equal(_draw(p, g1), torch.multinomial(p + 1e-30, 1, generator=g2).squeeze(1))
+        assert torch.equal(kmeans_pp(x, k, g1), _reference_seeding(x, k, g2))
         assert torch.equal(g1.get_state(), g2.get_state())  # and the generator moves on identically
-    x = torch.randn(1, 128, 17, generator=torch.Generator().manual_seed(0)).softmax(-1)
-    x[0, 40:60] = x[0, 0]  # duplicate rows
-    for seed in range(5):
-        got = kmeans_pp(x, 40, torch.Generator().manual_seed(seed))[0]
-        assert torch.equal(got, _reference_seeding(x[0], 40, torch.Generator().manual_seed(seed)))

@@ -29,25 +29,25 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator | None = None)
     of all problems.
     """
     P, n, _ = x.shape
-    seeds = [torch.randint(n, (P,), generator=generator, device=x.device)]
+    seeds = torch.empty(k, P, dtype=torch.long, device=x.device)
+    seeds[0] = torch.randint(n, (P,), generator=generator, device=x.device)
     flat = x.reshape(P * n, -1)
     offsets = torch.arange(P, device=x.device) * n
-    d2 = (x - flat[seeds[0] + offsets][:, None]).pow(2).sum(-1)  # [P, n]
-    for _ in range(1, k):
-        seeds.append(_draw(d2, generator))
-        torch.minimum(d2, (x - flat[seeds[-1] + offsets][:, None]).pow(2).sum(-1), out=d2)
-    return torch.stack(seeds, 1)
-
-
-def _draw(d2: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row of ``d2 [P, n]``, with probability proportional to ``d2``: exactly
-    ``torch.multinomial(d2 + 1e-30, 1, generator=generator)`` (same draws, same generator state), which
-    for one sample is ``argmax(p / q)`` with ``q ~ Exp(1)``, without its input checks (``d2`` is a
-    finite squared distance by construction): a third of the cost at ADC's sizes, and k-means++ makes
-    ``k`` of these draws in sequence. ``tests/compression/test_kmeans.py`` holds it to ``torch.multinomial``.
-    The ``+ 1e-30``: when every point coincides with a seed (duplicate rows), draw uniformly, never NaN."""
-    p = d2 + 1e-30
-    return (p / torch.empty_like(p).exponential_(generator=generator)).argmax(-1)
+    diff = x - flat.index_select(0, seeds[0] + offsets)[:, None]
+    d2 = diff.mul_(diff).sum(-1)  # [P, n]
+    q = torch.empty_like(d2)  # the draws' exponential variates, then the scores
+    for i in range(1, k):
+        # exactly torch.multinomial(d2 + 1e-30, 1, generator=generator) (same draws, same generator state):
+        # for one sample it is argmax(p / q) with q ~ Exp(1); this skips its input checks (d2 is a finite
+        # squared distance by construction) and its allocations, since k-means++ makes k of these draws in
+        # sequence. tests/compression/test_kmeans.py holds it to torch.multinomial. The + 1e-30: when every
+        # point coincides with a seed (duplicate rows), draw uniformly, never NaN.
+        q.exponential_(generator=generator)
+        torch.div(d2 + 1e-30, q, out=q)
+        seeds[i] = s = q.argmax(-1)
+        torch.sub(x, flat.index_select(0, s + offsets)[:, None], out=diff)
+        torch.minimum(d2, diff.mul_(diff).sum(-1), out=d2)
+    return seeds.T.contiguous()
 
 
 def _rank_within(group: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
