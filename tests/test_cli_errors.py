@@ -24,6 +24,7 @@ def run(*args, cwd, timeout=600, **kw):
     (["trian.max_steps=5"], "unknown key trian.max_steps; did you mean train.max_steps?"),
     (["+trian.max_steps=5"], "unknown key trian.max_steps; did you mean train.max_steps?"),
     (["train.batchsize=3"], "did you mean train.batch_size"),
+    (["link.retries=0"], "link.retries is a key of link=grpc, not of the link in use"),
     (["method=fedlite", "method.compression=0.1"], "method=fedlite has no key compression (its keys: q, L"),
     (["+method.compresion=0.1"], "did you mean method.compression"),
     (["method=c3"], "method='c3' is not allowed; choose one of: adc"),

@@ -146,6 +146,10 @@ def composition_error(e: Exception, job: list[str]) -> str:
         if group in GROUPS and choice and full not in names:
             valid = ", ".join(k.removeprefix(group + ".") for k in names if not k.endswith(".name") and not k.endswith(".kind"))
             return f"{group}={choice} has no key {full.removeprefix(group + '.')}" +                 (f"; did you mean {' or '.join(close)}?" if close else "") + f" (its keys: {valid})"
+        owners = [c for c, keys in groups[group].items() if full in keys] if group in GROUPS else []
+        if owners:  # a key of another choice of the group than the one in use
+            return (f"{full} is a key of {' and '.join(f'{group}={c}' for c in owners)}, not of the {group} in use: "
+                    f"choose one of those ({group}={owners[0]} {full}=...)")
         return f"unknown key {full}" + (f"; did you mean {' or '.join(close)}?" if close else "") + \
             " (splitvit train --help lists every key)"
     m = re.search(r"Could not find '([^'/]+)/([^']+)'", text)

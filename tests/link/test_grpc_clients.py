@@ -222,3 +222,66 @@ def test_a_server_killed_mid_run_resumes_from_its_last_round(tmp_path):
     assert "resumed the run after round" in (tmp_path / "serve.out").read_text()
     served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
     assert served["rounds"] == 12 and served["stopped_by"] == "rounds"
+
+
+def test_a_server_killed_as_a_round_closes_goes_back_to_the_round_the_clients_saved(tmp_path):
+    """The server saved round r and was killed before the clients saved it: they come back from round r - 1,
+    the server goes back to it too, and the run ends exactly as if never stopped."""
+    import hashlib
+    import io
+    import threading
+
+    more = ["clients.scheme=splitfed_v2", "clients.rounds=8"]
+    run = [*RUN, *more, "link.retries=0"]
+    kept: dict[int, dict[int, bytes]] = {i: {} for i in range(3)}  # client -> round -> its checkpoint's bytes
+    done = threading.Event()
+
+    def watch():  # every checkpoint each client writes, by the round it holds
+        while not done.is_set():
+            for i in range(3):
+                path = tmp_path / f"c{i}" / "checkpoints" / "clients.pt"
+                try:
+                    data = path.read_bytes()
+                    state = torch.load(io.BytesIO(data), weights_only=True)
+                except Exception:  # noqa: BLE001 - not there yet, or mid-rename
+                    continue
+                kept[i].setdefault(state["progress"]["round"], data)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    server, address = start_serve(tmp_path, *run, "--insecure", env=ONE_THREAD)
+    try:
+        procs = [client_process(tmp_path, run, address, i) for i in range(3)]
+        wait_for(tmp_path / "serve.out", "round 3 closed")
+        server.kill()  # as a round closes
+        server.wait()
+        assert [p.wait(timeout=120) for p in procs] == [3, 3, 3]
+        done.set()
+        watcher.join()
+        saved = max(torch.load(p, weights_only=True)["ledger"]["round"]
+                    for p in (tmp_path / "server" / "federation").glob("round-*.pt"))
+        assert 3 <= saved < 8, saved  # killed mid-run
+        assert all(saved - 1 in kept[i] for i in range(3)), {i: sorted(k) for i, k in kept.items()}
+        for i in range(3):  # each client as if killed before it saved the server's last round
+            path = tmp_path / f"c{i}" / "checkpoints" / "clients.pt"
+            path.write_bytes(kept[i][saved - 1])
+            path.with_name(path.name + ".sha256").write_text(hashlib.sha256(kept[i][saved - 1]).hexdigest() + "\n")
+        (tmp_path / "serve.out").rename(tmp_path / "serve-1.out")
+        server, address = start_serve(tmp_path, *run, "--insecure", "link.once=true", "train.resume=true", env=ONE_THREAD)
+        procs = [client_process(tmp_path, run, address, i, "train.resume=true") for i in range(3)]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+        assert server.wait(timeout=30) == 0
+    finally:
+        done.set()
+        stop(server)
+    assert f"the server goes back to round {saved - 1}" in (tmp_path / "serve.out").read_text()
+    sim = simulate(tmp_path, *more)
+    served = json.loads((tmp_path / "server" / "federation" / "summary.json").read_text())
+    assert served["steps"] == sim["steps"] and served["rounds"] == 8
+    assert served["bytes_up"] == sim["bytes_up"] and served["bytes_down"] == sim["bytes_down"]
+    remote = [json.loads((tmp_path / f"c{i}" / "summary.json").read_text()) for i in range(3)]
+    final = [s for s in remote if s["final_val_acc"] is not None]
+    assert final and all(s["final_val_acc"] == sim["final_val_acc"] and s["final_val_loss"] == sim["final_val_loss"]
+                         for s in final)

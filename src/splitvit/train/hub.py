@@ -81,11 +81,14 @@ class Hub:
         self.round_start = 0  # the server's step count when the round in progress started
         self._budget_of: tuple[int, float] = (-1, 0.0)  # (samples, the byte budget for them)
         self.lock = threading.Lock()
+        self.restarted = False  # resumed from a saved round (several clients: each must come back from that round)
+        self._resumed: dict[int, int] = {}  # the clients back since, and the steps each had taken
         if cfg.train.resume and self.state_dir is not None:  # the server restarted: from the last round it saved
             saved = self._saved()
             if not saved:
                 raise Refused(f"the server was started with train.resume=true but {self.state_dir} holds no round's state")
             self.load_state_dict(load_checkpoint_file(saved[-1]))
+            self.restarted = True
             self.coordinator.first_round = self.ledger.round
             log.info("resumed the run after round %d (%s)", self.ledger.round, saved[-1])
 
@@ -113,6 +116,8 @@ class Hub:
             session = self.sessions[client]
             self.sizes[client] = samples
             if resume_steps is not None:
+                if self.cfg.clients.num > 1 and self.restarted and self.coordinator.plan is None:
+                    self._same_round(client, resume_steps)
                 session.rejoin(resume_steps)
                 session.round = self._alone(resume_steps) if self.cfg.clients.num == 1 else self.coordinator.rejoin(client)
                 log.info("client %d resumed after %d of its steps; it takes part from round %d", client, resume_steps,
@@ -122,6 +127,41 @@ class Hub:
 
     def _saved(self) -> list[Path]:
         return sorted(self.state_dir.glob("round-*.pt")) if self.state_dir is not None else []
+
+    def _same_round(self, client: int, steps: int) -> None:
+        """A server restarted from its last round, before the next starts: a client that comes back resumed has
+        saved that round, or the run would go on with steps one side applied and the other never saw (the server
+        stopped after saving a round and before the client saved it). When the client saved the round before, and
+        the clients back so far agree with that round too, the server goes back to it (it keeps it:
+        ``KEEP_ROUNDS``), and the run goes on as if never stopped. A client with steps the server's state lacks
+        is refused. One whose checkpoint is older than any round kept (it dropped out earlier) rejoins from the
+        next round, as a client that drops out does."""
+        def own(ledger: Progress, c: int) -> int:
+            return ledger.counts("train", c).messages
+
+        back = {**self._resumed, client: steps}
+        if all(own(self.ledger, c) == s for c, s in back.items()):
+            self._resumed[client] = steps
+            return
+        for path in reversed(self._saved()):
+            ledger = Progress.from_state(load_checkpoint_file(path)["ledger"])
+            if ledger.round < self.ledger.round and all(own(ledger, c) == s for c, s in back.items()):
+                log.info("client %d saved round %d, the server round %d: the server goes back to round %d (%s), "
+                         "which it kept", client, ledger.round, self.ledger.round, ledger.round, path.name)
+                self.load_state_dict(load_checkpoint_file(path))
+                self.coordinator.first_round = self.ledger.round
+                self._resumed[client] = steps
+                return
+        held = own(self.ledger, client)
+        if steps > held:
+            others = ", ".join(f"client {c} after {s}" for c, s in self._resumed.items())
+            raise ValueError(
+                f"client {client} resumes after {steps} of its steps, but the server's state after round "
+                f"{self.ledger.round} holds {held} of them{f' (it agrees with {others})' if others else ''}: the "
+                "processes were stopped between saving one round and the next, and the clients saved different "
+                "rounds, so the run cannot go on exactly. Start it anew (a new run_dir for the server and the clients)")
+        log.warning("client %d resumes after %d of its steps, older than any round the server kept (it holds %d of "
+                    "them): it dropped out earlier, and takes part again from the next round", client, steps, held)
 
     def _alone(self, steps: int) -> int:
         """A federation of one resumed after ``steps``: the server takes the state it had there (the round
