@@ -1,6 +1,6 @@
 """Tables and a figure from ``experiments/channels.sh``'s runs (README, "Noisy and lossy channels").
 
-    python experiments/channels_report.py docs/cpu_protocol/channels
+    python experiments/channels_report.py results/cpu_protocol/channels
 
 Writes ``report.md`` (the tables) and ``accuracy_vs_channel.png`` into the same folder.
 """
@@ -103,7 +103,7 @@ def figure(runs, out: Path) -> None:
 
 
 def main() -> int:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/cpu_protocol/channels")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/cpu_protocol/channels")
     runs = load(root)
     if not runs:
         print(f"no finished runs under {root}", file=sys.stderr)

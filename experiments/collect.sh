@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Copy the finished runs of the CPU protocol (run files only, no checkpoints) to where the README's
 # report is made from, and remake the report:
-#   experiments/collect.sh runs/cpu docs/cpu_protocol
-#   experiments/collect.sh docs/cpu_protocol/runs docs/cpu_protocol    (runs continued in place: report only)
+#   experiments/collect.sh runs/cpu results/cpu_protocol
+#   experiments/collect.sh results/cpu_protocol/runs results/cpu_protocol    (runs continued in place: report only)
 set -euo pipefail
-src=${1:-runs/cpu}; dst=${2:-docs/cpu_protocol}
+src=${1:-runs/cpu}; dst=${2:-results/cpu_protocol}
 mkdir -p "$dst/runs"
 if [ "$(realpath "$src")" != "$(realpath "$dst/runs")" ]; then
   find "$src" -name summary.json | while read -r s; do

@@ -9,7 +9,7 @@ whose ``summary.json`` exists is skipped, and one that was stopped half-way goes
 evaluation's checkpoint (``train.resume=true``: the same numbers as a run never stopped), so the
 script can be stopped and started again at any time; a job's folder is locked while it runs, so two
 runs of the script on one folder share the work. Seed 0 of every experiment runs before seed 1.
-Then: ``splitvit report OUT --out docs/cpu_protocol``.
+Then: ``splitvit report OUT --out results/cpu_protocol``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The README's commands run as written: every ``splitvit train|client|serve|plan`` line in its shell
-blocks composes and validates (the data path is a placeholder; nothing is trained here)."""
+"""The README's and the docs' commands run as written: every ``splitvit train|client|serve|plan`` line in
+their shell blocks composes and validates (the data path is a placeholder; nothing is trained here)."""
 
 import re
 import shlex
@@ -9,11 +9,12 @@ import pytest
 
 from splitvit.plan import jobs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def commands() -> list[str]:
-    text = README.read_text()
+    text = "\n".join(page.read_text() for page in PAGES)
     found = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         block = re.sub(r"\\\n\s*", " ", block)  # continuation lines
@@ -22,7 +23,7 @@ def commands() -> list[str]:
             line = re.sub(r"^(SPLITVIT_TOKEN=\S+\s+)", "", line)
             if re.match(r"splitvit (train|serve|client|plan)\b", line) and "$" not in line and "<" not in line:
                 found.append(line)
-    return found
+    return list(dict.fromkeys(found))  # each command once
 
 
 def test_the_readme_has_commands():

@@ -19,6 +19,8 @@ def plain(doc: str | None) -> str:
 
 
 class KeyValueParser(argparse.ArgumentParser):
+    """An ``argparse`` parser that also takes ``key=value`` words (``out=DIR``, ``energy.device=NAME``), the
+    syntax of ``splitvit train``, so every subcommand reads its options one way."""
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)

@@ -69,6 +69,8 @@ def _mb(n: int) -> str:
 
 
 def format_summary(s: dict, run_dir: Path) -> str:
+    """The end-of-run lines the console shows: accuracy, bytes each way, compression, and a line for
+    each of the channel, the profile, ALaST and the inspection where the run had them."""
     base = s["baseline_bytes_up"] + s["baseline_bytes_down"]
     if s["split_index"] is None:  # trained in one piece: nothing was sent
         return "\n".join([
@@ -250,6 +252,8 @@ def _link_shorthand(arg: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``splitvit`` command: dispatches to ``train``, ``serve``, ``client``, ``report``, ``plan``, ``show``,
+    ``eval`` and ``export``; returns the exit status (2: a refused config, 3: a link failure, 130: Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -262,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in ("-sc", "--shell-completion"):
         return _shell_completion(argv)
+    if command in ("train", "serve", "client") and any(a in ("-h", "--help") for a in rest):
+        from .config_keys import help_text
+
+        print(help_text(), end="")  # every group and key with its meaning (Hydra's own: --hydra-help)
+        return 0
     if command in ("train", "serve", "client"):
         args = rest if command == "train" else ["link=grpc", *map(_link_shorthand, rest)]
         if command == "client" and not any(a.startswith("run_dir=") for a in args):

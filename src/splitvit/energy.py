@@ -25,6 +25,7 @@ import torch
 
 @dataclass(frozen=True)
 class Device:
+    """An edge device's compute: its power while computing, its FP32 rate, and where the figures come from."""
     watts: float  # power while computing
     gflops: float  # FP32 rate the energy is computed at (GFLOP/s)
     source: str
@@ -70,6 +71,7 @@ def this_machine() -> Device:
 
 @dataclass(frozen=True)
 class Radio:
+    """A radio's power model ``P = alpha x rate + beta`` (Huang et al., MobiSys 2012), each way, with its source."""
     alpha_up: float  # mW per Mbit/s of uplink rate
     alpha_down: float  # mW per Mbit/s of downlink rate
     beta: float  # mW while the radio is active
@@ -196,6 +198,8 @@ def energy_rows(rows: list[dict], dev: Device, radios: dict[str, Radio], mbps_up
 
 
 def energy_markdown(erows: list[dict], dev: Device, radios: dict[str, Radio], mbps_up: float, mbps_down: float) -> str:
+    """The energy table of ``splitvit report ... energy.device=``: per setting, client FLOPs and bytes per
+    step, compute and radio energy, joules per run and per accuracy point, and the crossover rate."""
     lines = [f"Device: {dev.source} ({dev.watts:g} W at {dev.gflops:g} GFLOP/s: {dev.joules_per_flop * 1e12:.1f} pJ/FLOP"
              f"{', estimated' if dev.estimated else ''}). Link: {mbps_up:g} Mbit/s up, {mbps_down:g} down. "
              + " ".join(f"{n}: {r.source}." for n, r in radios.items()), "",

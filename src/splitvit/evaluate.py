@@ -121,6 +121,7 @@ def evaluate(source: Path, overrides: list[str] = ()) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    """``splitvit eval SOURCE [key=value ...]``: a run's (or a model file's) test accuracy, without training."""
     ap = KeyValueParser(prog="splitvit eval", description=plain(__doc__))
     ap.add_argument("source", type=Path, help="a run directory, or a .safetensors model file")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. dataset.root=/data eval.max_batches=4")

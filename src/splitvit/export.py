@@ -113,6 +113,7 @@ def fold_lora(weights: dict[str, torch.Tensor], config: dict) -> dict[str, torch
 
 
 def provenance(config: dict, progress: dict, num_classes: int) -> dict[str, str]:
+    """What an exported model file says about where it came from: the run, its config and its result."""
     from .models import PRESETS
     from .train.common import config_hash
 
@@ -169,6 +170,7 @@ def export(client_path: Path, out: Path, server_path: Path | None = None) -> dic
 
 
 def main(argv: list[str]) -> int:
+    """``splitvit export RUN_DIR [out=FILE]``: a run's two halves joined into one timm-layout ``.safetensors``."""
     ap = KeyValueParser(prog="splitvit export", description=plain(__doc__))
     ap.add_argument("run_dir", nargs="?", type=Path, help="the run directory (its checkpoints/clients.pt is read)")
     ap.add_argument("--client", type=Path, help="the clients' checkpoint, instead of RUN_DIR")

@@ -167,6 +167,8 @@ def composition_error(e: Exception, job: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """``splitvit plan [--multirun] [--all] [overrides]``: the jobs of a sweep, each composed and checked,
+    without running any."""
     ap = KeyValueParser(prog="splitvit plan", description=plain(__doc__))
     ap.add_argument("overrides", nargs="*", help="as for splitvit train --multirun, e.g. +experiment=paper/main_adc seed=0")
     ap.add_argument("--all", action="store_true", help="list every shipped experiment and its number of jobs")

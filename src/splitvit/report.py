@@ -198,6 +198,7 @@ COLUMNS = ["method", "options", "dataset", "model", "seeds", "target", "nominal"
 
 
 def markdown(rows: list[dict]) -> str:
+    """The report's table as markdown: a row per setting, means and standard deviations over seeds."""
     modes = [m for m in ("uncompressed", "tokens", "compressed") if any(f"acc_{m}" in r for r in rows)]
     with_paper = any(r.get("paper_acc") is not None for r in rows)  # a column of dashes says nothing
     head = ("| method | options | target | measured | MB up | MB down | steps | wall s | final acc | best acc | "
@@ -260,6 +261,7 @@ def frontier_markdown(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    """The report's rows as CSV, one per run."""
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
@@ -346,6 +348,8 @@ def _legend_outside(fig, ax) -> None:
 
 
 def plots(rows: list[dict], out: Path, reference: list[dict] | None = None) -> list[Path]:
+    """The report's figures: accuracy against compression and against bytes sent, the frontier, and
+    energy where asked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -573,6 +577,7 @@ def frontier_plot(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``splitvit report RUNS... [out=DIR] [energy.device=...]``: tables and figures from run directories."""
     ap = KeyValueParser(prog="splitvit report", description=plain(__doc__))
     ap.add_argument("dirs", nargs="+", help="run or sweep directories")
     ap.add_argument("--out", default=None, help="where report.md, report.csv and the plots go (default: the first DIR)")

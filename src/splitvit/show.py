@@ -118,6 +118,7 @@ def figure8(model, images: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor
 
 def show(run_dir: Path, out: Path | None = None, server: Path | None = None, batch: int | None = None,
          clusters: int = 4, data_root: str | None = None) -> dict:
+    """Draw what ADC does to one batch of a run (the paper's figure 8): the clusters and the kept tokens."""
     from .data import load_dataset
     from .data.base import batches, eval_subset
     from .train.build import build_model
@@ -155,6 +156,7 @@ def show(run_dir: Path, out: Path | None = None, server: Path | None = None, bat
 
 
 def main(argv: list[str]) -> int:
+    """``splitvit show RUN_DIR [out=DIR]``: the figure, from the run's last checkpoint."""
     ap = KeyValueParser(prog="splitvit show", description=plain(__doc__))
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="where the pictures go (default: RUN_DIR)")

@@ -1,6 +1,6 @@
 """What the link does to what it carries: ideal (bit-exact), AWGN and Rayleigh fading on analog
 payloads, bit errors on digital payloads, packet loss with or without retransmission. See the
-README's "Noisy and lossy channels" for every model's formula."""
+docs' "Noisy and lossy channels" (docs/how-to/channels.md) for every model's formula."""
 
 from .mod import ANALOG, DIGITAL, PROTECTED, ROLES, Channel, channel_metrics, combined, erasures, idle, lenient
 from .receive import Receiver

@@ -15,6 +15,7 @@ import torch
 
 
 def snr_linear(snr_db: float) -> float:
+    """A signal-to-noise ratio in dB as a power ratio: ``10 ** (db / 10)``."""
     return 10.0 ** (snr_db / 10.0)
 
 

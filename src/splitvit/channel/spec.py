@@ -13,7 +13,7 @@ MAX_SNR_DB = 100.0  # beyond this the noise is below float32's resolution of the
 
 @dataclass(frozen=True)
 class ChannelSpec:
-    """``kind`` and its parameters; see the README's "Noisy and lossy channels" for the formulas."""
+    """``kind`` and its parameters; see the docs' "Noisy and lossy channels" (docs/how-to/channels.md) for the formulas."""
 
     kind: str = "ideal"
     direction: str = "both"

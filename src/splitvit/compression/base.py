@@ -27,7 +27,7 @@ from the gradient it decodes. The true gradient of the tokens the server's block
 (every path from a pre-norm ViT's residual stream to the loss starts with a LayerNorm, which removes
 that mean; measured on the CPU protocol: 1e-8 of its RMS), so in a lossy gradient that part is error
 the loss cannot see, which the client's blocks would otherwise follow. On a min-max quantization
-grid it is most of the error at 2 bits: README, the CPU protocol, "Why 2 bits diverge". Only for
+grid it is most of the error at 2 bits: docs/explanation/results.md, "Why 2 bits diverge". Only for
 methods whose gradient is that of the tokens (``grad_of_tokens``).
 
 A method also says what a channel may do to each tensor it sends (``roles``): ``analog`` payload

@@ -45,6 +45,7 @@ PARTS = ("codes", "range", "n")
 
 
 def check_codec(name: str, wire_dtype: str = "float32") -> None:
+    """``codec=<name>``'s name, or ``ValueError`` naming the codecs there are."""
     if name not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {name!r}")
     if name != "none" and wire_dtype != "float32":

@@ -16,6 +16,7 @@ from ..profiling import timed
 
 
 class KMeansResult(NamedTuple):
+    """What :func:`kmeans` returns: each point's cluster, the clusters' means and the Lloyd iterations run."""
     assignment: torch.Tensor  # [n] (or [P, n]) long, cluster id in [0, k), every id used
     centroids: torch.Tensor  # [k, d] (or [P, k, d]) float32, mean of each cluster's members
     iterations: int

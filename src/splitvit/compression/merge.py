@@ -14,6 +14,7 @@ from .kmeans import kmeans
 
 
 def check_ratio(name: str, value: float) -> float:
+    """``value`` as a float in ``(0, 1]``, or ``ValueError`` naming ``name``."""
     if value is None or not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value}")
     return float(value)

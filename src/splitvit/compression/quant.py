@@ -18,7 +18,7 @@ The grid (``grid`` for the activations, ``grad_grid`` for the gradients):
   a 2-bit min-max grid each near-zero entry comes back as a level about a sixth of the range from
   zero (an error four times the gradient's norm), on this grid as 0 (an error below its norm).
   Activations lose levels to the stretch instead. Which matters, at which bit width, is measured in
-  the README (the CPU protocol: "Why 2 bits diverge").
+  the docs (docs/explanation/results.md, "Why 2 bits diverge").
 
 Every value is within half a step of its code on either grid.
 

@@ -36,6 +36,9 @@ def rounded(target: float) -> float:
 
 @dataclass(frozen=True)
 class CompressionSchedule:
+    """A method's compression target over the run (``compression_schedule=``): ``constant``, or from
+    ``start`` to ``end`` by ``linear``, ``cosine`` or ``steps`` (``stages`` equal steps), as a function of
+    the share of the run's first cap spent (:meth:`at`). Targets are rounded to 4 significant digits."""
     kind: str = "constant"
     start: float = 1.0
     end: float = 1.0

@@ -36,6 +36,8 @@ def channel_entropy(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 class EntropyGroupedQuantizer:
+    """SL-ACC's quantiser: channels ranked by the entropy of their values, cut into ``groups``, and each
+    group quantised with more bits the higher its entropy, ``bits`` on average."""
     def __init__(self, dim: int, bits: int, groups: int, bins: int):
         if not isinstance(groups, int) or not 1 <= groups <= dim:
             raise ValueError(f"method.groups must be an integer in [1, {dim}], got {groups}")

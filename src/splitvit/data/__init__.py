@@ -32,7 +32,7 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     if name == "digits":
         splits = load_digits()
     elif not root:
-        raise ValueError(f"dataset.root is required for {name}: the folder that holds its files (see the README, 'Data')")
+        raise ValueError(f"dataset.root is required for {name}: the folder that holds its files (see the docs, 'Data': docs/how-to/data.md)")
     elif name == "cifar10":
         splits = load_cifar10(root, download=download)
     elif name == "cifar100":

@@ -42,6 +42,8 @@ class Augment:
 
 
 def build_augment(name: str) -> Augment | None:
+    """The training augmentation of ``dataset.augment`` (``paper``: RandAugment(2, 9), ColorJitter(0.4) and a
+    flip, batched on the device; ``none``), or ``None``."""
     if name == "none":
         return None
     if name == "paper":

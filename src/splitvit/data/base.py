@@ -51,6 +51,7 @@ class ImageSet:
 
 @dataclass
 class Splits:
+    """A dataset's training and test sets, and the dataset's ids of the classes kept (``dataset.classes``)."""
     train: ImageSet
     test: ImageSet
     class_ids: list[int] | None = None  # the dataset's ids of the kept classes, when dataset.classes chose some
@@ -164,6 +165,7 @@ def _one_line_errors(source):
 
 
 def num_batches(ds, batch_size: int) -> int:
+    """Batches of ``batch_size`` in ``ds``, the last one partial."""
     return -(-len(ds) // batch_size)
 
 

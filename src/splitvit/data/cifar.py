@@ -52,10 +52,13 @@ def _unpickle(path: Path) -> dict:
 
 
 def download_cifar100(root: Path, url: str | None = None, checksum: str | None = None) -> None:
+    """Fetch the official CIFAR-100 archive into ``root`` (md5-checked) and unpack it."""
     download_and_unpack(root, url or CIFAR100_URL, checksum or CIFAR100_MD5)
 
 
 def load_cifar100(root: str | Path, download: bool = False) -> Splits:
+    """CIFAR-100 from the official python files under ``root/cifar-100-python`` (downloaded first with
+    ``download=True``)."""
     root = Path(root).expanduser()
     folder = root / CIFAR100_DIR
     files = [folder / n for n in ("train", "test", "meta")]
@@ -85,6 +88,8 @@ def load_cifar100(root: str | Path, download: bool = False) -> Splits:
 
 
 def load_cifar10(root: str | Path, download: bool = False, url: str | None = None, checksum: str | None = None) -> Splits:
+    """CIFAR-10 from the official python files under ``root/cifar-10-batches-py`` (downloaded first with
+    ``download=True``)."""
     root = Path(root).expanduser()
     folder = root / CIFAR10_DIR
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]

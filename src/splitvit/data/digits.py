@@ -27,6 +27,8 @@ def digits_file() -> Path:
 
 
 def load_digits() -> Splits:
+    """scikit-learn's 8x8 handwritten digits, read from the file it ships (no import of scikit-learn),
+    split into training and test sets with a fixed seed."""
     # what sklearn.datasets.load_digits reads, the same way
     data = np.loadtxt(digits_file(), delimiter=",")
     pixels, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)

@@ -18,6 +18,7 @@ class MissingDataset(FileNotFoundError):
 
 
 def md5(path: Path, chunk: int = 1 << 20) -> str:
+    """The MD5 hex digest of a file, read in chunks."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):

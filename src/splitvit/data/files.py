@@ -94,6 +94,7 @@ def load_image_folder(root: str | Path) -> Splits:
 
 
 def load_food101(root: str | Path, download: bool = False) -> Splits:
+    """Food-101 from its official archive's layout under ``root/food-101`` (its own train/test lists)."""
     root = Path(root).expanduser()
     folder = root / "food-101"
     needed = [folder / "meta" / n for n in ("classes.txt", "train.txt", "test.txt")] + [folder / "images"]
@@ -159,6 +160,7 @@ def load_flowers102(root: str | Path, download: bool = False) -> Splits:
 
 
 def load_imagenette(root: str | Path, download: bool = False, variant: str = "imagenette2-320") -> Splits:
+    """Imagenette (``variant``: imagenette2, imagenette2-320 or imagenette2-160) from its folders under ``root``."""
     if variant not in IMAGENETTE:
         raise ValueError(f"dataset.variant={variant!r}; choose one of: {', '.join(IMAGENETTE)}")
     root = Path(root).expanduser()

@@ -42,12 +42,15 @@ class Counts:
 
 @dataclass
 class Request:
+    """A message on its way to the server: its header and its serialised bytes."""
     header: Header  # what the message says it is: kind, client, step
     payload: bytes  # the serialised message, as it crosses the link
 
 
 @dataclass
 class Reply:
+    """The server's reply as received, with what the link added: framing bytes, retransmissions and the
+    modelled link's seconds."""
     payload: bytes
     framing_up: int = 0  # bytes the transport added around the request and the reply
     framing_down: int = 0

@@ -89,7 +89,7 @@ class Security:
         if side == "server" and not self.cert:
             raise ValueError(
                 "the server needs a TLS certificate: pass link.tls.cert=server.pem link.tls.key=server.key "
-                "(see the README, 'Two machines'), or link.insecure=true on a network you trust"
+                "(see the docs, 'Two machines over gRPC'), or link.insecure=true on a network you trust"
             )
         if not self.token:
             raise ValueError(

@@ -6,6 +6,7 @@ from typing import Callable, Protocol
 
 
 class Link(Protocol):
+    """What carries a client's messages to its server: bytes in, bytes out (in process, or gRPC)."""
     last_framing: tuple[int, int]  # bytes the transport added around the last request and its reply
 
     def request(self, payload: bytes) -> bytes:

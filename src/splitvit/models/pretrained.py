@@ -113,6 +113,8 @@ def load_weights(model: VisionTransformer, state: dict[str, torch.Tensor], new_h
 
 
 def load_checkpoint(model: VisionTransformer, path: str | Path, new_head: bool = False) -> None:
+    """Load a timm-layout ``.safetensors`` or ``.pth`` into ``model``: position embeddings resampled when the
+    grid differs, the head kept new when the class count differs (or ``new_head``)."""
     load_weights(model, read_state_dict(path), new_head=new_head)
 
 

@@ -22,6 +22,7 @@ from ..profiling import timed
 
 @dataclass(frozen=True)
 class ViTConfig:
+    """A ViT's sizes, with timm's names: image and patch size, width, depth, heads."""
     img_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
@@ -71,6 +72,8 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention, timm's layout (``qkv``, ``proj``); it can also return the CLS row of
+    its attention, averaged over heads, from the CLS query alone."""
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -99,6 +102,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """A block's MLP: ``fc1``, GELU, ``fc2`` (timm's names)."""
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)

@@ -12,6 +12,7 @@ from .config import ConfigError, run_method
 
 
 def build_model(cfg: DictConfig, num_classes: int):
+    """The ViT of a config: its preset and sizes, and its checkpoint or pretrained weights."""
     m = cfg.model
     model = create_model(
         m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
@@ -39,6 +40,7 @@ def build_halves(cfg: DictConfig, num_classes: int, device: torch.device):
 
 
 def make_optimizer(cfg: DictConfig, *modules: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``train.optimizer`` over ``params``, with ``train.lr`` and ``train.weight_decay``."""
     params = [p for m in modules for p in m.parameters()]
     kind = torch.optim.AdamW if cfg.train.get("optimizer", "adam") == "adamw" else torch.optim.Adam
     return kind(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

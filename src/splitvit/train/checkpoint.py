@@ -91,6 +91,7 @@ def load_checkpoint_file(path: Path, map_location="cpu") -> dict:
 
 
 def save_client(path: Path, cfg: DictConfig, client, codec, progress) -> None:
+    """Save a client's checkpoint: its half, optimizer, method state, place in its data and RNG state."""
     atomic_save({
         "config": OmegaConf.to_container(cfg, resolve=True),
         "client": client.model.state_dict(),

@@ -75,6 +75,7 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 
 
 def workers(cfg: DictConfig) -> int:
+    """DataLoader processes for a config: ``dataset.workers``, or the usable cores (at most 4) for files."""
     n = cfg.dataset.get("workers")
     return default_workers() if n is None else n
 
@@ -126,6 +127,7 @@ def prepare(cfg: DictConfig, run_dir: str | Path):
 
 
 def load_data(cfg: DictConfig):
+    """A config's dataset: its splits, class subset, augmentation and normalisation."""
     d = cfg.dataset
     try:
         return load_dataset(d.name, d.root, d.download, variant=d.get("variant"), normalize=d.get("normalize", "dataset"),
@@ -146,6 +148,7 @@ def reachability(method, batch_size: int, vit) -> list[str]:
 
 
 def test_batches(cfg, data, vit, device):
+    """The evaluation batches of a config's test set (``eval.batch_size``, at most ``eval.max_batches``)."""
     subset = None
     if cfg.eval.get("max_batches") is not None:  # a quick look: a fixed random subset, the same in every run
         subset = eval_subset(data.test, cfg.eval.max_batches * cfg.eval.batch_size)
@@ -198,6 +201,7 @@ def config_hash(cfg: DictConfig | dict) -> str:
 
 
 def make_summary(cfg, method, vit, p: Progress, reason: str | None, data=None) -> dict:
+    """A run's ``summary.json``: what it ran, its bytes, steps, accuracies and the figures of its clients."""
     sent, baseline = p.bytes_up + p.bytes_down, p.baseline_up + p.baseline_down
     split = cfg.split.index is not None
     schedule = CompressionSchedule.from_config(cfg)

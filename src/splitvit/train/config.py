@@ -154,7 +154,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(_full_key(str(e))) from None
     if cfg.dataset.name not in ("digits",) and not cfg.dataset.get("root"):
         raise ConfigError(f"dataset.root is required for dataset={cfg.dataset.name}: the folder that holds its files "
-                          "(see the README, 'Data')")
+                          "(see the docs, 'Data': docs/how-to/data.md)")
     kb = cfg.link.get("chunk_kb")
     if kb is not None and (isinstance(kb, bool) or not isinstance(kb, int) or not 4 <= kb <= 65536):
         raise ConfigError(f"link.chunk_kb={kb!r} must be a whole number of KiB in [4, 65536] (or null: 1024)")
@@ -281,6 +281,7 @@ def _full_key(message: str) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``device`` (``cpu``, ``cuda`` or ``auto``) as a ``torch.device``; ``auto`` takes CUDA when present."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -321,3 +322,14 @@ def resume_mismatch(saved: dict, cfg: DictConfig) -> list[str]:
     theirs = under(with_defaults(leaves(saved)), RESUME_KEYS)
     now = under(leaves(OmegaConf.to_container(cfg, resolve=True)), RESUME_KEYS)
     return config_diff(theirs, now, ("checkpoint", "now"))
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config ``splitvit train <overrides>`` would run, for use from Python: ``fit(compose("method=none"),
+    run_dir)``. Overrides are Hydra's, as on the command line; the values are checked when the run starts."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("splitvit.conf", version_base=None):
+        return hydra_compose("config", overrides=list(overrides))
+

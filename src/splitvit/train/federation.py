@@ -31,6 +31,7 @@ def half_state(client) -> dict[str, torch.Tensor]:
 
 
 def load_half_state(client, state: dict[str, torch.Tensor]) -> None:
+    """Load a client half's state into ``client``: its weights and its method side's learned parts."""
     client.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
     client.codec.modules.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("compressor.")})
 

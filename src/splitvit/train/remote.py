@@ -54,6 +54,7 @@ def security_from(link: DictConfig) -> Security:
 
 
 def chunk_bytes(link: DictConfig) -> int:
+    """The chunk size of ``link.chunk_kb`` in bytes (the default when unset)."""
     kb = link.get("chunk_kb")
     return CHUNK_BYTES if kb is None else int(kb) * 1024
 

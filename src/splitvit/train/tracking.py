@@ -16,6 +16,7 @@ LOGGERS = ("none", "tensorboard")
 
 
 class NoTracker:
+    """``logger=none``: nothing is tracked beyond the run files."""
     def step(self, step: int, loss: float, bytes_sent: int) -> None:
         pass
 
@@ -27,6 +28,7 @@ class NoTracker:
 
 
 class TensorBoard(NoTracker):
+    """``logger=tensorboard``: the loss and bytes of each step and every evaluation, as live curves."""
     def __init__(self, log_dir: Path, every_steps: int):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -57,6 +59,7 @@ class TensorBoard(NoTracker):
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path) -> NoTracker:
+    """The tracker of ``logger=``."""
     logger = cfg.get("logger") or {"name": "none"}
     if logger["name"] == "none":
         return NoTracker()

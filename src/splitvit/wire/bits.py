@@ -10,6 +10,7 @@ import torch
 
 
 def packed_size(n: int, bits: int) -> int:
+    """Bytes that ``n`` values of ``bits`` bits each take when packed."""
     return -(-n * bits // 8)
 
 

@@ -51,6 +51,8 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Schema:
+    """What a message may hold: each tensor's dtype and shape (dimensions fixed or named, within bounds;
+    a named dimension has one size across tensors), and value ranges."""
     tensors: Mapping[str, TensorSpec]
     dims: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # name -> (min, max) inclusive
 

@@ -59,6 +59,8 @@ MAX_CLIENT = 1 << 20  # client ids are small numbers; a larger one is a malforme
 
 @dataclass(frozen=True)
 class Header:
+    """What a message says it is, in its safetensors metadata: kind, client, step, mode, the loss, the
+    compression target and what a lossy link lost."""
     kind: str
     client: int = 0
     step: int | None = None

@@ -32,6 +32,7 @@ def register_scheme(cls: type["Scheme"]) -> type["Scheme"]:
 
 
 def build_scheme(name: str) -> "Scheme":
+    """The scheme registered as ``name`` (``clients.scheme``), or ``ValueError`` naming those there are."""
     if name not in SCHEMES:
         raise ValueError(f"clients.scheme={name!r} is not allowed; choose one of: {', '.join(SCHEMES)}")
     return SCHEMES[name]()

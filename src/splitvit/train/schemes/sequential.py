@@ -11,6 +11,8 @@ from .base import RoundPlan, Scheme, register_scheme
 
 @register_scheme
 class Sequential(Scheme):
+    """Sequential split learning: clients take turns, each fetching the current client half, training
+    its steps and handing the half on; one server half."""
     name = "sequential"
     eval_model = "the current client half (the last one handed on) with the server half"
 

@@ -12,6 +12,8 @@ from .splitfed_v2 import SplitFedV2
 
 @register_scheme
 class SplitFedV1(SplitFedV2):
+    """SplitFed V1: all clients train in a round, their messages applied in a seeded order, each with its
+    own server copy; FedAvg of the client halves and of the server copies at the round's end."""
     name = "splitfed_v1"
     eval_model = "the averaged client half with the averaged server-half copies"
 

@@ -11,6 +11,8 @@ from .base import Scheme, register_scheme
 
 @register_scheme
 class SplitFedV2(Scheme):
+    """SplitFed V2: all clients train in a round, their messages applied in a seeded order to one server
+    half; FedAvg of the client halves at the round's end."""
     name = "splitfed_v2"
     eval_model = "the averaged client half with the server half"
 
