@@ -6,7 +6,6 @@ them into a split model; :meth:`~splitvit.compression.base.ClientCodec.eval_enco
 
 from __future__ import annotations
 
-import math
 
 import torch
 
