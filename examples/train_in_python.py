@@ -22,7 +22,8 @@ def main() -> None:
     steps = 4 if args.smoke else 200
     with tempfile.TemporaryDirectory() as d:
         for method in (["method=adc", "method.compression=0.1"], ["method=none"]):
-            cfg = compose(*method, f"train.max_steps={steps}", "train.progress=false")
+            quick = ["eval.max_batches=1"] if args.smoke else []  # a quick look at the test set
+            cfg = compose(*method, f"train.max_steps={steps}", "train.progress=false", *quick)
             s = fit(cfg, Path(d) / method[0].split("=")[1])
             print(f"{s['method']:5s} {s['steps']} steps: accuracy {s['final_val_acc']:.4f}, "
                   f"{(s['bytes_up'] + s['bytes_down']) / 1e6:.1f} MB on the wire, measured compression {s['compression_measured']:.4f}")
