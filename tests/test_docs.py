@@ -53,3 +53,10 @@ def test_example_runs_in_smoke_mode(example):
     proc = subprocess.run([sys.executable, str(example), "--smoke"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip()
+
+
+def test_the_results_tables_in_the_docs_are_what_the_committed_runs_give():
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "docs_tables.py"), "--check"], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 differ" in proc.stdout and not proc.stdout.startswith("0 generated")

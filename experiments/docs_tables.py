@@ -1,0 +1,85 @@
+"""The results tables of the docs, remade from the committed run files.
+
+A table in a docs page between
+
+    <!-- splitvit report DIR... [key=value ...] (table N) -->
+    | ... the table ... |
+    <!-- end of generated table -->
+
+is the N-th table (from 1) of the ``report.md`` that ``splitvit report DIR... out=TMP`` writes now.
+This script runs each such report and writes the table in; with ``--check`` it only says which tables
+differ from what the run files give (a test runs it so).
+
+    python experiments/docs_tables.py [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from splitvit.report import main as report
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- splitvit report (?P<args>.+?) \(table (?P<n>\d+)\) -->\n)(?P<table>.*?)(<!-- end of generated table -->)",
+                   re.S)
+
+
+def tables(markdown: str) -> list[str]:
+    """The markdown tables of a page, in order, each as its lines joined."""
+    out, current = [], []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            out.append("\n".join(current) + "\n")
+            current = []
+    if current:
+        out.append("\n".join(current) + "\n")
+    return out
+
+
+def render(args: str, n: int, cache: dict[str, list[str]]) -> str:
+    if args not in cache:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            code = report([*shlex.split(args), f"out={tmp}"])
+            if code:
+                raise SystemExit(f"splitvit report {args} failed ({code})")
+            cache[args] = tables((Path(tmp) / "report.md").read_text())
+    return cache[args][n - 1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs")
+    args = ap.parse_args()
+    cache: dict[str, list[str]] = {}
+    stale, found = [], 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+
+        def fill(m: re.Match) -> str:
+            nonlocal found
+            found += 1
+            table = render(m.group("args"), int(m.group("n")), cache)
+            if table != m.group("table"):
+                stale.append(f"{page.relative_to(ROOT)}: splitvit report {m.group('args')} (table {m.group('n')})")
+            return m.group(1) + table + m.group(5)
+
+        new = BLOCK.sub(fill, text)
+        if new != text and not args.check:
+            page.write_text(new)
+    print(f"{found} generated tables; {len(stale)} {'differ' if args.check else 'rewritten'}")
+    for s in stale:
+        print(f"  {s}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
