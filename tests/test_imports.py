@@ -103,3 +103,39 @@ def test_no_private_name_is_imported_from_another_module(name):
     private = [f"{target}.{n}" for target, names in imports(name, MODULES[name]) for n in names
                if n.startswith("_") and not n.startswith("__")]
     assert not private, f"{name} imports private names: {private}"
+
+
+def test_every_public_class_function_and_method_has_a_docstring():
+    """What the API reference shows: a public name of the package without a docstring (its own or, for an
+    override, the one it inherits) is a gap in the docs."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import splitvit
+
+    missing = []
+    for info in pkgutil.walk_packages(splitvit.__path__, "splitvit."):
+        if info.name.endswith(("_pb2", "__main__")) or ".proto" in info.name:
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{module.__name__}.{name}")
+            if inspect.isclass(obj):
+                for member, value in vars(obj).items():
+                    if member.startswith("_"):
+                        continue
+                    if isinstance(value, property):
+                        doc = inspect.getdoc(value)
+                    elif inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod)):
+                        doc = inspect.getdoc(getattr(obj, member))
+                    else:
+                        continue
+                    if not doc:
+                        missing.append(f"{module.__name__}.{name}.{member}")
+    assert not missing, f"public names without a docstring: {missing}"

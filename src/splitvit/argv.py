@@ -29,6 +29,7 @@ class KeyValueParser(argparse.ArgumentParser):
         return {s[2:]: a for a in self._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
 
     def rewrite(self, argv: list[str]) -> list[str]:
+        """``key=value`` words of the parser's options as the ``--key value`` argparse reads."""
         options, out = self._options(), []
         for arg in argv:
             key, eq, value = arg.partition("=")
@@ -44,14 +45,17 @@ class KeyValueParser(argparse.ArgumentParser):
         return out
 
     def parse_args(self, args=None, namespace=None):
+        """Parse ``args`` (``key=value`` words included)."""
         import sys
 
         return super().parse_args(self.rewrite(list(sys.argv[1:] if args is None else args)), namespace)
 
     def format_usage(self) -> str:
+        """The usage line, options spelt ``key=VALUE``."""
         return self._key_values(super().format_usage())
 
     def format_help(self) -> str:
+        """The help text, options spelt ``key=VALUE``."""
         return self._key_values(super().format_help())
 
     def _key_values(self, text: str) -> str:

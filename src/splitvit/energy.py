@@ -33,6 +33,7 @@ class Device:
 
     @property
     def joules_per_flop(self) -> float:
+        """Energy of one FLOP at the device's rate and power."""
         return self.watts / (self.gflops * 1e9)
 
 
@@ -84,6 +85,7 @@ class Radio:
         return up + down
 
     def joules_per_bit(self, mbps: float, direction: str = "up") -> float:
+        """Energy of one bit ``direction`` (``up``, ``down``) at ``mbps``: ``(alpha x rate + beta) / rate``."""
         alpha = self.alpha_up if direction == "up" else self.alpha_down
         return (alpha + self.beta / mbps) * 1e-9
 

@@ -106,6 +106,7 @@ class Profiler:
 
     @contextmanager
     def active(self):
+        """Make this profiler the one :func:`timed` phases report to, for the block."""
         token = _current.set(self)
         try:
             yield self
@@ -141,6 +142,7 @@ class Profiler:
 
     @contextmanager
     def phase(self, name: str):
+        """Time (or count the FLOPs of) the block as phase ``name``, nested under the open phases."""
         full = "/".join([s for s in self.stack if s != "total"] + [name])  # "compress/kmeans"
         self.stack.append(name)
         self._sync()
@@ -181,6 +183,7 @@ class Profiler:
         }
 
     def reset_times(self) -> None:
+        """Start a new interval: the times so far go to the run's totals."""
         for k, v in self.seconds.items():
             self.run_seconds[k] += v
         self.run_steps += self.steps

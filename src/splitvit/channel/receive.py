@@ -27,6 +27,8 @@ class Receiver:
         return self.spec.hits(kind, self.direction)
 
     def schema(self, kind: str, schema: Schema) -> Schema:
+        """``schema`` as a receiver admits it after this channel: digital values a damaging channel may
+        push out of range are let in, to be repaired rather than refused."""
         return lenient(schema, self.role) if self.hits(kind) else schema
 
     def __call__(self, kind: str, header: Header, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

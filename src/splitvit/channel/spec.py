@@ -44,6 +44,7 @@ class ChannelSpec:
 
     @property
     def ideal(self) -> bool:
+        """Whether the channel is the ideal one (bit-exact)."""
         return self.kind == "ideal"
 
     def hits(self, kind: str, direction: str) -> bool:

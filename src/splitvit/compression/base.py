@@ -175,6 +175,7 @@ class Method(ABC):
         return Schema({"grad": TensorSpec(self.wire_dtype, tuple(sent.shape))})
 
     def eval_schema(self, B: int, N: int, D: int, mode: str) -> Schema:
+        """What an evaluation message in ``mode`` (``uncompressed``, ``tokens``, ``compressed``) may hold."""
         if mode == "compressed":
             s = self.activation_schema(B, N, D)
             return Schema(s.tensors, dims={**s.dims, "B": (1, B)})
@@ -194,6 +195,7 @@ class Method(ABC):
         """Raise ``ValueError`` if the method cannot work on batches of ``batch_size`` (checked before training)."""
 
     def eval_token_ratio(self) -> float:
+        """The share of tokens an evaluation in ``tokens`` mode keeps per sample."""
         raise ValueError(f"eval.mode=tokens needs a token ratio; method {self.name!r} has none. Use eval.mode=uncompressed or compressed")
 
     # -- what a channel may do, and how the receiver copes -------------------------------------------
@@ -227,10 +229,12 @@ class Method(ABC):
         return torch.empty((), dtype=self.wire_dtype).element_size() / 4
 
     def to_wire(self, t: torch.Tensor) -> torch.Tensor:
+        """A floating-point tensor in the wire's dtype (``wire.dtype``), detached."""
         return t.detach().to(self.wire_dtype)
 
     @staticmethod
     def from_wire(t: torch.Tensor) -> torch.Tensor:
+        """A tensor from the wire as float32."""
         return t.float().requires_grad_()
 
 
@@ -274,13 +278,16 @@ class Seeded:
         self.generator = torch.Generator().manual_seed(method.seed if seed is None else seed)
 
     def draw_on(self, device: torch.device) -> torch.Generator:
+        """The side's generator, on ``device`` (a copy with the same seed when it lives elsewhere)."""
         self.generator = on_device(self.generator, device)
         return self.generator
 
     def state_dict(self) -> dict:
+        """The side's state: its generator's."""
         return {**super().state_dict(), self.state_key: self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
         super().load_state_dict(state)
         self.generator.set_state(state[self.state_key])
 
@@ -354,6 +361,7 @@ class ServerCodec(_Side):
         return Decoded(z, targets, lambda: encode(received.grad))
 
     def eval_decode(self, message: Message, mode: str) -> torch.Tensor:
+        """An evaluation message in ``mode`` -> the server blocks' input."""
         if mode == "compressed":
             return self.decode(message).z.detach()
         return message["z"].float()

@@ -61,6 +61,7 @@ class RowQuantizer:
         self.levels = (1 << bits) - 1
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Floats -> (codes, per-row scales and offsets) on the codec's grid."""
         x = x.detach().float()
         shape = x.shape if x.dim() else (1,)
         rows = x.reshape(-1, shape[-1])
@@ -71,6 +72,7 @@ class RowQuantizer:
         return {"codes": packed, "range": grid.view(*shape[:-1], 2) if per_row else grid.view(2)}
 
     def decode(self, parts: dict[str, torch.Tensor], n: int, erased: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes and their scales -> the floats they stand for."""
         codes = parts["codes"]
         if codes.dim() == 0 or codes.shape[-1] != row_bytes(n, self.bits):
             raise WireError(f"codes of {tuple(codes.shape)} bytes do not hold rows of {n} values of {self.bits} bits")
@@ -148,9 +150,11 @@ class Coded(Method):
         return {k for s in schemas for k, spec in s.tensors.items() if spec.shape and isinstance(spec.shape[-1], str)}
 
     def coded(self, name: str, t: torch.Tensor) -> bool:
+        """Whether the message's tensor ``name`` is coded: the inner method's analog floating-point payload."""
         return "." not in name and self.inner.role(name) == ANALOG and t.is_floating_point()
 
     def pack(self, message: Message, direction: str) -> Message:
+        """The inner method's message with its analog tensors coded for ``direction`` (``up``, ``down``)."""
         q = self.up if direction == "up" else self.down
         out = {}
         for name, t in message.items():
@@ -176,6 +180,7 @@ class Coded(Method):
         return out
 
     def coded_schema(self, s: Schema, direction: str) -> Schema:
+        """The inner schema ``s`` with its analog tensors as the codec sends them in ``direction``."""
         q = self.up if direction == "up" else self.down
         tensors, dims = {}, dict(s.dims)
         for name, spec in s.tensors.items():
@@ -197,6 +202,7 @@ class Coded(Method):
         return self.coded_schema(self.inner.grad_schema(sent), "down")
 
     def eval_schema(self, B, N, D, mode) -> Schema:
+        """The inner method's evaluation schema, coded as its training messages are."""
         s = self.inner.eval_schema(B, N, D, mode)
         return self.coded_schema(s, "up") if mode == "compressed" else s
 
@@ -217,6 +223,7 @@ class Coded(Method):
         self.inner.check_batch(batch_size)
 
     def eval_token_ratio(self) -> float:
+        """The inner method's."""
         return self.inner.eval_token_ratio()
 
     def repair(self, message: Message, erased: dict[str, torch.Tensor]) -> tuple[Message, dict[str, int]]:
@@ -258,6 +265,7 @@ class CodedClient(ClientCodec):
         return self.inner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the inner side's state."""
         self.inner.load_state_dict(state)
 
 
@@ -282,6 +290,7 @@ class CodedServer(ServerCodec):
         return self.inner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the inner side's state."""
         self.inner.load_state_dict(state)
 
 

@@ -75,6 +75,8 @@ class ProductQuantizer:
         return message, self.decode(message, N)
 
     def decode(self, m: dict[str, torch.Tensor], N: int) -> torch.Tensor:
+        """A message's codebook and packed codes -> the reconstruction ``[B, N, D]`` (erased
+        sub-vectors zero)."""
         codebook = m["codebook"].float()
         B = m["codes"].shape[0]
         codes = unpack_rows(m["codes"], self.bits, N * self.q).reshape(B * N, self.q)
@@ -97,6 +99,7 @@ class ProductQuantizer:
             counts["erased"] += int(m["_erased"].sum())
 
     def schema(self, batch, N: int, dtype: torch.dtype) -> dict[str, TensorSpec]:
+        """The message's tensors for a batch of ``batch`` samples of ``N`` tokens."""
         return {
             "codebook": TensorSpec(dtype, (self.q, self.L, self.sub)),
             "codes": TensorSpec(torch.uint8, (batch, row_bytes(N * self.q, self.bits))),

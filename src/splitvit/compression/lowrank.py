@@ -34,6 +34,7 @@ class SubspaceCompressor:
         self.error: torch.Tensor | None = None  # [B, N, D]
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[B, N, D]`` -> the factors ``P``, ``Q`` of each sample at the chosen rank, with error feedback."""
         x = x.detach().float()
         B = x.shape[0]
         if self.error_feedback and self.error is not None and self.error.shape == x.shape:
@@ -58,12 +59,15 @@ class SubspaceCompressor:
 
     @staticmethod
     def decode(m: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The factors -> ``P Q^T`` for each sample."""
         return m["P"].float() @ m["Q"].float().transpose(1, 2)
 
     def state(self) -> dict:
+        """Its generator, bases and error memory."""
         return {"generator": self.generator.get_state(), "basis": self.basis, "error": self.error}
 
     def load(self, s: dict) -> None:
+        """Restore :meth:`state`."""
         self.generator.set_state(s["generator"])
         self.basis, self.error = s["basis"], s["error"]
 

@@ -84,12 +84,14 @@ class Quantizer:
         self.levels = (1 << bits) - 1
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Floats -> bit-packed codes and the grid's scale and offset (per tensor or per token)."""
         x = x.detach().float()
         B, N, D = x.shape
         codes, lo, scale = quantize(x, self.levels, self.granularity == "token", self.grid)
         return {"codes": pack_rows(codes.reshape(B, N * D), self.bits), "lo": lo, "scale": scale}
 
     def decode(self, m: dict[str, torch.Tensor], N: int, D: int) -> torch.Tensor:
+        """Codes and the grid -> the floats they stand for."""
         codes = m["codes"]
         x = unpack_rows(codes, self.bits, N * D).float().view(codes.shape[0], N, D)
         x = dequantize(x, m["lo"] if self.granularity == "tensor" else m["lo"][..., None],
@@ -105,6 +107,7 @@ class Quantizer:
             counts["erased"] += int(m["_erased"].sum())
 
     def schema(self, batch: int | str, N: int, D: int, prefix: str = "") -> dict[str, TensorSpec]:
+        """The message's tensors for activations (or gradients) of shape ``shape``."""
         scale_shape = (1,) if self.granularity == "tensor" else (batch, N)
         return {
             f"{prefix}codes": TensorSpec(torch.uint8, (batch, row_bytes(N * D, self.bits))),

@@ -56,6 +56,7 @@ class CompressionSchedule:
 
     @property
     def constant(self) -> bool:
+        """Whether the target never moves (the default)."""
         return self.kind == "constant" or self.start == self.end
 
     @property

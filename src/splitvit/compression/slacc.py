@@ -51,6 +51,7 @@ class EntropyGroupedQuantizer:
         self.sizes = [dim // groups + (g < dim % groups) for g in range(groups)]
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Floats -> each channel group's codes at its bits, with the grid of each group."""
         x = x.detach().float()
         B, N, D = x.shape
         flat = x.reshape(B * N, D)
@@ -71,6 +72,7 @@ class EntropyGroupedQuantizer:
         return message
 
     def decode(self, m: dict[str, torch.Tensor], N: int) -> torch.Tensor:
+        """Codes and grids -> the floats they stand for."""
         group = m["group"].long()
         B = m["codes0"].shape[0]
         out = torch.empty(B, N, self.dim, device=group.device)
@@ -93,6 +95,7 @@ class EntropyGroupedQuantizer:
                 counts["erased"] += int(m[f"_erased{g}"].sum())
 
     def schema(self, batch, N: int) -> dict[str, TensorSpec]:
+        """The message's tensors for a batch."""
         specs = {
             "group": TensorSpec(torch.uint8, (self.dim,), low=0, high=self.groups - 1),
             "lo": TensorSpec(torch.float32, (self.dim,)),
@@ -103,6 +106,7 @@ class EntropyGroupedQuantizer:
         return specs
 
     def mean_bits(self) -> float:
+        """Bits per value, averaged over the channels."""
         return sum(b * n for b, n in zip(self.group_bits, self.sizes)) / self.dim
 
 

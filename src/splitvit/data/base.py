@@ -46,6 +46,7 @@ class ImageSet:
 
     @property
     def num_classes(self) -> int:
+        """Classes in the set."""
         return len(self.classes)
 
 
@@ -58,6 +59,7 @@ class Splits:
 
     @property
     def num_classes(self) -> int:
+        """Classes of the dataset (of the subset kept)."""
         return self.train.num_classes
 
 

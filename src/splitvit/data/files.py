@@ -55,6 +55,7 @@ class FileImageSet:
 
     @property
     def num_classes(self) -> int:
+        """Classes in the set."""
         return len(self.classes)
 
 

@@ -37,6 +37,7 @@ class Counts:
     resent_down: int = 0
 
     def add(self, other: "Counts") -> "Counts":
+        """The sum of two counts, field by field."""
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Counts)))
 
 
@@ -104,6 +105,7 @@ class Exchange:
         return tensors, got
 
     def close(self) -> None:
+        """Close the link."""
         self.link.close()
 
 

@@ -55,9 +55,11 @@ class Session(Protocol):
     max_message_bytes: int
     round: int  # several clients: the round the client takes part from (0 otherwise)
 
-    def handle(self, payload: bytes) -> bytes: ...
+    def handle(self, payload: bytes) -> bytes:
+        """One message from the session's client -> the reply."""
 
-    def lost(self) -> None: ...  # a call of its client failed
+    def lost(self) -> None:
+        """A call of the session's client failed."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,11 @@ class Security:
 
     @property
     def tls(self) -> bool:
+        """Whether TLS is configured (a certificate, its key, or a CA)."""
         return bool(self.cert or self.key or self.ca)
 
     def check(self, side: str) -> None:
+        """Refuse, naming the key, a configuration ``side`` (``server``, ``client``) cannot run with."""
         if bool(self.cert) != bool(self.key):
             raise ValueError("link.tls.cert and link.tls.key go together: give both (or neither)")
         if self.insecure:
@@ -106,6 +110,7 @@ class Security:
         return p.read_bytes()
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
+        """The gRPC server's TLS credentials (mutual when a CA is given), or None."""
         if not self.cert:
             return None
         ca = self._read(self.ca)
@@ -114,6 +119,7 @@ class Security:
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """The client channel's TLS credentials, or None."""
         if self.insecure and not self.tls:
             return None
         return grpc.ssl_channel_credentials(self._read(self.ca), self._read(self.key), self._read(self.cert))
@@ -348,11 +354,13 @@ class LinkServer:
         self.server.start()
 
     def wait(self) -> None:
+        """Block until the server stops."""
         while not self.stop_event.wait(0.2):
             pass
         self.server.stop(grace=2.0).wait()
 
     def stop(self) -> None:
+        """Stop serving, at once."""
         self.stop_event.set()
         self.server.stop(grace=None)
 
@@ -457,6 +465,7 @@ class GrpcLink:
         return welcome
 
     def request(self, payload: bytes) -> bytes:
+        """Send one message (in chunks), return the reply; transient failures are retried."""
         if self.max_message_bytes and len(payload) > self.max_message_bytes:
             raise LinkError(f"message of {len(payload)} bytes exceeds the server's limit of {self.max_message_bytes}")
 
@@ -479,6 +488,7 @@ class GrpcLink:
         return reply
 
     def close(self, shutdown: bool = False) -> None:
+        """Close the channel."""
         if self.session_id:
             control = pb.Control(shutdown=shutdown)
             try:

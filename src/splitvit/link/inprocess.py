@@ -29,7 +29,9 @@ class InProcessLink:
         self.handler = handler
 
     def request(self, payload: bytes) -> bytes:
+        """The serialised message to the server's session in this process; its serialised reply."""
         return self.handler(bytes(payload))
 
     def close(self) -> None:
+        """Nothing to close in process."""
         pass

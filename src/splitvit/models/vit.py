@@ -167,21 +167,25 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> patch tokens with CLS and positions, ``[B, N, D]``."""
         return embed(self, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the normed tokens after every block."""
         x = self.embed(x)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens -> logits, from CLS."""
         return self.head(x[:, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
+        """A new head of ``num_classes`` outputs."""
         self.head = nn.Linear(self.cfg.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)

@@ -65,9 +65,11 @@ class ALaST:
         patch(blocks, self.schedule)
 
     def trainable(self, i: int) -> list[nn.Parameter]:
+        """The parameters block ``i`` trains when chosen (its adapters with LoRA)."""
         return list((self.lora[i] if self.lora is not None else self.blocks[i]).parameters())
 
     def before_step(self) -> None:
+        """Choose the blocks that train this step and each block's token budget."""
         L = len(self.budgets)
         b = torch.tensor(self.budgets)
         if self.select == "top":
@@ -85,6 +87,7 @@ class ALaST:
             self.trained_counts[i] += i in chosen
 
     def after_step(self) -> None:
+        """Move each block's budget by its importance's change (step ``alpha``), within ``[b_min, 1]``."""
         delta = list(self.schedule.delta)
         if self.previous is not None:
             self.budgets = [min(1.0, max(self.b_min, b + self.alpha * (d - p)))
@@ -99,15 +102,18 @@ class ALaST:
         return out
 
     def summary(self) -> dict:
+        """Budgets and how often each block trained, for the run files."""
         s = self.schedule
         return {"budgets": [round(b, 4) for b in self.budgets], "tokens": list(s.seen),
                 "trained_share": [round(c / max(1, sum(self.trained_counts) / self.K), 4) for c in self.trained_counts]}
 
     def state_dict(self) -> dict:
+        """The budgets and counters, for a checkpoint."""
         return {"budgets": self.budgets, "previous": self.previous, "generator": self.generator.get_state(),
                 "trained_counts": self.trained_counts}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
         self.budgets, self.previous = list(state["budgets"]), state["previous"]
         self.generator.set_state(state["generator"])
         self.trained_counts = list(state["trained_counts"])

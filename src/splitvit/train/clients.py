@@ -76,6 +76,7 @@ class Member:
         return find(self.client.mods, kind)
 
     def state_dict(self) -> dict:
+        """The client's half, optimizer, method side, ALaST stage and place in its data."""
         c, alast = self.client, self.mod(ALaST)
         return {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
                 "compressor": c.codec.state_dict(), "epoch": self.epoch,
@@ -84,6 +85,7 @@ class Member:
                 **({"alast": alast.state_dict()} if alast is not None else {})}
 
     def load_state_dict(self, s: dict) -> None:
+        """Restore :meth:`state_dict`."""
         c, alast = self.client, self.mod(ALaST)
         c.model.load_state_dict(s["model"])
         c.optimizer.load_state_dict(s["optimizer"])
@@ -175,6 +177,7 @@ class Clients:
         return standard_mods(self.p, shaping, noise)
 
     def plan(self, round_: int) -> RoundPlan:
+        """Round ``round_``'s plan, as the server makes it from the same inputs."""
         c = self.cfg.clients
         return self.scheme.plan(self.cfg.seed, round_, self.sizes, c.fraction, self.cfg.train.batch_size, c.local_steps,
                                 self.p.global_steps, self.cfg.train.eval_every)
@@ -214,17 +217,21 @@ class Clients:
         return total / len(self.data.train)
 
     def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every optimizer of the run."""
         for opt in [m.client.optimizer for m in self.members.values()] + self.server_optimizers():
             for group in opt.param_groups:
                 group["lr"] = lr
 
     def server_optimizers(self) -> list:
+        """The server's optimizers (none in a client process)."""
         return []
 
     def server_profiler(self) -> Profiler | None:
+        """The server's profiler (``train.profile``), where it lives in this process."""
         return None
 
     def server_alast(self) -> dict:
+        """The server's ALaST summary, where it lives in this process."""
         return {}
 
     def records(self, run: bool = False) -> dict:
@@ -259,15 +266,18 @@ class Clients:
         return out
 
     def state_dict(self) -> dict:
+        """What a checkpoint of this process holds."""
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "progress": asdict(self.p),
                 "members": {i: m.state_dict() for i, m in self.members.items()}, "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
         for i, s in state["members"].items():
             self.members[int(i)].load_state_dict(s)
         torch.set_rng_state(state["torch_rng"])
 
     def close_link(self) -> None:
+        """Close the clients' links."""
         pass
 
     def stopped_by(self) -> str | None:
@@ -275,6 +285,7 @@ class Clients:
         return "server"
 
     def go_on(self) -> None:
+        """Resumed under other caps, the run that had ended goes on (here: nothing to restart)."""
         pass
 
 

@@ -86,6 +86,7 @@ class Federation:
         self.stopped = False  # the run is over: replies at a round's end say stop
 
     def upload(self, client: int, tensors: dict[str, torch.Tensor]) -> None:
+        """A client half arrives: the scheme decides what it does (hand it on, or keep it for the average)."""
         samples = int(tensors[SAMPLES])
         self.scheme.upload(self, client, {k: v for k, v in tensors.items() if k != SAMPLES}, samples)
 
@@ -107,9 +108,11 @@ class Federation:
         return weights
 
     def state_dict(self) -> dict:
+        """The current client half and the round's uploads."""
         return {"current": self.current, "version": self.version, "stopped": self.stopped}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
         self.current, self.version, self.stopped = state["current"], state["version"], state.get("stopped", False)
         self.pending.clear()
 
@@ -152,6 +155,7 @@ class Coordinator:
         self.first_round = 0  # a resumed server: the round after the last it saved
 
     def register(self, client: int, samples: int) -> None:
+        """Client ``client`` said hello with ``samples`` training samples."""
         with self.cond:
             if self.samples.get(client, samples) != samples:
                 raise ValueError(f"client {client} said it holds {samples} samples, before {self.samples[client]}")

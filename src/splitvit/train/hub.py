@@ -280,6 +280,7 @@ class Hub:
                                 "server_run": self.profiler.summary(run=True)}) + "\n")
 
     def server_optimizers(self) -> list:
+        """The optimizers of the server's halves."""
         return [h.optimizer for h in self.halves]
 
     def alast_summary(self) -> dict:
@@ -290,6 +291,7 @@ class Hub:
         return {f"server {i}": a.summary() for i, a in enumerate(stages)}
 
     def state_dict(self) -> dict:
+        """The server's side of a round: its halves, the federation, the sessions' steps, its ledger."""
         return {"halves": [h.state_dict() for h in self.halves], "federation": self.federation.state_dict(),
                 "sessions": {c: s.last_step for c, s in self.sessions.items()}, "ledger": asdict(self.ledger)}
 

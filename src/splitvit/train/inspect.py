@@ -34,6 +34,7 @@ class Inspector:
         self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, name: str, value: float) -> None:
+        """Add one value of the measure ``name`` to this interval's mean."""
         self.sums[name] += value
         self.counts[name] += 1
 

@@ -35,6 +35,7 @@ class LocalTrainer:
         self.mods = list(mods)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
+        """One step of the model in one piece; returns the loss."""
         return through(self.mods, Step(step), lambda _: self._step(images, labels))
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:

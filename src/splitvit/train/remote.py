@@ -142,6 +142,7 @@ class RemoteClient(Clients):
             progress.round = link.welcome.round
 
     def close_link(self) -> None:
+        """Close the gRPC link."""
         for m in self.members.values():
             m.client.exchange.close()
 
@@ -216,6 +217,7 @@ class LocalServer:
         self.address = ready.read_text()
 
     def stop(self) -> None:
+        """Stop the local server process."""
         try:
             self.proc.wait(timeout=15)  # it exits by itself once the session closes
         except subprocess.TimeoutExpired:
@@ -229,6 +231,7 @@ class ClientLink(GrpcLink):
     local: LocalServer | None = None
 
     def close(self, shutdown: bool = False) -> None:
+        """Close the channel (the server keeps the session for a resume)."""
         super().close(shutdown=shutdown or self.local is not None)
         if self.local is not None:
             self.local.stop()

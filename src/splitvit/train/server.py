@@ -68,6 +68,7 @@ class ServerHalf:
             return through(self.mods, Step(header.step), lambda _: self._train_step(message, header))
 
     def eval_step(self, message: dict[str, torch.Tensor], header: Header) -> bytes:
+        """An evaluation message -> the reply with the logits."""
         with self.lock:
             self._at(header.target)
             return self._eval_step(message, header)
@@ -96,11 +97,13 @@ class ServerHalf:
         return pack(Header("logits", client=header.client), {"logits": logits.float()})
 
     def state_dict(self) -> dict:
+        """The half's model, optimizer, method side and ALaST stage."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "compressor": self.codec.state_dict(),  # the method's server side only
                 **({"alast": self.alast.state_dict()} if self.alast is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.codec.load_state_dict(state["compressor"])
@@ -146,8 +149,8 @@ class Session:
         self._fed_cache: tuple[bytes, bytes] | None = None  # the last weights/control message and its reply
 
     # the shared half's parts, for callers that set its learning rate or read its weights
-    model = property(lambda self: self.half.model)
-    optimizer = property(lambda self: self.half.optimizer)
+    model = property(lambda self: self.half.model, doc="The shared half's model.")
+    optimizer = property(lambda self: self.half.optimizer, doc="The shared half's optimizer.")
 
     @property
     def max_message_bytes(self) -> int:
@@ -172,6 +175,7 @@ class Session:
         return self._targets[target]
 
     def schema_for(self, header: Header) -> Schema:
+        """The schema of a message with ``header``: its kind's, at its compression target."""
         kind = header.kind if header.kind != "eval" else f"eval/{header.mode}"
         if kind not in self.schemas:
             raise WireError(f"message kind {kind!r} is not served; expected one of {sorted(self.schemas)}")
@@ -201,6 +205,7 @@ class Session:
         self._fed_cache = None
 
     def handle(self, payload: bytes) -> bytes:
+        """One message from the client (bytes) -> the reply (bytes)."""
         with recording("decode") as parsed:  # the checks of the message, the step's decoding if it is a step
             message, header = unpack(payload, self.schema_for)
         if self.coordinator is not None:

@@ -42,6 +42,7 @@ class Progress:
     losses: list[float] = field(default_factory=list)  # the training losses since the last evaluation (its train_loss)
 
     def record(self, client: int, kind: str, counts: Counts) -> None:
+        """Add an exchange's counts under ``client`` and ``kind``."""
         key = f"{client}/{kind}"
         self.traffic[key] = asdict(Counts(**self.traffic.get(key, {})).add(counts))
 
@@ -55,16 +56,17 @@ class Progress:
         return total
 
     def clients(self) -> list[int]:
+        """The clients with traffic, in order."""
         return sorted({int(key.split("/")[0]) for key in self.traffic})
 
     # the figures metrics.jsonl and summary.json have always had
-    bytes_up = property(lambda self: self.counts("train").up)
-    bytes_down = property(lambda self: self.counts("train").down)
-    eval_bytes_up = property(lambda self: self.counts("eval").up)
-    eval_bytes_down = property(lambda self: self.counts("eval").down)
-    link_s = property(lambda self: self.counts().link_s)
-    framing_up = property(lambda self: self.counts().framing_up)
-    framing_down = property(lambda self: self.counts().framing_down)
+    bytes_up = property(lambda self: self.counts("train").up, doc="Training bytes sent up, all clients.")
+    bytes_down = property(lambda self: self.counts("train").down, doc="Training bytes sent down, all clients.")
+    eval_bytes_up = property(lambda self: self.counts("eval").up, doc="Evaluation bytes sent up.")
+    eval_bytes_down = property(lambda self: self.counts("eval").down, doc="Evaluation bytes sent down.")
+    link_s = property(lambda self: self.counts().link_s, doc="Seconds on the modelled link.")
+    framing_up = property(lambda self: self.counts().framing_up, doc="Bytes the transport added going up.")
+    framing_down = property(lambda self: self.counts().framing_down, doc="Bytes the transport added going down.")
 
     @classmethod
     def from_state(cls, state: dict) -> "Progress":

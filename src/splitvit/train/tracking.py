@@ -18,12 +18,15 @@ LOGGERS = ("none", "tensorboard")
 class NoTracker:
     """``logger=none``: nothing is tracked beyond the run files."""
     def step(self, step: int, loss: float, bytes_sent: int) -> None:
+        """Nothing."""
         pass
 
     def evaluation(self, record: dict) -> None:
+        """Nothing."""
         pass
 
     def close(self) -> None:
+        """Nothing."""
         pass
 
 
@@ -38,11 +41,13 @@ class TensorBoard(NoTracker):
         self.every = max(1, every_steps)
 
     def step(self, step: int, loss: float, bytes_sent: int) -> None:
+        """The step's loss and cumulative bytes."""
         if step % self.every == 0:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/MB_sent", bytes_sent / 1e6, step)
 
     def evaluation(self, record: dict) -> None:
+        """An evaluation's metrics."""
         step = record["step"]
         for key in ("val_acc", "val_loss", "train_loss"):
             if record.get(key) is not None:
@@ -55,6 +60,7 @@ class TensorBoard(NoTracker):
         self.writer.flush()  # live: TensorBoard shows each evaluation as it lands
 
     def close(self) -> None:
+        """Flush and close the writer."""
         self.writer.close()
 
 

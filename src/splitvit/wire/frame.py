@@ -29,9 +29,11 @@ class Frame:
     _meta0: dict[str, str]
 
     def dtype(self, name: str) -> torch.dtype:
+        """The torch dtype of tensor ``name``."""
         return _TORCH[self.entries[name]["dtype"]]
 
     def element_size(self, name: str) -> int:
+        """Bytes per value of tensor ``name``."""
         return torch.empty((), dtype=self.dtype(name)).element_size()
 
     def view(self, name: str) -> torch.Tensor:
