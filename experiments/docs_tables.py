@@ -6,9 +6,10 @@ A table in a docs page between
     | ... the table ... |
     <!-- end of generated table -->
 
-is the N-th table (from 1) of the ``report.md`` that ``splitvit report DIR... out=TMP`` writes now.
-This script runs each such report and writes the table in; with ``--check`` it only says which tables
-differ from what the run files give (a test runs it so).
+is the N-th table (from 1) of the ``report.md`` that ``splitvit report DIR... out=TMP`` writes now; one
+after ``<!-- python experiments/SCRIPT.py DIR (table N) -->`` is the N-th table of the ``report.md`` the
+script writes into a copy of ``DIR`` (the run files only). This script remakes each such table and writes
+it in; with ``--check`` it only says which tables differ from what the run files give (a test runs it so).
 
     python experiments/docs_tables.py [--check]
 """
@@ -20,6 +21,8 @@ import contextlib
 import io
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,8 +30,9 @@ from pathlib import Path
 from splitvit.report import main as report
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- splitvit report (?P<args>.+?) \(table (?P<n>\d+)\) -->\n)(?P<table>.*?)(<!-- end of generated table -->)",
-                   re.S)
+BLOCK = re.compile(r"(<!-- (?P<args>(?:splitvit report|python experiments/\S+\.py) .+?) \(table (?P<n>\d+)\) -->\n)"
+                   r"(?P<table>.*?)(<!-- end of generated table -->)", re.S)
+RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 
 
 def tables(markdown: str) -> list[str]:
@@ -45,14 +49,27 @@ def tables(markdown: str) -> list[str]:
     return out
 
 
-def render(args: str, n: int, cache: dict[str, list[str]]) -> str:
-    if args not in cache:
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            code = report([*shlex.split(args), f"out={tmp}"])
+def render(command: str, n: int, cache: dict[str, list[str]]) -> str:
+    if command not in cache:
+        words = shlex.split(command)
+        with tempfile.TemporaryDirectory() as tmp:
+            if words[:2] == ["splitvit", "report"]:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    code = report([*words[2:], f"out={tmp}"])
+                out = Path(tmp) / "report.md"
+            else:  # a script that writes report.md into the folder it reads: run it on a copy of the run files
+                source = ROOT / words[2]
+                copy = Path(tmp) / words[2]
+                for f in source.rglob("*"):
+                    if f.name in RUN_FILES:
+                        (copy / f.parent.relative_to(source)).mkdir(parents=True, exist_ok=True)
+                        shutil.copy(f, copy / f.relative_to(source))
+                code = subprocess.run([sys.executable, str(ROOT / words[1]), str(copy)], capture_output=True).returncode
+                out = copy / "report.md"
             if code:
-                raise SystemExit(f"splitvit report {args} failed ({code})")
-            cache[args] = tables((Path(tmp) / "report.md").read_text())
-    return cache[args][n - 1]
+                raise SystemExit(f"{command} failed ({code})")
+            cache[command] = tables(out.read_text())
+    return cache[command][n - 1]
 
 
 def main() -> int:
@@ -69,7 +86,7 @@ def main() -> int:
             found += 1
             table = render(m.group("args"), int(m.group("n")), cache)
             if table != m.group("table"):
-                stale.append(f"{page.relative_to(ROOT)}: splitvit report {m.group('args')} (table {m.group('n')})")
+                stale.append(f"{page.relative_to(ROOT)}: {m.group('args')} (table {m.group('n')})")
             return m.group(1) + table + m.group(5)
 
         new = BLOCK.sub(fill, text)

@@ -121,6 +121,10 @@ class Dropped(ValueError):
     """The client was dropped from the round in progress; it may come back for the next one."""
 
 
+class Unresumable(ValueError):
+    """The run cannot go on exactly from what the server and its clients saved: every client is told why."""
+
+
 class Coordinator:
     """The server's referee of a round over gRPC: a message waits until its event is due in the
     round's :class:`RoundPlan`, so clients that run in parallel are applied in the seed's order, as in
@@ -153,6 +157,7 @@ class Coordinator:
         self.stopped = False  # the last round closed with the run over
         self.finished = False  # and its last event is done
         self.first_round = 0  # a resumed server: the round after the last it saved
+        self.failure: str | None = None  # why the run cannot go on (a restart the saved states do not agree on)
 
     def register(self, client: int, samples: int) -> None:
         """Client ``client`` said hello with ``samples`` training samples."""
@@ -201,6 +206,8 @@ class Coordinator:
         with self.cond:
             self.heard[client] = time.monotonic()
             while True:
+                if self.failure is not None:
+                    raise Unresumable(self.failure)
                 if client in self.dropped and self.plan is not None:
                     raise Dropped(f"client {client} was dropped from round {self.plan.round + 1}; resume it "
                                   "(train.resume=true) to take part from the next round")
@@ -212,6 +219,12 @@ class Coordinator:
                 for c in {c for c, _ in self.left}:  # those the round waits for, silent too long: gone
                     if c != client and now - self.heard.get(c, now) > self.drop_after_s:
                         self._drop(c, f"no message for {self.drop_after_s:.0f} s while the round waited for it")
+
+    def fail(self, reason: str) -> None:
+        """The run cannot go on: every client waiting for its turn, and every one that comes, is told ``reason``."""
+        with self.cond:
+            self.failure = reason
+            self.cond.notify_all()
 
     def cut(self, scheme: Scheme) -> None:
         """A cap was reached at the training event now being applied: the round ends there (see

@@ -107,6 +107,8 @@ class Hub:
         """Client ``client``'s session. A resumed client goes on from its checkpoint: alone, from the round
         the server saved at the same step (the server goes back to it); with others, in the next round."""
         with self.lock:
+            if self.coordinator.failure is not None:  # a restart that cannot go on exactly: every client hears why
+                raise ValueError(self.coordinator.failure)
             if client not in self.sessions:
                 self.sessions[client] = Session(
                     self.halves[client % len(self.halves)], self.cfg.train.batch_size, self.vit.num_tokens,
@@ -155,11 +157,13 @@ class Hub:
         held = own(self.ledger, client)
         if steps > held:
             others = ", ".join(f"client {c} after {s}" for c, s in self._resumed.items())
-            raise ValueError(
-                f"client {client} resumes after {steps} of its steps, but the server's state after round "
-                f"{self.ledger.round} holds {held} of them{f' (it agrees with {others})' if others else ''}: the "
-                "processes were stopped between saving one round and the next, and the clients saved different "
-                "rounds, so the run cannot go on exactly. Start it anew (a new run_dir for the server and the clients)")
+            reason = (f"client {client} resumes after {steps} of its steps, but the server's state after round "
+                      f"{self.ledger.round} holds {held} of them{f' (it agrees with {others})' if others else ''}: the "
+                      "processes were stopped between saving one round and the next, and the clients saved different "
+                      "rounds, so the run cannot go on exactly. Start it anew (a new run_dir for the server and the "
+                      "clients)")
+            self.coordinator.fail(reason)  # the clients back already, waiting for the round, hear it too
+            raise ValueError(reason)
         log.warning("client %d resumes after %d of its steps, older than any round the server kept (it holds %d of "
                     "them): it dropped out earlier, and takes part again from the next round", client, steps, held)
 
