@@ -68,10 +68,12 @@ class ADC(Method):
         if rounding not in ROUNDINGS:
             raise ValueError(f"method.rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
         self.split, self.rounding = split, rounding
+        self.compression = None  # the target as configured, when the two ratios come from it
         if batch_ratio is None and token_ratio is None:
             if compression is None:
                 raise ValueError("ADC needs method.compression, or method.batch_ratio and/or method.token_ratio")
             batch_ratio, token_ratio = balanced_ratios(compression, split)
+            self.compression = check_ratio("compression", compression)
         self.batch_ratio = check_ratio("batch_ratio", 1.0 if batch_ratio is None else batch_ratio)
         self.token_ratio = check_ratio("token_ratio", 1.0 if token_ratio is None else token_ratio)
         if feature not in FEATURES:
@@ -79,7 +81,9 @@ class ADC(Method):
         self.feature = feature
 
     def target_ratio(self) -> float:
-        return self.batch_ratio * self.token_ratio
+        """``compression`` as configured (``sqrt(0.2) ** 2`` would record 0.19999999999999998), else the product
+        of the two ratios given."""
+        return self.compression if self.compression is not None else self.batch_ratio * self.token_ratio
 
     def nominal_ratio(self, B: int, N: int, D: int) -> float:
         """The realised ``(T/B)(k/N)`` after rounding, for a batch of ``B`` samples of ``N`` tokens."""
