@@ -1,9 +1,11 @@
-"""ALaST's cost table from ``experiments/alast.sh``'s seed-0 runs (docs: "ALaST"): time, FLOPs and memory
-of a training step of the model in one piece, against full fine-tuning.
+"""ALaST's tables from ``experiments/alast.sh``'s runs (docs: "ALaST"): (1) the time, FLOPs and memory of a
+training step of the model in one piece against full fine-tuning, seed 0; (2) the paper's description against
+the co-author's code's choices, seeds 0 and 1 (``seed1/``): accuracy, where the budgets end, tokens per block,
+FLOPs and how often each block trained.
 
     python experiments/alast_report.py results/cpu_protocol/alast
 
-Writes ``report.md`` (the table) into the same folder.
+Writes ``report.md`` (the tables) into the same folder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,30 @@ def cost(summary: dict) -> tuple[float, float, float]:
     return p["ms"]["total"], p["flops"]["total"], p["peak_mb"]
 
 
+VARIANTS = {"alast_K4": "the paper's description (`importance=sample`)", "alast_K4_batch": "`importance=batch`",
+            "alast_K4_research": "all four of the code's choices"}
+
+
+def variants(root: Path) -> list[str]:
+    """Table 2: each variant over seeds 0 (``root``) and 1 (``root/seed1``), from the last row of metrics.jsonl."""
+    lines = ["| setting | final acc, seed 0 / 1 | budgets at the end | tokens per block after the first | "
+             "GFLOP / step, seed 0 / 1 | blocks' shares of the steps |", "| --- | --: | --- | --- | --: | --- |"]
+    for name, label in VARIANTS.items():
+        last = [json.loads((d / name / "metrics.jsonl").read_text().splitlines()[-1]) for d in (root, root / "seed1")
+                if (d / name / "metrics.jsonl").is_file()]
+        if not last:
+            continue
+        state = [row["alast"]["whole"] for row in last]
+        budgets = [b for s in state for b in s["budgets"]]
+        tokens = sorted({t for s in state for t in s["tokens"][1:]})
+        shares = [x for s in state for x in s["trained_share"]]
+        acc = " / ".join(f"{row['val_acc']:.4f}" for row in last)
+        gflop = " / ".join(f"{row['profile']['whole']['flops']['total'] / 1e9:.2f}" for row in last)
+        lines.append(f"| {label} | {acc} | {min(budgets):.4g}-{max(budgets):.4g} | {', '.join(map(str, tokens))} | "
+                     f"{gflop} | {min(shares):.0%}-{max(shares):.0%} |")
+    return lines
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/cpu_protocol/alast")
     runs = {name: json.loads((root / name / "summary.json").read_text()) for name in SETTINGS
@@ -36,6 +62,7 @@ def main() -> int:
         versus = "" if name == "full" else f"{full[0] / ms:.2f}x, {full[1] / flops:.2f}x, {full[2] / mb:.2f}x"
         lines.append(f"| {label} | {runs[name]['final_val_acc']:.4f} | {ms:.1f} | {flops / 1e9:.2f} | {mb:.1f} | {versus} |"
                      .replace("|  |", "| |"))
+    lines += ["", *variants(root)]
     (root / "report.md").write_text("\n".join(lines) + "\n")
     return 0
 

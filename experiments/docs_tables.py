@@ -6,10 +6,14 @@ A table in a docs page between
     | ... the table ... |
     <!-- end of generated table -->
 
-is the N-th table (from 1) of the ``report.md`` that ``splitvit report DIR... out=TMP`` writes now; one
-after ``<!-- python experiments/SCRIPT.py DIR (table N) -->`` is the N-th table of the ``report.md`` the
-script writes into a copy of ``DIR`` (the run files only). This script remakes each such table and writes
-it in; with ``--check`` it only says which tables differ from what the run files give (a test runs it so).
+is the N-th table (from 1) of what ``splitvit report DIR... out=TMP`` writes now (``report.md``, then
+``energy.md`` when an ``energy.device=`` asks for it); one after
+``<!-- python experiments/SCRIPT.py DIR (table N) -->`` is the N-th table of the ``report.md`` the script
+writes into a copy of ``DIR`` (the run files only), or else of what it prints. ``(table N, rows matching REGEX)`` keeps the header and
+the rows a Python regular expression finds. One after ``<!-- copy of FILE (table N) -->`` is the N-th table
+of a committed report whose runs were not kept (the file says so). This script remakes each such table, in
+the README and every docs page, and writes it in; with ``--check`` it only says which tables differ from
+what the run files give (a test runs it so).
 
     python experiments/docs_tables.py [--check]
 """
@@ -30,8 +34,9 @@ from pathlib import Path
 from splitvit.report import main as report
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- (?P<args>(?:splitvit report|python experiments/\S+\.py) .+?) \(table (?P<n>\d+)\) -->\n)"
-                   r"(?P<table>.*?)(<!-- end of generated table -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<args>(?:splitvit report|python experiments/\S+\.py|copy of) .+?) "
+                   r"\(table (?P<n>\d+)(?:, rows matching (?P<rows>.+?))?\) -->\n)"
+                   r"(?P<table>.*?)(?P<end><!-- end of generated table -->)", re.S)
 RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 
 
@@ -49,14 +54,21 @@ def tables(markdown: str) -> list[str]:
     return out
 
 
-def render(command: str, n: int, cache: dict[str, list[str]]) -> str:
+def render(command: str, n: int, cache: dict[str, list[str]], rows: str | None = None) -> str:
     if command not in cache:
         words = shlex.split(command)
         with tempfile.TemporaryDirectory() as tmp:
+            if words[:2] == ["copy", "of"]:
+                cache[command] = tables((ROOT / words[2]).read_text())
+                return select(cache[command][n - 1], rows)
             if words[:2] == ["splitvit", "report"]:
                 with contextlib.redirect_stdout(io.StringIO()):
                     code = report([*words[2:], f"out={tmp}"])
-                out = Path(tmp) / "report.md"
+                if code:
+                    raise SystemExit(f"{command} failed ({code})")
+                cache[command] = [t for f in ("report.md", "energy.md") if (Path(tmp) / f).exists()
+                                  for t in tables((Path(tmp) / f).read_text())]
+                return select(cache[command][n - 1], rows)
             else:  # a script that writes report.md into the folder it reads: run it on a copy of the run files
                 source = ROOT / words[2]
                 copy = Path(tmp) / words[2]
@@ -64,12 +76,20 @@ def render(command: str, n: int, cache: dict[str, list[str]]) -> str:
                     if f.name in RUN_FILES:
                         (copy / f.parent.relative_to(source)).mkdir(parents=True, exist_ok=True)
                         shutil.copy(f, copy / f.relative_to(source))
-                code = subprocess.run([sys.executable, str(ROOT / words[1]), str(copy)], capture_output=True).returncode
-                out = copy / "report.md"
-            if code:
-                raise SystemExit(f"{command} failed ({code})")
-            cache[command] = tables(out.read_text())
-    return cache[command][n - 1]
+                done = subprocess.run([sys.executable, str(ROOT / words[1]), str(copy)], capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{command} failed ({done.returncode}): {done.stderr[-2000:]}")
+                out = copy / "report.md"  # a script writes report.md there, or prints its tables
+                cache[command] = tables(out.read_text() if out.exists() else done.stdout)
+    return select(cache[command][n - 1], rows)
+
+
+def select(table: str, rows: str | None) -> str:
+    """The table's header, separator and the rows ``rows`` (a regular expression) finds; all rows if None."""
+    if rows is None:
+        return table
+    lines = table.splitlines()
+    return "\n".join(lines[:2] + [line for line in lines[2:] if re.search(rows, line)]) + "\n"
 
 
 def main() -> int:
@@ -78,16 +98,16 @@ def main() -> int:
     args = ap.parse_args()
     cache: dict[str, list[str]] = {}
     stale, found = [], 0
-    for page in sorted((ROOT / "docs").rglob("*.md")):
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         text = page.read_text()
 
         def fill(m: re.Match) -> str:
             nonlocal found
             found += 1
-            table = render(m.group("args"), int(m.group("n")), cache)
+            table = render(m.group("args"), int(m.group("n")), cache, m.group("rows"))
             if table != m.group("table"):
                 stale.append(f"{page.relative_to(ROOT)}: {m.group('args')} (table {m.group('n')})")
-            return m.group(1) + table + m.group(5)
+            return m.group(1) + table + m.group("end")
 
         new = BLOCK.sub(fill, text)
         if new != text and not args.check:

@@ -656,7 +656,13 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
     if mbps is None:
         rates = {r["config"].get("link.bandwidth_mbps") for row in rows for r in row["runs"]}
         mbps = rates.pop() if len(rates) == 1 and None not in rates else 10.0
-    erows = energy_rows([r for r in rows if r["method"] != "whole"], dev, radios, mbps, mbps)
+    split_rows = [r for r in rows if r["method"] != "whole"]
+    erows = energy_rows(split_rows, dev, radios, mbps, mbps)
+    variant = variants(split_rows)  # one line per method variant, as in accuracy_vs_compression.png
+    styles = styles_for(split_rows, variant)
+    lines: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r, e in zip(split_rows, erows):
+        lines[(r["method"], variant[id(r)])].append(e)
     text = energy_markdown(erows, dev, radios, mbps, mbps)
     (out / "energy.md").write_text(text)
     print(text)
@@ -666,12 +672,15 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
     import matplotlib.pyplot as plt
 
     methods = sorted({e["method"] for e in erows})
+    colors = {m: st["color"] for (m, _), st in styles.items()}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     first = next(iter(radios))
-    for method in methods:  # per step, and per accuracy point, against compression
-        pts = sorted((e["measured"], e[first]["step_j"], e[first]["per_point_j"]) for e in erows if e["method"] == method)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=method)
+    for (method, var), es in sorted(lines.items()):  # per step, and per accuracy point, against compression
+        pts = sorted((e["measured"], e[first]["step_j"], e[first]["per_point_j"]) for e in es)
+        st = styles[(method, var)]
+        for ax, k in ((axes[0], 1), (axes[1], 2)):
+            ax.plot([p[0] for p in pts], [p[k] for p in pts], marker=st["marker"], ls=st["ls"], color=st["color"],
+                    label=f"{method} {var}".strip())
     axes[0].set_ylabel(f"client J per step ({first}, {mbps:g} Mbit/s)")
     axes[1].set_ylabel(f"client J per accuracy point over the run ({first})")
     for ax in axes[:2]:
@@ -685,7 +694,7 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
         for method in methods:
             e = min((e for e in erows if e["method"] == method), key=lambda e: e["measured"])
             axes[2].plot(rates, [e["compute_j"] + r.joules(e["up"], e["down"], x, x) for x in rates],
-                         ls=("-", "--", ":")[i % 3], color=f"C{methods.index(method)}",
+                         ls=("-", "--", ":")[i % 3], color=colors[method],
                          label=f"{method} {e['measured']:.2g} ({name})" if i == 0 or len(methods) < 4 else None)
     _log_axis(axes[2], rates)
     _log_axis(axes[2], [y for line in axes[2].get_lines() for y in line.get_ydata()], "y")
@@ -694,7 +703,7 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
     axes[2].set_title("line style: " + ", ".join(f"{n} {('solid', 'dashed', 'dotted')[i % 3]}" for i, n in enumerate(radios)),
                       fontsize=8)
     axes[0].set_title(f"{device_name}: {dev.joules_per_flop * 1e12:.0f} pJ/FLOP", fontsize=8)
-    axes[1].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper left")  # the diagonal leaves that corner empty
     axes[2].legend(fontsize=6)
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
