@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: train test bench proto clean
+.PHONY: train test test-flower bench proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ train: $(STAMP)
 	$(BIN)/splitvit train $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --ignore=tests/flower $(ARGS)
+
+test-flower: $(STAMP)  # the Flower extra (Python 3.11 or later) and its tests; make test runs without Flower
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,flower]'
+	$(BIN)/python -m pytest -q tests/flower $(ARGS)
 
 # name:script [args]: each output, headed by the machine and versions, in benchmarks/results/<name>.txt
 BENCHES = "merge_and_select:merge_and_select.py" "merge_and_select_1thread:merge_and_select.py --batches 128 --threads 1" \

@@ -3,7 +3,8 @@
 # pretrained weights. On the embedded digits, ADC at 0.1 (the default) and plain split learning over a modelled
 # 20 Mbit/s link with 20 ms latency (time to accuracy), and plain split learning given ADC's bytes; on CIFAR-100
 # (no augmentation, CIFAR's statistics), plain split learning and ADC under one uncompressed epoch of bytes.
-# Tables: python experiments/scratch_report.py OUT_DIR. A job with a summary.json is skipped.
+# Tables: python experiments/scratch_report.py OUT_DIR. A job with a summary.json is skipped; one stopped
+# half-way resumes from its last evaluation.
 #   experiments/from_scratch.sh DATA_ROOT OUT_DIR [EXTRA OVERRIDES...]
 set -euo pipefail
 data=$1; out=$2; shift 2; extra=("$@")
@@ -20,8 +21,9 @@ mkdir -p "$out"
 for job in "${jobs[@]}"; do
   name=${job%%|*} args=${job#*|}
   [[ -f $out/$name/summary.json ]] && continue
-  echo "$(date +%H:%M:%S) $name"
+  resume=false; [[ -d $out/$name/checkpoints ]] && resume=true
+  echo "$(date +%H:%M:%S) $name (resume=$resume)"
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 ${SPLITVIT:-splitvit} train $args "${extra[@]}" train.progress=false run_dir="$out/$name" \
+  OMP_NUM_THREADS=1 ${SPLITVIT:-splitvit} train $args "${extra[@]}" train.progress=false train.resume=$resume run_dir="$out/$name" \
     >> "$out/$name.stdout" 2>&1 || echo "failed: $name (see $out/$name.stdout)"
 done

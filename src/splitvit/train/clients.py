@@ -14,6 +14,7 @@ the architecture page (``docs/architecture.md``) draws it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -335,117 +336,161 @@ def fit_clients(cfg: DictConfig, run_dir: Path, device, shaping, data, make_clie
     budget or ``clients.rounds`` ends the run; the round's evaluator evaluates its half with the
     server's when due. With ``link=grpc`` this process is client ``clients.id`` of a ``splitvit serve``
     (``make_clients``: :class:`~.remote.RemoteClient`), and the server decides when the run ends."""
-    remote = cfg.link.kind != "inprocess"
-    p = Progress()
-    ckpt = run_dir / "checkpoints" / "clients.pt"
-    state = None
-    if cfg.train.resume:
-        state = load_resumable(ckpt, cfg)
-        p = Progress.from_state(state["progress"])
-    clients = (make_clients or Simulation)(cfg, run_dir, data, device, shaping, p)
-    if state is not None:
-        clients.load_state_dict(state)
-        log.info("resumed from %s after round %d (step %d)", ckpt, p.round, p.step)
-    warnings = reachability(clients.method, cfg.train.batch_size, clients.vit)
-    warnings += filter(None, [idle(clients.channel, clients.method.roles, cfg.method.name)])
-    for w in warnings:
-        log.warning(f"warning: {w}")
-    _save_partition(run_dir, clients, data)
+    loop = Loop(cfg, run_dir, device, shaping, data, make_clients)
+    with StopBetweenSteps() as interrupt:
+        with loop.saving_on_interrupt():
+            while not loop.over:
+                if loop.play(interrupt) is None:
+                    break
+            return loop.finish()
 
-    B, vit = cfg.train.batch_size, clients.vit
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    tracker = make_tracker(cfg, run_dir)
-    steps_per_pass = sum(-(-n // B) for n in clients.sizes)  # all clients' steps in one pass over the set
-    total_steps = cfg.train.epochs * steps_per_pass
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_pass)
-    losses = p.losses  # saved with the progress: a run resumed mid-interval averages all of the interval's losses
-    keep = cfg.train.get("checkpoint", "every_eval")
-    clock = [time.perf_counter()]  # since the wall time was last added to p.wall_s
 
-    def tick() -> None:
+class Loop:
+    """One process's side of a run, round by round: its clients (all of them in a simulation, one over gRPC),
+    their progress, the run files (``metrics.jsonl``, ``config.yaml``, ``clients.json``, the checkpoint
+    ``checkpoints/clients.pt``) and the evaluation of a round by its evaluator. :func:`fit_clients` plays
+    every round and then :meth:`finish`; a Flower ClientApp (:mod:`splitvit.flower`) plays one round per
+    message, in a fresh process each time, from the checkpoint the last one saved."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, device, shaping, data, make_clients=None):
+        self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
+        self.remote = cfg.link.kind != "inprocess"
+        p = self.p = Progress()
+        self.ckpt = run_dir / "checkpoints" / "clients.pt"
+        state = None
+        if cfg.train.resume:
+            state = load_resumable(self.ckpt, cfg)
+            p = self.p = Progress.from_state(state["progress"])
+        clients = self.clients = (make_clients or Simulation)(cfg, run_dir, data, device, shaping, p)
+        if state is not None:
+            clients.load_state_dict(state)
+            log.info("resumed from %s after round %d (step %d)", self.ckpt, p.round, p.step)
+        warnings = self.warnings = reachability(clients.method, cfg.train.batch_size, clients.vit)
+        warnings += filter(None, [idle(clients.channel, clients.method.roles, cfg.method.name)])
+        for w in warnings:
+            log.warning(f"warning: {w}")
+        _save_partition(run_dir, clients, data)
+        B = cfg.train.batch_size
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in p.history))
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        self.tracker = make_tracker(cfg, run_dir)
+        steps_per_pass = sum(-(-n // B) for n in clients.sizes)  # all clients' steps in one pass over the set
+        self.total_steps = cfg.train.epochs * steps_per_pass
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.warmup = round(cfg.train.get("warmup_epochs", 0) * steps_per_pass)
+        self.losses = p.losses  # saved with the progress: a run resumed mid-interval averages all of the interval's losses
+        self.keep = cfg.train.get("checkpoint", "every_eval")
+        self.clock = time.perf_counter()  # since the wall time was last added to p.wall_s
+        caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
+        if p.done and p.caps != caps:  # resumed under other caps: it may train on
+            p.done, p.stopped_by = False, None
+            clients.go_on()
+        p.caps = caps
+        self.over = p.done
+        self.closed = False
+
+    def tick(self) -> None:
+        """Add the wall time since the last tick to the progress."""
         now = time.perf_counter()
-        p.wall_s += now - clock[0]
-        clock[0] = now
+        self.p.wall_s += now - self.clock
+        self.clock = now
 
-    def evaluate_and_save(m: Member, plan: RoundPlan, before: int, final: bool) -> None:
+    def evaluate_and_save(self, m: Member, plan: RoundPlan, before: int, final: bool) -> None:
+        """As the round's evaluator: evaluate when an evaluation is due (or ``final``), and append the row."""
+        cfg, p, clients = self.cfg, self.p, self.clients
         every = cfg.train.get("eval_every")
         after = p.global_steps
         if not (final or not every or after // every > before // every):
             return
-        tick()  # the training time up to here; evaluate() adds its own
-        record = evaluate(cfg, m.client, data, vit, device, p, losses, epoch=clients.epochs())
+        self.tick()  # the training time up to here; evaluate() adds its own
+        record = evaluate(cfg, m.client, self.data, clients.vit, self.device, p, self.losses, epoch=clients.epochs())
         record.update(step=after, **({"round": plan.round + 1, "client": m.id} if cfg.clients.num > 1 else {}),
                       **clients.records())
-        losses.clear()
-        tracker.evaluation(record)
+        self.losses.clear()
+        self.tracker.evaluation(record)
         p.history.append(record)
-        with metrics_path.open("a") as f:
+        with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        clock[0] = time.perf_counter()
+        self.clock = time.perf_counter()
         weights = p.counts("weights").up + p.counts("weights").down + p.counts("control").up + p.counts("control").down
         train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
         log.info(f"round {plan.round + 1} step {after} epoch {record['epoch']:.2f}: train_loss {train_loss} "
                  f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} sent {(p.bytes_up + p.bytes_down) / 1e6:.2f} MB"
                  + (f" (+{weights / 1e6:.2f} MB weights and control)" if cfg.clients.num > 1 else ""))
 
-    caps = {**{k: cfg.train.get(k) for k in CAPS}, "rounds": cfg.clients.rounds}
-    if p.done and p.caps != caps:  # resumed under other caps: it may train on
-        p.done, p.stopped_by = False, None
-        clients.go_on()
-    p.caps = caps
-    over = p.done
-    with StopBetweenSteps() as interrupt:
+    def play(self, interrupt) -> bool | None:
+        """The next round, as its plan scripts it, then the checkpoint. Returns whether the run is over after
+        it, or None when it never started (the run was over)."""
+        cfg, p, clients = self.cfg, self.p, self.clients
+        plan = clients.plan(p.round)
+        over = _round(cfg, clients, plan, p, self.losses, interrupt, self.tracker, self.total_steps, self.warmup,
+                      self.evaluate_and_save)
+        if over is None:
+            last = p.history[-1].get("round") if p.history else None
+            if cfg.clients.num > 1 and (last is None or last < plan.round):
+                # this client came back after the run ended: what it last evaluated is not the end
+                w = (f"the run ended while this client was away: it took part up to round {p.round}, and its "
+                     f"last evaluation, of round {last}, is not the run's final model (the run reached round "
+                     f"{plan.round} at least). The run's result is in the run files of the client that "
+                     "evaluated its last round; or join this client's half with the server's last round file "
+                     "(splitvit export RUN_DIR server=round-<steps>.pt) and measure it (splitvit eval)")
+                log.warning(f"warning: {w}")
+                self.warnings.append(w)
+            self.over = True
+            return None
+        p.round += 1
+        self.tick()
+        if self.keep == "every_eval" and not over:
+            atomic_save(clients.state_dict(), self.ckpt)
+        self.over = over
+        return over
+
+    @contextlib.contextmanager
+    def saving_on_interrupt(self):
+        """Around the rounds: an interrupt saves what is whole and says from where the run resumes; the tracker
+        and the links are closed whatever happens."""
         try:
-            while not over:
-                plan = clients.plan(p.round)
-                over = _round(cfg, clients, plan, p, losses, interrupt, tracker, total_steps, warmup,
-                              evaluate_and_save)
-                if over is None:
-                    last = p.history[-1].get("round") if p.history else None
-                    if cfg.clients.num > 1 and (last is None or last < plan.round):
-                        # this client came back after the run ended: what it last evaluated is not the end
-                        w = (f"the run ended while this client was away: it took part up to round {p.round}, and its "
-                             f"last evaluation, of round {last}, is not the run's final model (the run reached round "
-                             f"{plan.round} at least). The run's result is in the run files of the client that "
-                             "evaluated its last round; or join this client's half with the server's last round file "
-                             "(splitvit export RUN_DIR server=round-<steps>.pt) and measure it (splitvit eval)")
-                        log.warning(f"warning: {w}")
-                        warnings.append(w)
-                    break
-                p.round += 1
-                tick()
-                if keep == "every_eval" and not over:
-                    atomic_save(clients.state_dict(), ckpt)
-            p.done = True
-            if not remote:  # a client not yet told asks at its next round, and hears the run is over
-                for m in clients.members.values():
-                    if not m.told_stop:
-                        m.fetch(clients.half_schema)
-            if keep != "none":
-                atomic_save(clients.state_dict(), ckpt)
-            also = _measure_final(cfg, clients, p, data, vit, device)  # before the link closes
+            yield
         except Interrupted as e:
-            if e.saved and keep != "none":  # the round was closed at the step reached: its state is whole
-                atomic_save(clients.state_dict(), ckpt)
-                raise Interrupted(p.step, "saved a checkpoint there") from None
-            raise Interrupted(p.step, "it resumes from the last round it saved" if keep != "none"
+            if e.saved and self.keep != "none":  # the round was closed at the step reached: its state is whole
+                atomic_save(self.clients.state_dict(), self.ckpt)
+                raise Interrupted(self.p.step, "saved a checkpoint there") from None
+            raise Interrupted(self.p.step, "it resumes from the last round it saved" if self.keep != "none"
                               else "saved nothing (train.checkpoint=none)") from None
         finally:
-            tracker.close()
-            clients.close_link()
-    reason = p.stopped_by = clients.stopped_by()
-    summary = make_summary(cfg, clients.method, vit, p, reason, data)
-    summary.update(clients_summary(cfg, clients, p))
-    summary.update(also)
-    summary.update(clients.records(run=True))
-    if warnings:
-        summary["warnings"] = warnings
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+            self.close()
+
+    def close(self) -> None:
+        """Close the tracker and the clients' links (once)."""
+        if not self.closed:
+            self.closed = True
+            self.tracker.close()
+            self.clients.close_link()
+
+    def finish(self) -> dict:
+        """The run is over: tell the clients not yet told, save, measure the final model (``eval.also``) and
+        write ``summary.json``; returns it."""
+        cfg, p, clients = self.cfg, self.p, self.clients
+        p.done = True
+        if not self.remote:  # a client not yet told asks at its next round, and hears the run is over
+            for m in clients.members.values():
+                if not m.told_stop:
+                    m.fetch(clients.half_schema)
+        if self.keep != "none":
+            atomic_save(clients.state_dict(), self.ckpt)
+        also = _measure_final(cfg, clients, p, self.data, clients.vit, self.device)  # before the link closes
+        self.close()
+        reason = p.stopped_by = clients.stopped_by()
+        summary = make_summary(cfg, clients.method, clients.vit, p, reason, self.data)
+        summary.update(clients_summary(cfg, clients, p))
+        summary.update(also)
+        summary.update(clients.records(run=True))
+        if self.warnings:
+            summary["warnings"] = self.warnings
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 def _measure_final(cfg, clients: Clients, p: Progress, data, vit, device) -> dict:
@@ -549,6 +594,7 @@ def clients_summary(cfg, sim: Clients, p: Progress) -> dict:
     weights_down = sum(c["weights_bytes_down"] for c in per_client)
     return {
         "clients": cfg.clients.num, "scheme": cfg.clients.scheme, "partition": cfg.clients.partition,
+        "engine": cfg.clients.get("engine", "splitvit"),
         "alpha": cfg.clients.alpha if cfg.clients.partition == "dirichlet" else None,
         "rounds": p.round, "budget_counts": BUDGET_COUNTS, "steps_all_clients": p.global_steps,
         "eval_model": sim.scheme.eval_model,

@@ -20,6 +20,8 @@ from ..data.augment import AUGMENTATIONS
 from ..models import PRESETS
 from .schemes import SCHEMES
 
+ENGINES = ("splitvit", "flower")  # clients.engine: who runs the clients (splitvit.flower for Flower)
+
 DEVICES = ("cpu", "cuda", "auto")
 LINKS = ("inprocess", "grpc")
 PRECISIONS = ("fp32", "bf16")
@@ -188,6 +190,17 @@ def _check_clients(cfg: DictConfig) -> None:
         return
     _at_least("clients.num", c.num, 1)
     _choice("clients.scheme", c.scheme, SCHEMES)
+    _choice("clients.engine", c.get("engine", "splitvit"), ENGINES)
+    if c.get("engine", "splitvit") == "flower":
+        if cfg.link.kind != "inprocess":
+            raise ConfigError("clients.engine=flower runs every client on Flower's simulation engine, each over splitvit's "
+                              "gRPC link to the ServerApp: drop link=grpc (for a deployment, use flwr run; docs: 'Flower')")
+        if cfg.split.index is None:
+            raise ConfigError("clients.engine=flower runs split learning: set split.index")
+        try:
+            import flwr  # noqa: F401
+        except ImportError:
+            raise ConfigError("clients.engine=flower needs Flower: pip install -e '.[flower]' (Python 3.11 or later)") from None
     _choice("clients.partition", c.partition, PARTITIONS)
     _at_least("clients.alpha", c.alpha, 1e-9)
     _at_least("clients.shards_per_client", c.shards_per_client, 1)

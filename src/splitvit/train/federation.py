@@ -179,12 +179,21 @@ class Coordinator:
             self._start(round_)
             self.cond.notify_all()
 
-    def rejoin(self, client: int) -> int:
+    def rejoin(self, client: int, caught_up: bool = False) -> int:
         """A client that comes back (resumed): it is dropped from the round in progress, if it was in it,
-        and takes part again from the next; returns that round."""
+        and takes part again from the next; returns that round. ``caught_up``: the server has applied every
+        training step the client's checkpoint holds and none since; if none of the client's events of the
+        round in progress has happened either, it simply reconnected between its rounds (a client process
+        per round, as a Flower ClientApp is), and it takes part in this round."""
         with self.cond:
             if self.plan is None:  # the run has not started (or its server has just resumed)
                 return self.first_round
+            if caught_up and client not in self.dropped:
+                planned = sum(e[0] == client for st in self.plan.stages for e in st)
+                pending = sum(e[0] == client for e in self.left) + sum(
+                    e[0] == client for st in self.stages[self.stage + 1:] for e in st)
+                if planned == pending:
+                    return self.plan.round
             self._drop(client, "it came back resumed; it takes part from the next round")
             self.dropped.discard(client)  # its messages now are for the next round: they wait for it
             self.absent.discard(client)

@@ -121,7 +121,9 @@ class Hub:
                 if self.cfg.clients.num > 1 and self.restarted and self.coordinator.plan is None:
                     self._same_round(client, resume_steps)
                 session.rejoin(resume_steps)
-                session.round = self._alone(resume_steps) if self.cfg.clients.num == 1 else self.coordinator.rejoin(client)
+                caught_up = self.ledger.counts("train", client).messages == resume_steps
+                session.round = (self._alone(resume_steps) if self.cfg.clients.num == 1
+                                 else self.coordinator.rejoin(client, caught_up))
                 log.info("client %d resumed after %d of its steps; it takes part from round %d", client, resume_steps,
                          session.round + 1)
         self.coordinator.register(client, samples)

@@ -19,6 +19,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the experiment ``cfg`` into ``run_dir``; returns the summary also written to ``summary.json``.
     The config is checked before anything is made; the run directory is this process's while it runs."""
     validate(cfg)
+    if cfg.split.index is not None and cfg.clients.get("engine", "splitvit") == "flower":
+        from .flower import simulate  # Flower's simulation engine: the optional extra
+
+        with held(run_dir):
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            return simulate(cfg, run_dir)
     with held(run_dir):
         run_dir, device, shaping, data = prepare(cfg, run_dir)
         if cfg.split.index is None:

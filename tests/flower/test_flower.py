@@ -1,0 +1,57 @@
+"""splitvit on Flower (the ``flower`` extra): the run config's mapping, and the same experiment on Flower's
+simulation engine and on splitvit's own, step for step and byte for byte."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="the flower extra: pip install -e '.[flower]'")
+
+from splitvit.flower import content_bytes, overrides  # noqa: E402
+
+RUN = ["model.embed_dim=64", "model.depth=3", "model.num_heads=2", "train.progress=false", "eval.max_batches=1",
+       "eval.batch_size=64", "train.batch_size=16", "clients.num=3", "clients.local_steps=2", "clients.rounds=2"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the same float sums in every process
+
+
+def train(run_dir: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "splitvit", "train", *RUN, *args, f"run_dir={run_dir}"],
+                          env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_the_run_config_is_overrides_one_way():
+    config = {"method": "adc", "method.compression": 0.1, "clients.num": 3, "train.progress": False,
+              "eval.also": "[compressed]"}
+    assert overrides(config) == ["clients.num=3", "eval.also=[compressed]", "method=adc", "method.compression=0.1",
+                                 "train.progress=false"]
+
+
+def test_control_bytes_are_the_serialised_records():
+    from flwr.app import ConfigRecord, RecordDict
+
+    small = content_bytes(RecordDict({"splitvit": ConfigRecord({"action": "join"})}))
+    large = content_bytes(RecordDict({"splitvit": ConfigRecord({"action": "join" + "x" * 1000})}))
+    assert 0 < small < 100 and large - small >= 1000
+
+
+@pytest.mark.parametrize("scheme", ["sequential", "splitfed_v1", "splitfed_v2"])
+def test_flower_gives_the_simulations_steps_bytes_and_accuracy(tmp_path, scheme):
+    flower = train(tmp_path / "flower", f"clients.scheme={scheme}", "clients.engine=flower")
+    sim = train(tmp_path / "sim", f"clients.scheme={scheme}")
+    assert flower["engine"] == "flower" and flower["steps"] == sim["steps"] == 12
+    for key in ("bytes_up", "bytes_down", "final_val_acc", "final_val_loss", "rounds", "stopped_by",
+                "baseline_bytes_up", "baseline_bytes_down", "compression_measured", "epochs"):
+        assert flower[key] == sim[key], key
+    assert flower["per_client"] == sim["per_client"]  # every byte of every client, weights included
+    assert flower["flower_messages"] == 3 + 3 * 2 + 3  # join, two rounds of three, finish
+    assert flower["flower_control_bytes_down"] > 0 and flower["flower_control_bytes_up"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    sim_rows = [json.loads(line) for line in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["round"], r["val_acc"], r["bytes_up"], r["bytes_down"]) for r in rows] == \
+           [(r["step"], r["round"], r["val_acc"], r["bytes_up"], r["bytes_down"]) for r in sim_rows]
