@@ -55,3 +55,11 @@ def test_flower_gives_the_simulations_steps_bytes_and_accuracy(tmp_path, scheme)
     sim_rows = [json.loads(line) for line in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["round"], r["val_acc"], r["bytes_up"], r["bytes_down"]) for r in rows] == \
            [(r["step"], r["round"], r["val_acc"], r["bytes_up"], r["bytes_down"]) for r in sim_rows]
+
+
+def test_the_engines_benchmark_runs_in_smoke_mode():
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "flower" / "engines.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **ONE_THREAD})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "engine=flower" in proc.stdout and "on both engines: True" in proc.stdout

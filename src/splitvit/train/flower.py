@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -281,6 +282,12 @@ def _client_message(msg: Message, context: Context, cfg: DictConfig | None) -> M
 
 # -- the apps --------------------------------------------------------------------------------------------
 
+def _logging() -> None:
+    """A ServerApp or ClientApp process that nothing configured says what splitvit does, as splitvit's CLI does."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def apps(cfg: DictConfig | None = None, run_dir: str | Path | None = None) -> tuple[ServerApp, ClientApp]:
     """A ServerApp and a ClientApp for the experiment ``cfg`` (bound, for Flower's simulation engine), or, with
     no ``cfg``, for the one Flower's run config gives (``flwr run``)."""
@@ -288,11 +295,13 @@ def apps(cfg: DictConfig | None = None, run_dir: str | Path | None = None) -> tu
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
+        _logging()
         c = cfg if cfg is not None else compose(*overrides(context.run_config))
         serve_flower(grid, c, run_dir or c.run_dir, simulated=cfg is not None)
 
     @client.train()
     def _train(msg: Message, context: Context) -> Message:
+        _logging()
         return _client_message(msg, context, cfg)
 
     return server, client
@@ -315,7 +324,8 @@ def simulate(cfg: DictConfig, run_dir: str | Path) -> dict:
     cpus = os.cpu_count() or 1
     # Ray starts its workers at niceness 15; the clients are this run's work, not background work
     os.environ.setdefault("RAY_worker_niceness", "0")
-    per_client = max(cpus / cfg.clients.num, 0.01)
+    at_once = max(1, math.ceil(cfg.clients.fraction * cfg.clients.num))  # a round's clients, at most
+    per_client = max(cpus / at_once, 0.01)  # so Ray keeps that many actors, each with its own torch
     run_simulation(server, client, num_supernodes=cfg.clients.num,
                    backend_config={"client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": cpus, "include_dashboard": False}})
