@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -59,6 +60,7 @@ from .remote import RemoteClient, Sessions, chunk_bytes, security_from
 
 log = logging.getLogger(__name__)
 
+STOP = threading.Event()  # set when a simulation this process runs has ended: its ServerApp thread stops waiting
 RECORD = "splitvit"  # the name of splitvit's ConfigRecord in every Flower message, both ways
 NODES_TIMEOUT_S = 120.0  # how long the ServerApp waits for enough SuperNodes to connect
 
@@ -177,16 +179,20 @@ class Driver:
             messages.append(Message(content=content, dst_node_id=self.node_of[c], message_type="train"))
         client_of = {n: c for c, n in self.node_of.items()}
         replies = {}
-        for reply in self.grid.send_and_receive(messages):
-            c = client_of[reply.metadata.src_node_id]
-            if reply.has_error():
-                raise RuntimeError(f"client {c} failed: {reply.error.reason}")
-            self.control["up"] += content_bytes(reply.content)
-            replies[c] = reply.content[RECORD]
+        waiting = set(self.grid.push_messages(messages))
         self.control["messages"] += len(messages)
-        missing = sorted(set(orders) - set(replies))
-        if missing:
-            raise RuntimeError(f"no reply from clients {missing}")
+        while waiting:  # polled, so that a simulation runtime that ended (STOP) ends this thread too
+            if STOP.is_set():
+                raise RuntimeError("Flower's runtime stopped while the ServerApp waited for the clients")
+            for reply in self.grid.pull_messages(list(waiting)):
+                waiting.discard(reply.metadata.reply_to_message_id)
+                c = client_of[reply.metadata.src_node_id]
+                if reply.has_error():
+                    raise RuntimeError(f"client {c} failed: {reply.error.reason}")
+                self.control["up"] += content_bytes(reply.content)
+                replies[c] = reply.content[RECORD]
+            if waiting:
+                time.sleep(0.05)
         return replies
 
     def _ledger_bytes(self) -> dict:
@@ -326,9 +332,13 @@ def simulate(cfg: DictConfig, run_dir: str | Path) -> dict:
     os.environ.setdefault("RAY_worker_niceness", "0")
     at_once = max(1, math.ceil(cfg.clients.fraction * cfg.clients.num))  # a round's clients, at most
     per_client = max(cpus / at_once, 0.01)  # so Ray keeps that many actors, each with its own torch
-    run_simulation(server, client, num_supernodes=cfg.clients.num,
-                   backend_config={"client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": cpus, "include_dashboard": False}})
+    STOP.clear()
+    try:
+        run_simulation(server, client, num_supernodes=cfg.clients.num,
+                       backend_config={"client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": cpus, "include_dashboard": False}})
+    finally:
+        STOP.set()
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"the Flower simulation ended without a summary; see the logs under {run_dir}")
