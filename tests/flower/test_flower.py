@@ -63,3 +63,31 @@ def test_the_engines_benchmark_runs_in_smoke_mode():
                           env={**os.environ, **ONE_THREAD})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "engine=flower" in proc.stdout and "on both engines: True" in proc.stdout
+
+
+def test_a_flower_strategy_averages_the_halves_and_fedavg_is_splitvits_to_the_bit():
+    import torch
+
+    from splitvit.train.fedavg import fedavg
+    from splitvit.train.strategy import averaging
+
+    g = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(64, 32, generator=g), "b": torch.randn(7, generator=g), "n": torch.tensor(3)}
+              for _ in range(3)]
+    weights = [480.0, 479.0, 478.0]
+    ours, theirs = fedavg(states, weights), averaging("FedAvg")(states, weights)
+    assert all(torch.equal(ours[k], theirs[k]) and ours[k].dtype == theirs[k].dtype for k in ours)
+    median = averaging("FedMedian")(states, weights)
+    assert torch.equal(median["w"], torch.stack([s["w"] for s in states]).median(0).values)
+    assert torch.equal(median["n"], torch.tensor(3))
+    with pytest.raises(ValueError, match="FedAvg, FedAvgM"):
+        averaging("FedAverage")
+
+
+def test_clients_strategy_fedavg_gives_the_same_run_and_fedmedian_another(tmp_path):
+    ours = train(tmp_path / "ours", "clients.scheme=splitfed_v1")
+    flower = train(tmp_path / "flower", "clients.scheme=splitfed_v1", "clients.strategy=FedAvg")
+    median = train(tmp_path / "median", "clients.scheme=splitfed_v1", "clients.strategy=FedMedian")
+    for key in ("bytes_up", "bytes_down", "final_val_acc", "final_val_loss", "per_client"):
+        assert flower[key] == ours[key], key
+    assert median["final_val_loss"] != ours["final_val_loss"]  # the strategy is the one that averaged

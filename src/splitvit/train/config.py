@@ -19,6 +19,7 @@ from ..data.partition import PARTITIONS
 from ..data.augment import AUGMENTATIONS
 from ..models import PRESETS
 from .schemes import SCHEMES
+from .strategy import averaging
 
 ENGINES = ("splitvit", "flower")  # clients.engine: who runs the clients (splitvit.flower for Flower)
 
@@ -191,6 +192,11 @@ def _check_clients(cfg: DictConfig) -> None:
     _at_least("clients.num", c.num, 1)
     _choice("clients.scheme", c.scheme, SCHEMES)
     _choice("clients.engine", c.get("engine", "splitvit"), ENGINES)
+    if c.get("strategy"):
+        try:
+            averaging(c.strategy)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if c.get("engine", "splitvit") == "flower":
         if cfg.link.kind != "inprocess":
             raise ConfigError("clients.engine=flower runs every client on Flower's simulation engine, each over splitvit's "

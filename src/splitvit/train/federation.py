@@ -84,6 +84,7 @@ class Federation:
         self.schema = weights_schema(template)
         self.pending: dict[int, tuple[dict[str, torch.Tensor], int]] = {}  # client -> (half, samples), this round
         self.stopped = False  # the run is over: replies at a round's end say stop
+        self.mean = fedavg  # the average of copies (clients.strategy: a Flower strategy's; see .strategy)
 
     def upload(self, client: int, tensors: dict[str, torch.Tensor]) -> None:
         """A client half arrives: the scheme decides what it does (hand it on, or keep it for the average)."""
@@ -102,7 +103,7 @@ class Federation:
         weights = [float(self.pending[c][1]) for c in ids]
         if sum(weights) == 0:
             weights = [1.0] * len(ids)
-        self.current = fedavg([self.pending[c][0] for c in ids], weights)
+        self.current = self.mean([self.pending[c][0] for c in ids], weights)
         self.version += 1
         self.pending.clear()
         return weights

@@ -29,6 +29,7 @@ from .federation import Coordinator, Federation, caps_reached, half_state, spent
 from .mods import ProfileStep, find
 from .schemes import RoundPlan, build_scheme
 from .server import ServerHalf, Session, server_digest
+from .strategy import averaging
 from .state import Progress
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Hub:
             self.halves.append(ServerHalf(model, codec, make_optimizer(cfg, model, codec.modules), bf16,
                                           mods=[alast] if alast is not None else []))
         self.federation = Federation(self.scheme, client_template(cfg, client_model, method, self.vit, num_classes))
+        self.federation.mean = averaging(cfg.clients.get("strategy"))
         self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
         self.channel = ChannelSpec.from_config(cfg.get("channel"))
         self.schedule = CompressionSchedule.from_config(cfg)

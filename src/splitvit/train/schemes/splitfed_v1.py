@@ -5,7 +5,6 @@ messages in a seeded order too; with a copy each, the order changes nothing but 
 
 from __future__ import annotations
 
-from ..fedavg import fedavg
 from .base import register_scheme
 from .splitfed_v2 import SplitFedV2
 
@@ -26,6 +25,6 @@ class SplitFedV1(SplitFedV2):
         if not ids:
             return
         for pick in (lambda h: h.model, lambda h: h.codec.modules):
-            avg = fedavg([pick(halves[c]).state_dict() for c in ids], weights)
+            avg = federation.mean([pick(halves[c]).state_dict() for c in ids], weights)
             for h in halves:
                 pick(h).load_state_dict(avg)
