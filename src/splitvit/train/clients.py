@@ -469,12 +469,12 @@ class Loop:
             self.tracker.close()
             self.clients.close_link()
 
-    def finish(self) -> dict:
-        """The run is over: tell the clients not yet told, save, measure the final model (``eval.also``) and
-        write ``summary.json``; returns it."""
+    def finish(self, tell: bool | None = None) -> dict:
+        """The run is over: tell the clients not yet told (``tell``; by default in a simulation, where no later
+        round will), save, measure the final model (``eval.also``) and write ``summary.json``; returns it."""
         cfg, p, clients = self.cfg, self.p, self.clients
         p.done = True
-        if not self.remote:  # a client not yet told asks at its next round, and hears the run is over
+        if not self.remote if tell is None else tell:  # a client not yet told asks, and hears the run is over
             for m in clients.members.values():
                 if not m.told_stop:
                     m.fetch(clients.half_schema)

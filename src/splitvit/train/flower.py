@@ -267,10 +267,7 @@ def play(order: ConfigRecord, cfg: DictConfig) -> ConfigRecord:
                 if over and loop.keep != "none":  # this process ends here: the last round too is kept for finish
                     atomic_save(loop.clients.state_dict(), loop.ckpt)
             else:  # finish: a client not yet told hears the run is over, then its summary
-                for m in loop.clients.members.values():
-                    if not m.told_stop:
-                        m.fetch(loop.clients.half_schema)
-                summary = loop.finish()
+                summary = loop.finish(tell=True)
                 evaluated = [r.get("round", 0) for r in loop.p.history]
                 summary["rounds_evaluated"] = max(evaluated) if evaluated else -1
                 reply["summary"] = json.dumps(summary)
