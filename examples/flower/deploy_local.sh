@@ -5,6 +5,10 @@
 # openssl and ssh-keygen.
 #   examples/flower/deploy_local.sh [WORK_DIR] [--run-config 'key=value ...']
 set -euo pipefail
+for cmd in flwr flower-superlink flower-supernode openssl ssh-keygen; do
+  command -v "$cmd" > /dev/null || { echo "deploy_local.sh: '$cmd' not found; install the extra (pip install -e '.[flower]')," \
+    "activate its environment (source .venv/bin/activate), and install openssl and ssh-keygen" >&2; exit 127; }
+done
 app=$(cd "$(dirname "$0")" && pwd)
 work=${1:-$(mktemp -d)}; shift $(( $# > 0 ? 1 : 0 ))
 mkdir -p "$work/certificates" "$work/keys" "$work/flwr_home"

@@ -2,8 +2,10 @@
 loopback with TLS and SuperNode authentication, flwr run, and splitvit's run files at the end."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ssh-keygen")), reason="needs openssl and ssh-keygen")
 def test_the_deployment_recipe_runs_on_loopback(tmp_path):
+    # Flower's commands live beside this interpreter; a virtual environment need not be on PATH (as in CI)
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     proc = subprocess.run([str(ROOT / "examples" / "flower" / "deploy_local.sh"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=env)
     logs = "".join((p.name + ":\n" + p.read_text()[-2000:]) for p in tmp_path.glob("*.log"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
     summary = json.loads((tmp_path / "outputs" / "flower" / "summary.json").read_text())
