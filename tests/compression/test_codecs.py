@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import SMALL, make_cfg
-from splitvit.channel import DIGITAL, Channel, ChannelSpec, erasures, lenient
+from splitvit.channel import ANALOG, DIGITAL, Channel, ChannelSpec, erasures, lenient
 from splitvit.compression import METHODS, build_method
-from splitvit.compression.codecs import Coded, apply_codec
+from splitvit.compression.codecs import FLOAT_CODECS, INT_CODECS, Coded, apply_codec
 from splitvit.train import ConfigError, fit
 from splitvit.train.config import shared_config, validate
 from splitvit.train.state import Progress
@@ -49,6 +49,87 @@ def test_every_method_with_an_integer_codec_round_trips_and_sends_fewer_bytes(na
     names = [*read_header(up)[0], *read_header(down)[0]]
     assert sum(k.endswith(".codes") for k in names) >= 2
     assert m.nominal_ratio(16, N, D) == pytest.approx(m.inner.nominal_ratio(16, N, D) * m.bits / 32)
+
+
+def data_bytes(message: bytes) -> dict[str, tuple[str, int]]:
+    """Each tensor of a serialized message: (its dtype, the bytes of its data), from its header."""
+    return {k: (e["dtype"], e["data_offsets"][1] - e["data_offsets"][0]) for k, e in read_header(message)[0].items()}
+
+
+def with_codec(name, codec):
+    wire_dtype = FLOAT_CODECS.get(codec, "float32")  # fp16, bf16: the method's wire dtype
+    return apply_codec(build_method(name, C, N, D, wire_dtype=wire_dtype, **OPTIONS[name]), codec)
+
+
+@pytest.mark.parametrize("name", ["none", "adc", "topk", "c3sl"])
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "int2"])
+def test_each_codec_sends_the_bits_it_claims(name, codec):
+    """Against the same step sent uncompressed, measured from the bytes: every float32 value costs ``bits``
+    (an integer codec adds one scale, 8 bytes, per tensor, and pads each row to a whole word of 8 codes);
+    side data costs what it cost; what is left is the header's bytes."""
+    bits = 16 if codec in FLOAT_CODECS else INT_CODECS[codec]
+    plain = build_method(name, C, N, D, **OPTIONS[name])
+    _, _, *plain_messages = step(plain)
+    _, _, *coded_messages = step(with_codec(name, codec))
+    for direction, a, b in zip(("up", "down"), plain_messages, coded_messages):
+        was, now = data_bytes(a), data_bytes(b)
+        values = {k for k, (dtype, _) in was.items() if dtype == "F32" and plain.role(k) == ANALOG}
+        assert values, f"{name} sends no values {direction}"
+        assert {k: was[k] for k in was.keys() - values} == {k: now[k] for k in was.keys() - values}  # side data
+        claimed = sum(was[k][1] for k in values) * bits // 32
+        if codec in FLOAT_CODECS:
+            assert sum(now[k][1] for k in values) == claimed
+        else:
+            assert all(now[f"{k}.range"][1] == 8 for k in values)  # one scale per tensor
+            codes = sum(now[f"{k}.codes"][1] for k in values)
+            rows = sum(was[k][1] // 4 // read_header(a)[0][k]["shape"][-1] for k in values)
+            assert claimed <= codes < claimed + rows * bits  # under 8 codes of padding per row
+            assert codes == claimed or name == "topk"  # rows of D = 16 values pack exactly
+        header = len(b) - sum(size for _, size in now.values())
+        scales = 0 if codec in FLOAT_CODECS else 8 * len(values)
+        padding = 0 if codec in FLOAT_CODECS else codes - claimed
+        side = sum(was[k][1] for k in was.keys() - values)
+        assert len(b) == header + side + claimed + scales + padding
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16"])
+def test_a_float_codec_carries_representable_values_exactly(codec):
+    """Values that 16 bits represent arrive as they left, both ways."""
+    dtype = getattr(torch, FLOAT_CODECS[codec])
+    method = with_codec("none", codec)
+    h = torch.randn(6, N, D).to(dtype).float().requires_grad_()
+    sent = method.client().encode(h, None, torch.arange(6) % C)
+    got = method.server().decode(decode(encode(sent.message), method.up_schema(16, N, D))[0])
+    assert torch.equal(got.z, h.detach())
+    weights = torch.randn(6, N, D).to(dtype).float()  # a linear loss: the gradient is these weights
+    (got.z * weights).sum().backward()
+    grad = sent.decode(decode(encode(got.reply()), method.grad_schema(sent.tensor))[0])
+    assert torch.equal(grad, weights)
+
+
+@pytest.mark.parametrize("name", ["none", "adc", "topk", "c3sl"])
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+def test_a_composed_gradient_is_the_codec_applied_to_the_method_s_own(name, codec):
+    """The gradient a composed method delivers to the client's activations equals the method alone, with
+    its gradient message passed through the codec on the way back. A linear loss makes the server's
+    gradient independent of how the activations were coded on the way up."""
+    composed, inner = coded(name, codec), build_method(name, C, N, D, **OPTIONS[name])
+    g = torch.Generator().manual_seed(3)
+    h0, attn = torch.randn(12, N, D, generator=g), torch.rand(12, N, generator=g).softmax(-1)
+    labels = torch.arange(12) % C
+    grads = []
+    for method, through_codec in ((composed, lambda reply: reply), (inner, lambda reply: composed.unpack(
+            composed.pack(reply, "down"), "down", inner.grad_schema(sent.tensor)))):
+        h = h0.clone().requires_grad_()
+        sent = method.client().encode(h, attn, labels)
+        got = method.server().decode(decode(encode(sent.message), method.up_schema(16, N, D))[0])
+        weights = torch.randn(got.z.shape, generator=torch.Generator().manual_seed(4))
+        (got.z * weights).sum().backward()
+        reply = decode(encode(through_codec(got.reply())), method.grad_schema(sent.tensor))[0]
+        sent.tensor.backward(sent.decode(reply))
+        grads.append(h.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", CODED)
