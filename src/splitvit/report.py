@@ -133,8 +133,16 @@ def _label(key: tuple, varying: set[str]) -> str:
         if flat.get("compression_schedule.name") not in (None, "None", "constant") and k == "method.compression":
             continue  # the schedule's ends replace it
         if k in varying and k != "method.name" and not (k.startswith(("method.", "codec.")) and v == "None"):
-            parts.append("codec=" + v if k == "codec.name" else f"{k.removeprefix('method.')}={v}")
+            parts.append("codec=" + v if k == "codec.name" else f"{k.removeprefix('method.')}={_short(v)}")
     return " ".join(parts)
+
+
+def _short(value: str) -> str:
+    """A long float at 4 significant digits (``0.1176`` for 2/17); anything else as it is."""
+    try:
+        return f"{float(value):.4g}" if "." in value and len(value) > 6 else value
+    except ValueError:
+        return value
 
 
 def aggregate(runs: list[dict], warn=None) -> list[dict]:
