@@ -63,7 +63,7 @@ def render(command: str, n: int, cache: dict[str, list[str]], rows: str | None =
                 return select(cache[command][n - 1], rows)
             if words[:2] == ["splitvit", "report"]:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    code = report([*words[2:], f"out={tmp}"])
+                    code = report([*words[2:], f"out={tmp}", "plots=false"])
                 if code:
                     raise SystemExit(f"{command} failed ({code})")
                 cache[command] = [t for f in ("report.md", "energy.md") if (Path(tmp) / f).exists()

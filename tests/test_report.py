@@ -30,6 +30,9 @@ def test_report_aggregates_seeds_and_draws_the_plots(tmp_path):
     for png in ("accuracy_vs_compression.png", "accuracy_vs_bytes.png", "adc_grid.png", "accuracy_vs_time.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
     assert "| adc |" in (tmp_path / "out" / "report.md").read_text()
+    assert report([str(runs), f"out={tmp_path / 'tables'}", "plots=false", "energy.device=raspberry_pi_4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["energy.md", "report.csv", "report.md"]
+    assert (tmp_path / "tables" / "report.md").read_text() == (tmp_path / "out" / "report.md").read_text()
 
 
 def test_multirun_sweep_then_report_from_the_command_line(tmp_path):

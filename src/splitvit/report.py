@@ -589,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = KeyValueParser(prog="splitvit report", description=plain(__doc__))
     ap.add_argument("dirs", nargs="+", help="run or sweep directories")
     ap.add_argument("--out", default=None, help="where report.md, report.csv and the plots go (default: the first DIR)")
+    ap.add_argument("--plots", choices=("true", "false"), default="true",
+                    help="false: the tables only (report.md, report.csv, energy.md), no figures")
     ap.epilog = ("a device of your own: energy.device=custom energy.watts=W energy.gflops=G (or energy.joules_per_flop=J); "
                  "a radio of your own: energy.radio=custom energy.alpha_up=A energy.alpha_down=A energy.beta=B (mW per "
                  "Mbit/s, mW)")
@@ -634,11 +636,11 @@ def main(argv: list[str] | None = None) -> int:
                 + frontier_markdown(rows))
     (out / "report.md").write_text(table + envelope + "".join(f"\nwarning: {w}\n" for w in warnings))
     write_csv(rows, out / "report.csv")
-    written = plots(rows, out)
+    written = plots(rows, out) if args.plots == "true" else []
     if args.energy:
         try:
             written += energy_report(rows, out, args.energy, args.radio.split(","), args.mbps,
-                                     {k: float(v) for k, v in energy_keys.items()})
+                                     {k: float(v) for k, v in energy_keys.items()}, figure=args.plots == "true")
         except ValueError as e:
             print(f"splitvit report: error: {e}", file=sys.stderr)
             return 2
@@ -652,10 +654,10 @@ ENERGY_KEYS = {"device", "radio", "mbps", "watts", "gflops", "joules_per_flop", 
 
 
 def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: list[str], mbps: float | None,
-                  custom: dict | None = None) -> list[Path]:
-    """``energy.md`` and ``energy.png``: what each setting's steps cost the client (:mod:`splitvit.energy`).
-    ``custom``: ``watts``/``gflops``/``joules_per_flop`` for ``energy.device=custom``, ``alpha_up``/
-    ``alpha_down``/``beta`` for ``energy.radio=custom``."""
+                  custom: dict | None = None, figure: bool = True) -> list[Path]:
+    """``energy.md`` and (with ``figure``) ``energy.png``: what each setting's steps cost the client
+    (:mod:`splitvit.energy`). ``custom``: ``watts``/``gflops``/``joules_per_flop`` for ``energy.device=custom``,
+    ``alpha_up``/``alpha_down``/``beta`` for ``energy.radio=custom``."""
     from .energy import device, energy_markdown, energy_rows, radio
 
     c = custom or {}
@@ -674,6 +676,8 @@ def energy_report(rows: list[dict], out: Path, device_name: str, radio_names: li
     text = energy_markdown(erows, dev, radios, mbps, mbps)
     (out / "energy.md").write_text(text)
     print(text)
+    if not figure:
+        return [out / "energy.md"]
     import matplotlib
 
     matplotlib.use("Agg")

@@ -257,13 +257,12 @@ def play(order: ConfigRecord, cfg: DictConfig) -> ConfigRecord:
         run_dir, device, shaping, data = prepare(cfg, run_dir)
         loop = Loop(cfg, run_dir, device, shaping, data, make_clients=RemoteClient)
         before = len(loop.p.history)
-        reply: dict = {"rows": "[]", "over": False}
+        reply: dict = {"rows": "[]"}  # the run's end the Driver reads from its own coordinator
         with StopBetweenSteps() as interrupt, loop.saving_on_interrupt():
             if order["action"] == "join":  # said hello: the checkpoint the first round starts from
                 atomic_save(loop.clients.state_dict(), loop.ckpt)
             elif order["action"] == "round":
                 over = loop.play(interrupt)
-                reply["over"] = bool(over is None or over)
                 if over and loop.keep != "none":  # this process ends here: the last round too is kept for finish
                     atomic_save(loop.clients.state_dict(), loop.ckpt)
             else:  # finish: a client not yet told hears the run is over, then its summary
