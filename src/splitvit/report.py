@@ -553,16 +553,24 @@ def frontier_plot(rows: list[dict], path: Path, title: str) -> Path:
         ex, ey = [p[0] for p in env], [p[1] for p in env]
         ax.step(ex + [max(xs + ex) * 1.2], ey + ey[-1:], where="post", color="k", lw=1.2, alpha=0.7, zorder=0)
         ax.plot(ex, ey, ls="none", marker=".", ms=3, color="k", alpha=0.7)
-        leader, leaders = None, []  # each setting numbered where it takes the lead, and named in the legend
-        for x, y, r in env:
-            if r is not leader:
-                if not any(r is l for l in leaders):
-                    leaders.append(r)
-                n = next(i for i, l in enumerate(leaders) if l is r) + 1
-                ax.annotate(str(n), (x, y), xytext=(-2, 4), textcoords="offset points", fontsize=7, ha="right",
-                            color=METHOD_COLORS.get(r["method"], "k"), fontweight="bold")
-                leader = r
+    leader, leaders, labels = None, [], []  # each setting numbered where it takes the lead, and named in the legend
+    for x, y, r in env:
+        if r is not leader:
+            if not any(r is l for l in leaders):
+                leaders.append(r)
+            labels.append((x, y, next(i for i, l in enumerate(leaders) if l is r) + 1, r))
+            leader = r
     _log_axis(ax, xs + [p[0] for p in env])
+    ax.autoscale_view()
+    placed: list[tuple[float, float]] = []  # labels' anchors in points; one that would cover another goes above it
+    for x, y, n, r in labels:
+        px, py = ax.transData.transform((x, y)) * 72 / fig.dpi
+        lift = 4
+        while any(abs(px - qx) < 8 and abs(py + lift - qy) < 8 for qx, qy in placed):
+            lift += 8
+        placed.append((px, py + lift))
+        ax.annotate(str(n), (x, y), xytext=(-2, lift), textcoords="offset points", fontsize=7, ha="right",
+                    color=METHOD_COLORS.get(r["method"], "k"), fontweight="bold")
     ax.set_xlabel("MB sent for training, both directions (mean over seeds)")
     ax.set_ylabel("best test accuracy")
     ax.set_title(title, fontsize=9)
