@@ -91,3 +91,44 @@ def test_clients_strategy_fedavg_gives_the_same_run_and_fedmedian_another(tmp_pa
     for key in ("bytes_up", "bytes_down", "final_val_acc", "final_val_loss", "per_client"):
         assert flower[key] == ours[key], key
     assert median["final_val_loss"] != ours["final_val_loss"]  # the strategy is the one that averaged
+
+
+def test_a_ray_that_did_not_start_is_started_again_and_other_errors_are_not(tmp_path, monkeypatch):
+    """Ray's node waits a fixed 30 s for its raylet, which a busy machine can miss: Flower then ends the
+    simulation before any node got a message. That error, and only that one, starts it again."""
+    import flwr.simulation
+    import ray
+
+    from conftest import SMALL, make_cfg
+    from splitvit.flower import simulate
+
+    def ray_timeout():
+        try:
+            try:
+                raise Exception("The current node timed out during startup. This could happen because ...")
+            except Exception as e:
+                raise RuntimeError("Simulation Runtime crashed.") from e
+        except RuntimeError as e:
+            raise RuntimeError("An error was encountered. Ending simulation.") from e
+
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["num_supernodes"])
+        if len(calls) == 1:
+            ray_timeout()
+        (tmp_path / "summary.json").write_text('{"engine": "flower"}')
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", flaky)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    cfg = make_cfg(*SMALL, "clients.num=2", "clients.engine=flower")
+    assert simulate(cfg, tmp_path) == {"engine": "flower"} and calls == [2, 2]
+
+    def broken(*args, **kwargs):
+        calls.append("broken")
+        raise RuntimeError("An error was encountered. Ending simulation.") from ValueError("a client failed")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", broken)
+    with pytest.raises(RuntimeError, match="Ending simulation"):
+        simulate(cfg, tmp_path / "other")
+    assert calls[2:] == ["broken"]

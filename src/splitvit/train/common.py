@@ -107,9 +107,10 @@ def held(run_dir: str | Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(cfg: DictConfig, run_dir: str | Path):
+def prepare(cfg: DictConfig, run_dir: str | Path, data=None):
     """What every run does first: check the config, make the run directory, say what runs, load the
-    data. Returns ``(run_dir, device, link model or None, data)``."""
+    data (unless ``data``, the config's, already loaded, is given). Returns ``(run_dir, device, link model
+    or None, data)``."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def prepare(cfg: DictConfig, run_dir: str | Path):
         shaping = LinkModel.from_config(cfg.link)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return run_dir, device, shaping, load_data(cfg)
+    return run_dir, device, shaping, load_data(cfg) if data is None else data
 
 
 def load_data(cfg: DictConfig):

@@ -54,7 +54,7 @@ except ImportError as e:  # the base install has no Flower
 from ..link.grpc import LinkServer, Security
 from .checkpoint import atomic_save
 from .clients import Loop
-from .common import StopBetweenSteps, config_hash, held, prepare
+from .common import StopBetweenSteps, config_hash, held, load_data, prepare
 from .config import ConfigError, compose, validate
 from .remote import RemoteClient, Sessions, chunk_bytes, security_from
 
@@ -240,6 +240,19 @@ def serve_flower(grid: Grid, cfg: DictConfig, run_dir: str | Path, simulated: bo
 
 # -- a client's side ---------------------------------------------------------------------------------------
 
+_DATA: dict[str, object] = {}  # this process's dataset, by its config: a ClientApp loads it once, not per message
+
+
+def _data(cfg: DictConfig):
+    """The experiment's data, loaded on a process's first message (CIFAR-100: about 1.5 s) and kept; the
+    images are read-only tensors, so every client this process plays shares them."""
+    key = json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True)
+    if key not in _DATA:
+        _DATA.clear()  # one experiment's data at a time
+        _DATA[key] = load_data(cfg)
+    return _DATA[key]
+
+
 def play(order: ConfigRecord, cfg: DictConfig) -> ConfigRecord:
     """A ClientApp's work for one message: client ``order["client"]`` joins the run, plays its part of a round
     or finishes, over splitvit's link to ``order["server"]``, from and to its checkpoint."""
@@ -254,7 +267,7 @@ def play(order: ConfigRecord, cfg: DictConfig) -> ConfigRecord:
         "clients.engine=splitvit",  # from splitvit's side, a client process of a splitvit serve
         *(f"{k}={v}" for k, v in json.loads(order["config"]).items())]))
     with held(run_dir):
-        run_dir, device, shaping, data = prepare(cfg, run_dir)
+        run_dir, device, shaping, data = prepare(cfg, run_dir, _data(cfg))
         loop = Loop(cfg, run_dir, device, shaping, data, make_clients=RemoteClient)
         before = len(loop.p.history)
         reply: dict = {"rows": "[]"}  # the run's end the Driver reads from its own coordinator
@@ -312,6 +325,18 @@ def apps(cfg: DictConfig | None = None, run_dir: str | Path | None = None) -> tu
 server_app, client_app = apps()  # for flwr run: serverapp = "splitvit.flower:server_app", clientapp = "...:client_app"
 
 
+RAY_STARTS = 3  # Ray's node waits a fixed 30 s for its raylet; on a loaded machine that first start can miss it
+
+
+def _ray_did_not_start(e: BaseException | None) -> bool:
+    """Whether ``e`` (Flower's error) was caused by Ray's node timing out as it started."""
+    while e is not None:
+        if "timed out during startup" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def simulate(cfg: DictConfig, run_dir: str | Path) -> dict:
     """``splitvit train clients.engine=flower``: the experiment on Flower's simulation engine, one virtual
     SuperNode per client, every client of a round running at once (the link's referee orders their
@@ -328,13 +353,24 @@ def simulate(cfg: DictConfig, run_dir: str | Path) -> dict:
     os.environ.setdefault("RAY_worker_niceness", "0")
     at_once = max(1, math.ceil(cfg.clients.fraction * cfg.clients.num))  # a round's clients, at most
     per_client = max(cpus / at_once, 0.01)  # so Ray keeps that many actors, each with its own torch
-    STOP.clear()
-    try:
-        run_simulation(server, client, num_supernodes=cfg.clients.num,
-                       backend_config={"client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": cpus, "include_dashboard": False}})
-    finally:
-        STOP.set()
+    for attempt in range(1, RAY_STARTS + 1):
+        STOP.clear()
+        try:
+            run_simulation(server, client, num_supernodes=cfg.clients.num,
+                           backend_config={"client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
+                                           "init_args": {"num_cpus": cpus, "include_dashboard": False}})
+            break
+        except RuntimeError as e:
+            if attempt == RAY_STARTS or not _ray_did_not_start(e):
+                raise
+            # nothing ran: no node got a message before the runtime was up, so the run starts over cleanly
+            log.warning("Ray did not start within its fixed 30 s (attempt %d of %d, a busy machine); starting "
+                        "the simulation again", attempt, RAY_STARTS)
+            import ray
+
+            ray.shutdown()
+        finally:
+            STOP.set()
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"the Flower simulation ended without a summary; see the logs under {run_dir}")
