@@ -17,13 +17,8 @@ jobs=(
   "cifar100_none|method=none $cifar"
   "cifar100_adc|$cifar"
 )
+# shellcheck source=experiments/jobs.sh
+source "$(dirname "$0")/jobs.sh"
+base=(train.progress=false) suffix=""  # the model's and dataset's defaults, not the CPU protocol's
 mkdir -p "$out"
-for job in "${jobs[@]}"; do
-  name=${job%%|*} args=${job#*|}
-  [[ -f $out/$name/summary.json ]] && continue
-  resume=false; [[ -d $out/$name/checkpoints ]] && resume=true
-  echo "$(date +%H:%M:%S) $name (resume=$resume)"
-  # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 ${SPLITVIT:-splitvit} train $args "${extra[@]}" train.progress=false train.resume=$resume run_dir="$out/$name" \
-    >> "$out/$name.stdout" 2>&1 || echo "failed: $name (see $out/$name.stdout)"
-done
+for job in "${jobs[@]}"; do run_job "$job"; done
