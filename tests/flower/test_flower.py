@@ -124,6 +124,22 @@ def test_a_ray_that_did_not_start_is_started_again_and_other_errors_are_not(tmp_
     cfg = make_cfg(*SMALL, "clients.num=2", "clients.engine=flower")
     assert simulate(cfg, tmp_path) == {"engine": "flower"} and calls == [2, 2]
 
+    def init_ray():  # as Flower's RayBackend.init_ray fails when ray.init does: a GCS port not written in time
+        raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y")
+
+    def gcs_timeout(*args, **kwargs):
+        calls.append("gcs")
+        if calls.count("gcs") < 3:
+            try:
+                init_ray()
+            except RuntimeError as e:
+                raise RuntimeError("An error was encountered. Ending simulation.") from e
+        (tmp_path / "summary.json").write_text('{"engine": "flower"}')
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", gcs_timeout)
+    assert simulate(cfg, tmp_path) == {"engine": "flower"} and calls[2:] == ["gcs"] * 3
+    del calls[2:]
+
     def broken(*args, **kwargs):
         calls.append("broken")
         raise RuntimeError("An error was encountered. Ending simulation.") from ValueError("a client failed")

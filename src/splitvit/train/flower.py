@@ -36,6 +36,7 @@ import os
 import secrets
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import replace
 from importlib.resources import files
@@ -329,9 +330,11 @@ RAY_STARTS = 3  # Ray's node waits a fixed 30 s for its raylet; on a loaded mach
 
 
 def _ray_did_not_start(e: BaseException | None) -> bool:
-    """Whether ``e`` (Flower's error) was caused by Ray's node timing out as it started."""
+    """Whether ``e`` (Flower's error) was caused by Ray failing to start: raised inside Flower's
+    ``RayBackend.init_ray`` (``ray.init``: a raylet or GCS port that did not come up in time), or Ray's
+    node timing out as it started."""
     while e is not None:
-        if "timed out during startup" in str(e):
+        if "timed out during startup" in str(e) or any(f.name == "init_ray" for f in traceback.extract_tb(e.__traceback__)):
             return True
         e = e.__cause__ or e.__context__
     return False
