@@ -474,7 +474,9 @@ class Loop:
         round will), save, measure the final model (``eval.also``) and write ``summary.json``; returns it."""
         cfg, p, clients = self.cfg, self.p, self.clients
         p.done = True
-        if not self.remote if tell is None else tell:  # a client not yet told asks, and hears the run is over
+        if tell is None:
+            tell = not self.remote  # over a link, a client process not yet told hears it at its next round
+        if tell:  # a client not yet told asks, and hears the run is over
             for m in clients.members.values():
                 if not m.told_stop:
                     m.fetch(clients.half_schema)

@@ -75,16 +75,18 @@ def spent(cfg, steps: int, samples: int, sent: int, rounds: int, n_train: int, b
 
 class Federation:
     """The server's side of sharing the client half: the current half and its version. What an
-    upload does, and what a round's end does, is the scheme's (:mod:`splitvit.train.schemes`)."""
+    upload does, and what a round's end does, is the scheme's (:mod:`splitvit.train.schemes`). ``mean``
+    averages copies of one model's state: splitvit's FedAvg, or a Flower strategy's (``clients.strategy``,
+    :func:`splitvit.train.strategy.averaging`)."""
 
-    def __init__(self, scheme: Scheme, template: dict[str, torch.Tensor]):
+    def __init__(self, scheme: Scheme, template: dict[str, torch.Tensor], mean=fedavg):
         self.scheme = scheme
         self.current = {k: v.detach().clone() for k, v in template.items()}
         self.version = 0  # how many times the current half changed
         self.schema = weights_schema(template)
         self.pending: dict[int, tuple[dict[str, torch.Tensor], int]] = {}  # client -> (half, samples), this round
         self.stopped = False  # the run is over: replies at a round's end say stop
-        self.mean = fedavg  # the average of copies (clients.strategy: a Flower strategy's; see .strategy)
+        self.mean = mean
 
     def upload(self, client: int, tensors: dict[str, torch.Tensor]) -> None:
         """A client half arrives: the scheme decides what it does (hand it on, or keep it for the average)."""

@@ -69,8 +69,8 @@ class Hub:
             alast = build_alast(cfg, model, self.vit.num_tokens, self.vit.depth, "server")  # before the optimizer: LoRA adds parameters
             self.halves.append(ServerHalf(model, codec, make_optimizer(cfg, model, codec.modules), bf16,
                                           mods=[alast] if alast is not None else []))
-        self.federation = Federation(self.scheme, client_template(cfg, client_model, method, self.vit, num_classes))
-        self.federation.mean = averaging(cfg.clients.get("strategy"))
+        self.federation = Federation(self.scheme, client_template(cfg, client_model, method, self.vit, num_classes),
+                                     mean=averaging(cfg.clients.get("strategy")))
         self.coordinator = Coordinator(c.num, self._plan, self._close, drop_after_s=float(c.drop_after_s), log=log)
         self.channel = ChannelSpec.from_config(cfg.get("channel"))
         self.schedule = CompressionSchedule.from_config(cfg)

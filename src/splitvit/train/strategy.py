@@ -19,6 +19,7 @@ import torch
 
 from .fedavg import fedavg
 
+
 class NothingAggregated(ValueError):
     """A Flower strategy returned no aggregate from the copies it got (too few for it)."""
 
