@@ -133,3 +133,44 @@ def test_the_research_code_s_split_and_rounding_are_options():
     assert got.z.shape[:2] == budgets(12, 17, m.batch_ratio, m.token_ratio, "floor") == (7, 2)
     with pytest.raises(ValueError, match="method.split must be one of sqrt, fifth"):
         build_method("adc", 10, 17, 16, split="half")
+
+
+def test_merged_labels_as_members_are_the_same_soft_labels_in_fewer_bytes():
+    """``merged_labels=members``: each sample's class id and merged sample cross instead of the soft labels;
+    the server's average of them is the client's soft labels bit for bit, and the activations are untouched."""
+    from splitvit.wire import decode, encode
+    from splitvit.wire.codec import read_header
+
+    B, C = 128, 50
+    h, a = batch(B=B)
+    labels = torch.randint(0, C, (B,), generator=torch.Generator().manual_seed(1))
+    sides = {}
+    for how in ("soft", "members"):
+        m = build_method("adc", C, 17, 8, compression=0.2, merged_labels=how)
+        up = encode(m.client().encode(h, a, labels).message)  # the same K-means seeds on both
+        sides[how] = (up, m.server().decode(decode(up, m.up_schema(B, 17, 8))[0]))
+    (soft_bytes, soft), (member_bytes, got) = sides["soft"], sides["members"]
+    assert torch.equal(got.targets, soft.targets) and torch.equal(got.z, soft.z)
+    entries = read_header(member_bytes)[0]
+    assert {k: (e["dtype"], e["shape"]) for k, e in entries.items() if k != "z"} == {
+        "labels": ("U8", [B]), "members": ("U8", [B])}
+    T = soft.z.shape[0]
+    saved = len(soft_bytes) - len(member_bytes)  # 11,400 bytes of floats -> 256 of integers, less a header entry
+    assert T == 57 and 4 * T * C - 2 * B - 100 < saved < 4 * T * C - 2 * B
+
+
+def test_members_that_leave_a_merged_sample_empty_or_name_one_not_sent_are_refused():
+    from splitvit.wire import WireError
+
+    m = build_method("adc", 5, 17, 8, compression=0.25, merged_labels="members")
+    h, a = batch(B=20)
+    message = m.client().encode(h, a, torch.arange(20) % 5).message
+    T = message["z"].shape[0]
+    empty = torch.zeros_like(message["members"])  # every sample in merged sample 0: the others average nothing
+    beyond = message["members"].clone()
+    beyond[0] = T  # a merged sample the message does not hold
+    for bad in (empty, beyond):
+        with pytest.raises(WireError, match=f"each of the message's {T} merged samples"):
+            m.server().decode({**message, "members": bad})
+    with pytest.raises(ValueError, match="merged_labels must be one of soft, members"):
+        build_method("adc", 5, 17, 8, merged_labels="counts")

@@ -224,12 +224,16 @@ def test_the_config_names_the_codec_and_refuses_two_knobs_for_one_thing():
 RUN = [*SMALL, "train.batch_size=32", "train.max_steps=30", "eval.max_batches=2", "eval.batch_size=64"]
 
 
-def test_a_coded_run_over_grpc_equals_the_run_in_process(tmp_path):
+@pytest.mark.parametrize("setting", [
+    ["method=topk", "method.compression=0.2", "codec=int4", "codec.granularity=token"],
+    # ADC whose merged labels cross as their members', coded, on a schedule: the server rebuilds each
+    ["method=adc", "method.merged_labels=members", "codec=int4", "compression_schedule=steps"]], ids=["topk", "adc_members"])
+def test_a_coded_run_over_grpc_equals_the_run_in_process(tmp_path, setting):
     """The server builds the same coded method from the handshake's config: every metric, step for step."""
     import json
 
     clock = {"wall_s", "time_s", "framing_bytes_up", "framing_bytes_down"}
-    args = [*RUN, "train.max_steps=8", "method=topk", "method.compression=0.2", "codec=int4", "codec.granularity=token"]
+    args = [*RUN, "train.max_steps=8", *setting]
     rows = []
     for link, where in (("inprocess", tmp_path / "local"), ("grpc", tmp_path / "grpc")):
         fit(make_cfg(*args, f"link={link}"), where)
@@ -245,6 +249,14 @@ def test_a_run_with_a_codec_sends_its_share_and_still_learns(tmp_path):
     assert 0.24 < int8["bytes_up"] / plain["bytes_up"] < 0.28  # 8 of 32 bits, plus scales and headers
     assert abs(int8["final_val_loss"] - plain["final_val_loss"]) < 0.05  # 8 bits barely change 30 steps
     assert isinstance(coded("adc", "int8"), Coded)
+
+
+def test_adc_s_merged_labels_as_members_train_the_same_model_for_fewer_bytes(tmp_path):
+    args = [*RUN, "train.max_steps=10", "method=adc", "method.compression=0.25", "codec=int4"]
+    soft = fit(make_cfg(*args), tmp_path / "soft")
+    members = fit(make_cfg(*args, "method.merged_labels=members"), tmp_path / "members")
+    assert members["final_val_loss"] == soft["final_val_loss"] and members["final_val_acc"] == soft["final_val_acc"]
+    assert members["bytes_down"] == soft["bytes_down"] and members["bytes_up"] < soft["bytes_up"]
 
 
 def test_a_channel_that_acts_on_digital_payload_is_not_idle_on_codes():

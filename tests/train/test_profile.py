@@ -111,6 +111,10 @@ def test_purity_by_hand():
     got = ins.summary()
     assert got["clusters_mixed"] == pytest.approx(2 / 3)
     assert got["cluster_label_entropy_bits"] == pytest.approx((0 + 1 + 0.811278) / 3, abs=1e-5)
+    # ADC's merged_labels=members: the same clusters, from each sample's class and merged sample
+    ins.observe(torch.full((3, 4), 0.25), {"labels": torch.tensor([0, 0, 1, 0, 1, 1, 1], dtype=torch.uint8),
+                                           "members": torch.tensor([0, 1, 1, 2, 2, 2, 2], dtype=torch.uint8)})
+    assert ins.summary() == got
     assert got["attention_entropy_bits"] == pytest.approx(2.0)  # uniform over 4 tokens
     assert ins.summary() == {}  # starts over after each evaluation
 

@@ -13,8 +13,8 @@ applies to every method, in both directions:
   codes bit-packed per row.
 
 What is coded: each tensor the method marks ``analog`` (its activations, values, codebooks and the
-gradient back). Side data stays exact: labels, ADC's soft targets, indices, bitmaps, scales and
-sizes. On the wire a coded tensor ``x`` becomes ``x.codes`` (uint8, digital to a channel: a flipped
+gradient back). Side data stays exact: labels, ADC's soft targets (or its members' labels and merged
+samples: ``method.merged_labels=members``), indices, bitmaps, scales and sizes. On the wire a coded tensor ``x`` becomes ``x.codes`` (uint8, digital to a channel: a flipped
 bit moves a value to another level, a lost byte erases its codes, which decode as zero) and
 ``x.range`` (float32 ``[..., 2]``: each scale's origin and step), and, only where the length of its
 last dimension varies from message to message (a low-rank factor's rank), ``x.n`` (int32), since

@@ -17,6 +17,9 @@ import math
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
+
+from ..compression.merge import cluster_mean
 
 
 def entropy_bits(p: torch.Tensor) -> torch.Tensor:
@@ -44,6 +47,9 @@ class Inspector:
         self.add("attention_entropy_bits", entropy_bits(cls_attn).mean().item())
         self.add("attention_entropy_uniform_bits", math.log2(cls_attn.shape[-1]))
         targets = message.get("targets")
+        if targets is None and "members" in message:  # ADC's merged_labels=members: the same soft labels
+            members = message["members"].long()
+            targets = cluster_mean(F.one_hot(message["labels"].long()).float(), members, int(members.max()) + 1)
         if targets is not None:
             self.add("cluster_label_entropy_bits", entropy_bits(targets).mean().item())
             self.add("clusters_mixed", (targets.max(-1).values < 1 - 1e-6).float().mean().item())
