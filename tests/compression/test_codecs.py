@@ -227,7 +227,8 @@ RUN = [*SMALL, "train.batch_size=32", "train.max_steps=30", "eval.max_batches=2"
 @pytest.mark.parametrize("setting", [
     ["method=topk", "method.compression=0.2", "codec=int4", "codec.granularity=token"],
     # ADC whose merged labels cross as their members', coded, on a schedule: the server rebuilds each
-    ["method=adc", "method.merged_labels=members", "codec=int4", "compression_schedule=steps"]], ids=["topk", "adc_members"])
+    ["method=adc", "method.merged_labels=members", "codec=int4", "compression_schedule=steps", "compression_schedule.start=0.05",
+     "compression_schedule.end=0.5", "train.eval_every=2"]], ids=["topk", "adc_members"])
 def test_a_coded_run_over_grpc_equals_the_run_in_process(tmp_path, setting):
     """The server builds the same coded method from the handshake's config: every metric, step for step."""
     import json
@@ -240,6 +241,7 @@ def test_a_coded_run_over_grpc_equals_the_run_in_process(tmp_path, setting):
         lines = (where / "metrics.jsonl").read_text().splitlines()
         rows.append([{k: v for k, v in json.loads(line).items() if k not in clock} for line in lines])
     assert rows[0] == rows[1] and rows[0][-1]["step"] == 8
+    assert len({r["compression_target"] for r in rows[0]}) == (4 if "compression_schedule=steps" in setting else 1)
 
 
 def test_a_run_with_a_codec_sends_its_share_and_still_learns(tmp_path):
