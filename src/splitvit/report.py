@@ -572,6 +572,17 @@ def frontier_plot(rows: list[dict], path: Path, title: str) -> Path:
         placed.append((px, py + lift))
         ax.annotate(str(n), (x, y), xytext=(-2, lift), textcoords="offset points", fontsize=7, ha="right",
                     color=METHOD_COLORS.get(r["method"], "k"), fontweight="bold")
+    # each leader's own point (where its budget ended) carries its number too, on its left: two settings of
+    # one method and codec (ADC with soft labels or members) share colour and marker
+    for n, r in enumerate(leaders, 1):
+        x, y = (r["bytes_up"] + r["bytes_down"]) / 1e6, r["best_acc"]
+        px, py = ax.transData.transform((x, y)) * 72 / fig.dpi
+        drop = -3
+        while any(abs(px - 8 - qx) < 8 and abs(py + drop - qy) < 8 for qx, qy in placed):
+            drop -= 8
+        placed.append((px - 8, py + drop))
+        ax.annotate(str(n), (x, y), xytext=(-6, drop), textcoords="offset points", fontsize=7, ha="right",
+                    color=METHOD_COLORS.get(r["method"], "k"), fontweight="bold")
     ax.set_xlabel("MB sent for training, both directions (mean over seeds)")
     ax.set_ylabel("best test accuracy")
     ax.set_title(title, fontsize=9)
