@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import SMALL
 
@@ -19,6 +20,9 @@ def test_train_runs_and_writes_the_run_files(tmp_path):
     assert "compression: measured" in r.stdout and str(tmp_path / "run") in r.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "adc" and summary["steps"] == 3 and summary["compression_target"] == pytest.approx(0.1)
+    # where it ran: float sums, and so the numbers a seed gives, depend on the CPU's kernels
+    assert summary["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert summary["machine"]["torch"] == torch.__version__ and summary["machine"]["cores"] >= 1
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 

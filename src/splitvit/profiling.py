@@ -197,10 +197,11 @@ def peak_rss_mb() -> float:
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def describe_machine() -> str:
-    """One line on where a measurement was made: the CPU (and GPU), the cores and threads, the versions, the date.
-    Every benchmark output starts with it (``make bench``)."""
-    import datetime
+def machine() -> dict:
+    """Where a run is made, for its ``summary.json``: the CPU, the vector instructions PyTorch's kernels use
+    on it, the threads, the GPU and the versions. Float sums depend on the kernels, so the same seed gives
+    the same numbers on the same kind of machine; two CPUs can part in the last bits, and the runs drift
+    apart from there (docs/reference/run-files.md)."""
     import os
     import platform
 
@@ -212,6 +213,18 @@ def describe_machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"# {datetime.date.today().isoformat()}: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, splitvit {__version__}")
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "splitvit": __version__}
+
+
+def describe_machine() -> str:
+    """One line on where a measurement was made: the CPU (and GPU), the cores and threads, the versions, the date.
+    Every benchmark output starts with it (``make bench``)."""
+    import datetime
+
+    m = machine()
+    gpu = f", GPU {m['gpu']}" if m["gpu"] else ""
+    return (f"# {datetime.date.today().isoformat()}: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
+            f"{gpu}; Python {m['python']}, torch {m['torch']}, splitvit {m['splitvit']}")

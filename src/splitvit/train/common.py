@@ -23,6 +23,7 @@ except ImportError:  # not POSIX
 from ..data import ClassSpecError, batches, default_workers, eval_subset, load_dataset, num_batches
 from ..compression.schedule import CompressionSchedule
 from ..link import LinkModel
+from ..profiling import machine
 from .config import ConfigError, method_options, resolve_device, validate
 from .state import Progress
 
@@ -248,5 +249,6 @@ def make_summary(cfg, method, vit, p: Progress, reason: str | None, data=None) -
         "time_s": round(p.wall_s + p.link_s, 3),
         "time_to_best_s": next((r["time_s"] for r in p.history if r["val_acc"] == p.best_val_acc), None),
         "channel": (cfg.get("channel") or {}).get("name", "ideal"),
+        "machine": machine(),  # the same seed gives the same numbers where this agrees
     }
 
