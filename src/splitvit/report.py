@@ -577,9 +577,9 @@ def frontier_plot(rows: list[dict], path: Path, title: str) -> Path:
     for n, r in enumerate(leaders, 1):
         x, y = (r["bytes_up"] + r["bytes_down"]) / 1e6, r["best_acc"]
         px, py = ax.transData.transform((x, y)) * 72 / fig.dpi
-        drop = -3
-        while any(abs(px - 8 - qx) < 8 and abs(py + drop - qy) < 8 for qx, qy in placed):
-            drop -= 8
+        # beside the point if free, else the nearest free place above or below it
+        drop = next(d for d in (-3 + 8 * ((k + 1) // 2) * (1 if k % 2 else -1) for k in range(64))
+                    if not any(abs(px - 8 - qx) < 8 and abs(py + d - qy) < 8 for qx, qy in placed))
         placed.append((px - 8, py + drop))
         ax.annotate(str(n), (x, y), xytext=(-6, drop), textcoords="offset points", fontsize=7, ha="right",
                     color=METHOD_COLORS.get(r["method"], "k"), fontweight="bold")
