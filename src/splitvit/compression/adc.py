@@ -9,13 +9,12 @@ its server side reads the tokens as they come (:class:`~splitvit.compression.bas
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..channel import PROTECTED
 from ..wire import Schema, TensorSpec, WireError
 from .base import ClientCodec, Decoded, Encoded, Message, Method, RawServer, Seeded, register_method
 from .merge import (FEATURES, ROUNDINGS, SPLITS, balanced_ratios, budgets, check_ratio, cluster_mean, merge_and_select,
-                    select_tokens)
+                    merged_targets, select_tokens)
 
 __all__ = ["ADC", "ADCClient", "ADCServer", "FEATURES", "MERGED_LABELS", "balanced_ratios", "budgets", "cluster_mean", "merge_and_select", "select_tokens"]
 
@@ -42,7 +41,7 @@ class ADCClient(Seeded, ClientCodec):
         if m.merged_labels == "members":  # the server averages them into the same soft labels
             return self.encoded({"z": m.to_wire(z), "labels": labels.to(index_dtype(m.num_classes)),
                                  "members": assignment.to(index_dtype(z.shape[0]))}, z, None)
-        targets = cluster_mean(F.one_hot(labels, m.num_classes).float(), assignment, z.shape[0])
+        targets = merged_targets(labels, assignment, m.num_classes, z.shape[0])
         return self.encoded({"z": m.to_wire(z), "targets": targets}, z, None)
 
 
@@ -59,7 +58,7 @@ class ADCServer(RawServer):
         if int(members.max()) >= T or bool((torch.bincount(members, minlength=T) == 0).any()):
             raise WireError(f"members must name each of the message's {T} merged samples, and only those: "
                             f"got members {sorted(set(members.tolist()))}")
-        targets = cluster_mean(F.one_hot(message["labels"].long(), self.method.num_classes).float(), members, T)
+        targets = merged_targets(message["labels"], members, self.method.num_classes, T)
         return super().decode({"z": message["z"], "targets": targets})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 
 from .kmeans import kmeans
 
@@ -54,6 +55,14 @@ def cluster_mean(x: torch.Tensor, assignment: torch.Tensor, T: int) -> torch.Ten
     counts = torch.bincount(assignment, minlength=T).to(x.dtype)
     sums = torch.zeros((T, *x.shape[1:]), dtype=x.dtype, device=x.device).index_add(0, assignment, x)
     return sums / counts.view(T, *([1] * (x.dim() - 1)))
+
+
+
+def merged_targets(labels: torch.Tensor, assignment: torch.Tensor, num_classes: int, T: int) -> torch.Tensor:
+    """The soft labels ``[T, num_classes]`` of ``T`` merged samples: the mean of their members' one-hot
+    labels (``labels``, ``assignment``: ``[B]`` each). Sums of ones divided by a count, so the same bits
+    wherever they are computed (client, server, inspector)."""
+    return cluster_mean(F.one_hot(labels.long(), num_classes).float(), assignment.long(), T)
 
 
 def merge_and_select(

@@ -17,9 +17,8 @@ import math
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
-from ..compression.merge import cluster_mean
+from ..compression.merge import merged_targets
 
 
 def entropy_bits(p: torch.Tensor) -> torch.Tensor:
@@ -49,7 +48,7 @@ class Inspector:
         targets = message.get("targets")
         if targets is None and "members" in message:  # ADC's merged_labels=members: the same soft labels
             members = message["members"].long()
-            targets = cluster_mean(F.one_hot(message["labels"].long()).float(), members, int(members.max()) + 1)
+            targets = merged_targets(message["labels"], members, int(message["labels"].max()) + 1, int(members.max()) + 1)
         if targets is not None:
             self.add("cluster_label_entropy_bits", entropy_bits(targets).mean().item())
             self.add("clusters_mixed", (targets.max(-1).values < 1 - 1e-6).float().mean().item())
